@@ -1,0 +1,56 @@
+# ocinet — see README.md. `make demo` and `make test` set the machine up first.
+PREFIX ?= /usr/local
+LIBDIR := $(PREFIX)/lib/ocinet
+NODE ?= $(shell command -v node)
+APT_PACKAGES := runc iproute2 iptables busybox-static conntrack util-linux jq hyperfine \
+	containernetworking-plugins qemu-system-x86 qemu-guest-agent ipvsadm cpio kmod
+SETUP_STAMP := .cache/setup.stamp
+SOURCES := $(shell find core hooks build -name '*.ts' -o -name '*.mjs' -o -name '*.cjs' -o -name '*.json' | grep -v generated)
+
+.PHONY: all setup build test demo bench install uninstall clean typecheck
+
+all: build
+
+# Debian packages (only when one is missing) and npm packages from package-lock.
+$(SETUP_STAMP): package-lock.json
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "apt-get install:" $$missing; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	npm ci --no-audit --no-fund
+	@mkdir -p .cache && touch $@
+
+setup: $(SETUP_STAMP)
+
+dist/bin/ocinet-hook: $(SETUP_STAMP) $(SOURCES) package.json
+	$(NODE) build/build.mjs
+
+build: dist/bin/ocinet-hook
+
+typecheck: $(SETUP_STAMP)
+	npx tsc -p .
+
+test: build typecheck
+	$(NODE) test/run.mjs
+
+demo: build
+	examples/two-containers/demo.sh
+
+bench: build
+	bench/run.sh
+
+install: build
+	install -d $(LIBDIR)/bin $(PREFIX)/bin
+	install -m 0755 dist/bin/ocinet-hook dist/bin/ocinet $(LIBDIR)/bin/
+	install -m 0644 dist/bin/netlink.node $(LIBDIR)/bin/
+	install -m 0644 dist/package.json $(LIBDIR)/package.json
+	ln -sf ../lib/ocinet/bin/ocinet-hook $(PREFIX)/bin/ocinet-hook
+	ln -sf ../lib/ocinet/bin/ocinet $(PREFIX)/bin/ocinet
+
+uninstall:
+	rm -f $(PREFIX)/bin/ocinet-hook $(PREFIX)/bin/ocinet
+	rm -rf $(LIBDIR)
+
+clean:
+	rm -rf dist core/generated

@@ -1,0 +1,99 @@
+/**
+ * The Linux bridge containers attach to. Created with a pinned MAC, the
+ * gateway address and an alias marking it as ocinet's; an existing bridge is
+ * reused only when it carries exactly our gateway address.
+ */
+import { readFileSync } from 'node:fs';
+import { ipToInt, maskOf, parseSubnet } from './cidr.js';
+import { OcinetError } from './errors.js';
+import { run } from './exec.js';
+import { bridgeMac } from './names.js';
+import { ipBatch } from './netns.js';
+
+export const BRIDGE_ALIAS = 'ocinet';
+
+/** Interface names of the caller's namespace. /proc/net follows the caller's netns; /sys only the mounter's. */
+export function linkNames(): Set<string> {
+  const names = new Set<string>();
+  for (const line of readFileSync('/proc/net/dev', 'utf8').split('\n').slice(2)) {
+    const name = line.split(':')[0]!.trim();
+    if (name) names.add(name);
+  }
+  return names;
+}
+
+export function linkExists(name: string): boolean {
+  return linkNames().has(name);
+}
+
+interface LinkInfo {
+  kind: string;
+  alias: string;
+}
+
+async function linkInfo(name: string): Promise<LinkInfo | null> {
+  const r = await run('ip', ['-j', '-d', 'link', 'show', 'dev', name], { allowFail: true });
+  if (r.code !== 0) return null;
+  const l = (JSON.parse(r.stdout) as { ifalias?: string; linkinfo?: { info_kind?: string } }[])[0];
+  return { kind: l?.linkinfo?.info_kind ?? '', alias: l?.ifalias ?? '' };
+}
+
+export async function createdByOcinet(name: string): Promise<boolean> {
+  return (await linkInfo(name))?.alias === BRIDGE_ALIAS;
+}
+
+/** The kernel's connected route for the subnet on the bridge: a file read, no exec. */
+export function bridgeHasSubnetRoute(bridge: string, subnet: string): boolean {
+  const sn = parseSubnet(subnet);
+  const hex = (n: number): string => {
+    // /proc/net/route prints addresses in host (little-endian) byte order.
+    const b = Buffer.alloc(4);
+    b.writeUInt32BE(n >>> 0);
+    return b.readUInt32LE().toString(16).toUpperCase().padStart(8, '0');
+  };
+  const dest = hex(sn.network);
+  const mask = hex(maskOf(sn.prefix));
+  for (const line of readFileSync('/proc/net/route', 'utf8').split('\n')) {
+    const f = line.split('\t');
+    if (f[0] === bridge && f[1] === dest && f[7] === mask) return true;
+  }
+  return false;
+}
+
+async function ipv4Addresses(dev: string): Promise<string[]> {
+  const r = await run('ip', ['-j', '-4', 'addr', 'show', 'dev', dev]);
+  const parsed = JSON.parse(r.stdout || '[]') as { addr_info?: { local: string; prefixlen: number }[] }[];
+  return (parsed[0]?.addr_info ?? []).map((a) => `${a.local}/${a.prefixlen}`);
+}
+
+/**
+ * Make sure `bridge` exists, is up and holds `gateway/prefix`.
+ * Returns whether this call created it. Caller holds the state lock.
+ */
+export async function ensureBridge(bridge: string, subnet: string, gateway: string, mtu: number): Promise<boolean> {
+  const { prefix } = parseSubnet(subnet);
+  const want = `${gateway}/${prefix}`;
+  const info = await linkInfo(bridge);
+  if (info) {
+    if (info.kind !== 'bridge') throw new OcinetError('ECONFLICT', `${bridge} exists and is not a bridge`);
+    const addrs = await ipv4Addresses(bridge);
+    if (addrs.length && !addrs.includes(want)) {
+      throw new OcinetError('ECONFLICT', `bridge ${bridge} exists with address ${addrs.join(', ')}, not ${want}; pick another --bridge or --subnet`);
+    }
+    const lines = addrs.length ? [] : [`addr add ${want} dev ${bridge}`];
+    await ipBatch([...lines, `link set ${bridge} up`]);
+    return false;
+  }
+  void ipToInt(gateway); // validated address
+  await ipBatch([
+    `link add ${bridge} address ${bridgeMac(bridge)} mtu ${mtu} type bridge`,
+    `link set ${bridge} alias ${BRIDGE_ALIAS}`,
+    `addr add ${want} dev ${bridge}`,
+    `link set ${bridge} up`,
+  ]);
+  return true;
+}
+
+export async function deleteLink(name: string): Promise<void> {
+  if (linkExists(name)) await ipBatch([`link del ${name}`], true);
+}

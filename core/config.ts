@@ -1,0 +1,82 @@
+/**
+ * What a hook run should do, from its flags (admin defaults in the hook
+ * entry) and the container's annotations (per-container requests).
+ * Precedence: io.ocinet.ip replaces --ip; io.ocinet.publish adds to --publish
+ * (a host port asked twice is an error); everything else comes from flags.
+ */
+import { isIPv4, parseSubnet } from './cidr.js';
+import { OcinetError } from './errors.js';
+import { isIfName } from './names.js';
+import { parsePort, parsePortList } from './portmap.js';
+import type { NetworkOptions } from './sandbox.js';
+import { DEFAULT_STATE_DIR, type PortMapping } from './store.js';
+
+export const DEFAULTS = {
+  bridge: 'ocinet0',
+  subnet: '10.213.0.0/16',
+  iface: 'eth0',
+  mtu: 1500,
+};
+
+export const ANNOTATIONS = {
+  publish: 'io.ocinet.publish',
+  ip: 'io.ocinet.ip',
+} as const;
+
+export interface HookFlags {
+  bridge?: string;
+  subnet?: string;
+  iface?: string;
+  mtu?: string;
+  publish?: string[];
+  ip?: string;
+  stateDir?: string;
+  log?: string;
+  keepBridge?: boolean;
+}
+
+export interface HookConfig extends NetworkOptions {
+  ports: PortMapping[];
+  ip?: string;
+  logFile: string | null;
+}
+
+function ifName(v: string, what: string): string {
+  if (!isIfName(v)) throw new OcinetError('EINPUT', `${what} '${v}' is not an interface name (a letter, then up to 14 letters, digits, _ . -)`);
+  return v;
+}
+
+export function resolveStateDir(flag: string | undefined, env: NodeJS.ProcessEnv): string {
+  const dir = flag ?? env.OCINET_STATE_DIR ?? DEFAULT_STATE_DIR;
+  if (!dir.startsWith('/')) throw new OcinetError('EINPUT', `--state-dir '${dir}' must be an absolute path`);
+  return dir;
+}
+
+export function resolveConfig(flags: HookFlags, annotations: Record<string, string>, env: NodeJS.ProcessEnv): HookConfig {
+  for (const k of Object.keys(annotations)) {
+    if (!(Object.values(ANNOTATIONS) as string[]).includes(k)) {
+      throw new OcinetError('EINPUT', `unknown annotation '${k}' (known: ${Object.values(ANNOTATIONS).join(', ')})`);
+    }
+  }
+  const bridge = ifName(flags.bridge ?? DEFAULTS.bridge, '--bridge');
+  const iface = ifName(flags.iface ?? DEFAULTS.iface, '--iface');
+  const subnet = parseSubnet(flags.subnet ?? DEFAULTS.subnet, '--subnet').cidr;
+  const mtuText = flags.mtu ?? String(DEFAULTS.mtu);
+  if (!/^\d+$/.test(mtuText) || Number(mtuText) < 68 || Number(mtuText) > 65535) {
+    throw new OcinetError('EINPUT', `--mtu '${mtuText}' must be a whole number from 68 to 65535`);
+  }
+  const ports = [
+    ...(flags.publish ?? []).map((p) => parsePort(p, '--publish')),
+    ...parsePortList(annotations[ANNOTATIONS.publish] ?? '', `annotation ${ANNOTATIONS.publish}`),
+  ];
+  const ip = annotations[ANNOTATIONS.ip] ?? flags.ip;
+  if (ip !== undefined && !isIPv4(ip)) {
+    const where = annotations[ANNOTATIONS.ip] !== undefined ? `annotation ${ANNOTATIONS.ip}` : '--ip';
+    throw new OcinetError('EINPUT', `${where}: '${ip}' is not an IPv4 address`);
+  }
+  const stateDir = resolveStateDir(flags.stateDir, env);
+  const logFile = flags.log === 'none' ? null : (flags.log ?? `${stateDir}/ocinet.log`);
+  const cfg: HookConfig = { bridge, iface, subnet, mtu: Number(mtuText), ports, stateDir, logFile, keepBridge: Boolean(flags.keepBridge) };
+  if (ip !== undefined) cfg.ip = ip;
+  return cfg;
+}

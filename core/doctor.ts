@@ -1,0 +1,81 @@
+/**
+ * Checks the programs and kernel features the hooks need. Kernel features are
+ * tried for real, but inside a throwaway network namespace, so the machine's
+ * own network is never touched.
+ */
+import { accessSync, constants, existsSync, mkdirSync } from 'node:fs';
+import { hasProgram, run } from './exec.js';
+
+export interface Check {
+  name: string;
+  ok: boolean;
+  required: boolean;
+  detail: string;
+  fix?: string;
+}
+
+const PROGRAMS: { prog: string; pkg: string; required: boolean; why: string }[] = [
+  { prog: 'ip', pkg: 'iproute2', required: true, why: 'links, addresses, routes' },
+  { prog: 'nsenter', pkg: 'util-linux', required: true, why: 'configure the container side' },
+  { prog: 'unshare', pkg: 'util-linux', required: true, why: 'doctor and tests use throwaway namespaces' },
+  { prog: 'iptables-restore', pkg: 'iptables', required: true, why: 'NAT and published ports' },
+  { prog: 'iptables-save', pkg: 'iptables', required: true, why: 'finding rules to remove' },
+  { prog: 'conntrack', pkg: 'conntrack', required: false, why: 'flushing stale UDP mappings' },
+  { prog: 'runc', pkg: 'runc', required: false, why: 'the runtime that calls the hooks' },
+];
+
+async function inThrowawayNs(args: string[], input?: string): Promise<{ ok: boolean; detail: string }> {
+  const r = await run('unshare', ['--net', '--', ...args], { allowFail: true, ...(input !== undefined ? { input } : {}) });
+  return { ok: r.code === 0, detail: (r.stderr || r.stdout).trim().split('\n')[0] ?? '' };
+}
+
+const NAT_PROBE = `*nat
+:OCINET-PROBE - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -m comment --comment probe -j OCINET-PROBE
+-A OCINET-PROBE -p tcp -m tcp --dport 1 -j MARK --set-xmark 0x2000/0x2000
+-A OCINET-PROBE -p tcp -m tcp --dport 1 -j DNAT --to-destination 10.0.0.2:1
+-A POSTROUTING -m mark --mark 0x2000/0x2000 -j MASQUERADE
+COMMIT
+*filter
+-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED,DNAT -j ACCEPT
+COMMIT
+`;
+
+export async function doctor(stateDir: string): Promise<Check[]> {
+  const checks: Check[] = [];
+  for (const p of PROGRAMS) {
+    const ok = hasProgram(p.prog);
+    checks.push({
+      name: `program ${p.prog}`, ok, required: p.required, detail: p.why,
+      ...(ok ? {} : { fix: `apt-get install ${p.pkg}` }),
+    });
+  }
+  if (hasProgram('unshare') && hasProgram('ip')) {
+    const probes: [string, string[], string | undefined, string][] = [
+      ['network namespaces (root)', ['true'], undefined, 'run as root (CAP_SYS_ADMIN, CAP_NET_ADMIN)'],
+      ['kernel: bridge', ['ip', 'link', 'add', 'ocprobe0', 'type', 'bridge'], undefined, 'modprobe bridge (CONFIG_BRIDGE)'],
+      ['kernel: veth', ['ip', 'link', 'add', 'ocprobe1', 'type', 'veth', 'peer', 'name', 'ocprobe2'], undefined, 'modprobe veth (CONFIG_VETH)'],
+      ['kernel: tun/tap', ['ip', 'tuntap', 'add', 'ocprobe3', 'mode', 'tap'], undefined, 'modprobe tun and make /dev/net/tun (CONFIG_TUN)'],
+    ];
+    if (hasProgram('iptables-restore')) {
+      probes.push(['kernel: NAT, DNAT, MASQUERADE, mark, conntrack', ['iptables-restore', '--noflush'], NAT_PROBE, 'enable nf_tables/nat/conntrack (CONFIG_NF_NAT, CONFIG_NETFILTER_XT_*)']);
+    }
+    for (const [name, args, input, fix] of probes) {
+      const r = await inThrowawayNs(args, input);
+      checks.push({ name, ok: r.ok, required: true, detail: r.ok ? 'works' : r.detail, ...(r.ok ? {} : { fix }) });
+    }
+  }
+  const ipvs = existsSync('/proc/net/ip_vs');
+  checks.push({
+    name: 'kernel: IP_VS (ocinet ipvs on container sandboxes)', ok: ipvs, required: false,
+    detail: ipvs ? 'present' : 'absent', ...(ipvs ? {} : { fix: 'modprobe ip_vs (CONFIG_IP_VS)' }),
+  });
+  try {
+    mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+    accessSync(stateDir, constants.W_OK);
+    checks.push({ name: 'state directory', ok: true, required: true, detail: stateDir });
+  } catch (e) {
+    checks.push({ name: 'state directory', ok: false, required: true, detail: `${stateDir}: ${(e as Error).message}`, fix: 'use --state-dir on a writable, preferably tmpfs, path' });
+  }
+  return checks;
+}

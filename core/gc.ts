@@ -1,0 +1,79 @@
+/**
+ * Garbage collection: the crash and reboot case. Containers whose network
+ * namespace is gone are torn down; veths, DNAT chains and bridges ocinet made
+ * that no record owns are removed; temp files of dead writers are deleted.
+ */
+import { readdirSync, unlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import { purge, save } from './iptables.js';
+import { deleteLinks, listLinks } from './links.js';
+import { withLock } from './lock.js';
+import { BRIDGE_ALIAS } from './bridge.js';
+import { netnsId, pidNetnsPath } from './netns.js';
+import { removeNetwork, teardownContainer } from './sandbox.js';
+import { ensureStateDir, loadDb, saveDb, type ContainerRecord } from './store.js';
+
+export interface GcReport {
+  containers: string[];
+  links: string[];
+  chains: string[];
+  bridges: string[];
+  tempFiles: string[];
+}
+
+export function isAlive(c: ContainerRecord): boolean {
+  return Boolean(c.pid && c.netns && netnsId(pidNetnsPath(c.pid)) === c.netns);
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+export async function gc(stateDir: string): Promise<GcReport> {
+  ensureStateDir(stateDir);
+  const report: GcReport = { containers: [], links: [], chains: [], bridges: [], tempFiles: [] };
+  for (const c of Object.values(loadDb(stateDir).containers)) {
+    if (isAlive(c)) continue;
+    await teardownContainer(c.id, { stateDir, bridge: c.bridge, keepBridge: false });
+    report.containers.push(c.id);
+  }
+  await withLock(stateDir, async () => {
+    const db = loadDb(stateDir);
+    const records = Object.values(db.containers);
+    const links = await listLinks();
+    const owned = new Set(records.map((c) => c.hostVeth));
+    const orphans = links.filter((l) => /^ocv[0-9a-f]{10}$/.test(l.name) && !owned.has(l.name));
+    await deleteLinks(orphans.map((l) => l.index));
+    report.links = orphans.map((l) => l.name);
+
+    const chains = new Set(records.map((c) => c.chain));
+    const stale = [...(await save('nat')).chains].filter((c) => c.startsWith('OCINET-DN-') && !chains.has(c));
+    if (stale.length) {
+      await purge(['nat'], (l) => stale.some((c) => l.endsWith(`-j ${c}`)), (c) => stale.includes(c));
+    }
+    report.chains = stale;
+
+    const used = new Set(records.map((c) => c.bridge));
+    const bridges = new Set([
+      ...Object.keys(db.networks),
+      ...links.filter((l) => l.kind === 'bridge' && l.alias === BRIDGE_ALIAS).map((l) => l.name),
+    ]);
+    for (const b of bridges) {
+      if (!used.has(b) && (await removeNetwork(db, b))) report.bridges.push(b);
+    }
+    saveDb(stateDir, db);
+  });
+  for (const f of readdirSync(stateDir)) {
+    const m = /^state\.json\.(\d+)\.tmp$/.exec(f);
+    if (m && !pidAlive(Number(m[1]))) {
+      unlinkSync(join(stateDir, f));
+      report.tempFiles.push(f);
+    }
+  }
+  return report;
+}

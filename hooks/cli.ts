@@ -1,0 +1,109 @@
+/**
+ * ocinet: the command line. `list`, `gc`, `doctor` (and, later, `network`
+ * and `ipvs`). Exit 0 on success, 1 on failure with one line on stderr.
+ */
+import { resolveStateDir } from '../core/config.js';
+import { doctor } from '../core/doctor.js';
+import { errorLine, OcinetError } from '../core/errors.js';
+import { gc, isAlive } from '../core/gc.js';
+import { loadDb } from '../core/store.js';
+import { parseArgs, type FlagSpec } from './args.js';
+import { VERSION } from './version.js';
+
+const COMMON: FlagSpec = {
+  '--state-dir': { key: 'stateDir', kind: 'string' },
+  '--json': { key: 'json', kind: 'bool' },
+  '--help': { key: 'help', kind: 'bool' },
+  '--version': { key: 'version', kind: 'bool' },
+};
+
+interface Flags {
+  stateDir?: string;
+  json?: boolean;
+  help?: boolean;
+  version?: boolean;
+}
+
+const USAGE = `usage: ocinet COMMAND [flags]
+  list [--json]      containers ocinet manages: id, address, published ports
+  gc                 remove networks of containers whose namespace is gone, and orphans
+  doctor             check programs and kernel features the hooks need
+flags:
+  --state-dir DIR    state directory (default $OCINET_STATE_DIR or /run/ocinet)
+  --json             machine-readable output
+  --version, --help`;
+
+function table(rows: string[][]): string {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ')).join('\n') + '\n';
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  if (cmd === '--version') return void process.stdout.write(`ocinet ${VERSION}\n`), 0;
+  if (cmd === undefined || cmd === '--help' || cmd === 'help') return void process.stdout.write(USAGE + '\n'), 0;
+  const { flags, positional } = parseArgs<Flags>(rest, COMMON);
+  if (flags.help) return void process.stdout.write(USAGE + '\n'), 0;
+  if (positional.length) throw new OcinetError('EINPUT', `unexpected argument '${positional[0]}' for ${cmd}`);
+  const stateDir = resolveStateDir(flags.stateDir, process.env);
+  switch (cmd) {
+    case 'list': {
+      const db = loadDb(stateDir);
+      const rows = Object.values(db.containers).map((c) => ({
+        id: c.id,
+        mode: c.mode,
+        ip: c.ip ? `${c.ip}/${c.prefix}` : '',
+        bridge: c.bridge,
+        ports: c.ports.map((p) => `${p.hostPort}:${p.containerPort}/${p.proto}`),
+        pid: c.pid ?? null,
+        alive: isAlive(c),
+        ...(c.sharedWith ? { sharedWith: c.sharedWith } : {}),
+      }));
+      if (flags.json) process.stdout.write(JSON.stringify(rows, null, 2) + '\n');
+      else {
+        process.stdout.write(
+          table([
+            ['ID', 'ADDRESS', 'BRIDGE', 'PORTS', 'PID', 'STATE'],
+            ...rows.map((r) => [
+              r.id, r.ip, r.bridge, r.ports.join(',') || '-', String(r.pid ?? '-'),
+              (r.alive ? 'running' : 'gone') + (r.sharedWith ? ` (shares ${r.sharedWith})` : ''),
+            ]),
+          ]),
+        );
+      }
+      return 0;
+    }
+    case 'gc': {
+      const r = await gc(stateDir);
+      if (flags.json) process.stdout.write(JSON.stringify(r, null, 2) + '\n');
+      else {
+        const n = (xs: string[]): string => (xs.length ? xs.join(', ') : 'none');
+        process.stdout.write(
+          `containers: ${n(r.containers)}\nlinks: ${n(r.links)}\nchains: ${n(r.chains)}\nbridges: ${n(r.bridges)}\ntemp files: ${n(r.tempFiles)}\n`,
+        );
+      }
+      return 0;
+    }
+    case 'doctor': {
+      const checks = await doctor(stateDir);
+      if (flags.json) process.stdout.write(JSON.stringify(checks, null, 2) + '\n');
+      else {
+        for (const c of checks) {
+          const mark = c.ok ? 'ok  ' : c.required ? 'FAIL' : 'warn';
+          process.stdout.write(`${mark}  ${c.name}: ${c.detail}${c.fix ? `  (fix: ${c.fix})` : ''}\n`);
+        }
+      }
+      return checks.some((c) => c.required && !c.ok) ? 1 : 0;
+    }
+    default:
+      throw new OcinetError('EINPUT', `unknown command '${cmd}' (try: list, gc, doctor)`);
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (e: unknown) => {
+    process.stderr.write(`ocinet: ${errorLine(e)}\n`);
+    process.exit(1);
+  },
+);

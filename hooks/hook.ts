@@ -1,0 +1,83 @@
+/**
+ * ocinet-hook: the OCI runtime hook. Reads the container state on stdin;
+ * `setup` or `teardown` (default: from the state's status) a bridge network.
+ * Exit 0 on success; on failure one line on stderr and exit 1.
+ */
+import { readFileSync } from 'node:fs';
+import { resolveConfig, type HookFlags } from '../core/config.js';
+import { errorLine, isOcinetError, OcinetError } from '../core/errors.js';
+import { OpLog } from '../core/log.js';
+import { ocinetAnnotations, parseState, stageFromStatus } from '../core/oci.js';
+import { setupContainer, teardownContainer } from '../core/sandbox.js';
+import { parseArgs, type FlagSpec } from './args.js';
+import { VERSION } from './version.js';
+
+const FLAGS: FlagSpec = {
+  '--bridge': { key: 'bridge', kind: 'string' },
+  '--subnet': { key: 'subnet', kind: 'string' },
+  '--iface': { key: 'iface', kind: 'string' },
+  '--mtu': { key: 'mtu', kind: 'string' },
+  '--publish': { key: 'publish', kind: 'list' },
+  '--ip': { key: 'ip', kind: 'string' },
+  '--state-dir': { key: 'stateDir', kind: 'string' },
+  '--log': { key: 'log', kind: 'string' },
+  '--keep-bridge': { key: 'keepBridge', kind: 'bool' },
+  '--help': { key: 'help', kind: 'bool' },
+  '--version': { key: 'version', kind: 'bool' },
+};
+
+const USAGE = `usage: ocinet-hook [setup|teardown] [flags] < state.json
+  Without a stage, 'stopped' state means teardown, anything else setup.
+  --bridge NAME        bridge to attach to (default ocinet0)
+  --subnet CIDR        bridge subnet; gateway is its first address (default 10.213.0.0/16)
+  --iface NAME         interface name in the container (default eth0)
+  --mtu N              MTU of the veth pair (default 1500)
+  --publish H:C[/tcp|/udp]  publish container port C on host port H (repeatable)
+  --ip ADDR            static address (annotation io.ocinet.ip wins)
+  --state-dir DIR      state and leases (default $OCINET_STATE_DIR or /run/ocinet)
+  --log FILE|none      JSON-lines operation log (default STATE_DIR/ocinet.log)
+  --keep-bridge        keep bridge and NAT rules when the last container leaves
+  --version, --help`;
+
+async function main(argv: string[]): Promise<number> {
+  const { flags, positional } = parseArgs<HookFlags & { help?: boolean; version?: boolean }>(argv, FLAGS);
+  if (flags.version) {
+    process.stdout.write(`ocinet-hook ${VERSION}\n`);
+    return 0;
+  }
+  if (flags.help) {
+    process.stdout.write(USAGE + '\n');
+    return 0;
+  }
+  const stageArg = positional[0];
+  if (positional.length > 1 || (stageArg !== undefined && stageArg !== 'setup' && stageArg !== 'teardown')) {
+    throw new OcinetError('EINPUT', `unexpected argument '${positional.join(' ')}' (stage is setup or teardown)`);
+  }
+  const state = parseState(readFileSync(0, 'utf8'));
+  const stage = stageArg ?? stageFromStatus(state);
+  const cfg = resolveConfig(flags, stage === 'setup' ? ocinetAnnotations(state) : {}, process.env);
+  const log = new OpLog(cfg.logFile);
+  try {
+    if (stage === 'setup') {
+      if (!state.pid) throw new OcinetError('EINPUT', `state field 'pid' is required for setup (status '${state.status}')`);
+      const res = await setupContainer({ ...cfg, id: state.id, pid: state.pid }, log);
+      log.write({ op: 'setup', id: state.id, ok: true, ip: res.ip, ports: res.ports.length, shared: res.sharedWith });
+      process.stdout.write(JSON.stringify(res) + '\n');
+    } else {
+      const res = await teardownContainer(state.id, cfg, log);
+      log.write({ op: 'teardown', id: state.id, ok: true, removed: res.removed, bridgeRemoved: res.bridgeRemoved });
+    }
+  } catch (e) {
+    log.write({ op: stage, id: state.id, ok: false, error: errorLine(e), code: isOcinetError(e) ? e.code : 'EUNKNOWN' });
+    throw e;
+  }
+  return 0;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (e: unknown) => {
+    process.stderr.write(`ocinet-hook: ${errorLine(e)}\n`);
+    process.exit(1);
+  },
+);

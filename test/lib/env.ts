@@ -1,0 +1,111 @@
+/** Shared test fixtures: fake sandboxes, the built hook, namespace snapshots. */
+import { execa } from 'execa';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+export const ROOT = new URL('../..', import.meta.url).pathname.replace(/\/$/, '');
+export const HOOK = join(ROOT, 'dist/bin/ocinet-hook');
+export const CLI = join(ROOT, 'dist/bin/ocinet');
+
+export function tempDir(prefix: string): string {
+  return mkdtempSync(join(tmpdir(), `ocinet-${prefix}-`));
+}
+
+/** A process in a network namespace of its own: the stand-in for a container's init. */
+export interface Sandbox {
+  pid: number;
+  proc: ChildProcess;
+  kill(): Promise<void>;
+}
+
+export async function sandbox(): Promise<Sandbox> {
+  const proc = spawn('unshare', ['--net', '--', 'sleep', '3600'], { stdio: 'ignore' });
+  const pid = proc.pid!;
+  // unshare execs sleep in the same process: wait until its netns differs from ours.
+  const self = await nsOf('self');
+  for (let i = 0; i < 200 && (await nsOf(String(pid))) === self; i++) await sleep(5);
+  return {
+    pid,
+    proc,
+    kill: () =>
+      new Promise((r) => {
+        if (proc.exitCode !== null || proc.signalCode !== null) return r();
+        proc.once('exit', () => r());
+        proc.kill('SIGKILL');
+      }),
+  };
+}
+
+async function nsOf(pid: string): Promise<string> {
+  try {
+    const { readlink } = await import('node:fs/promises');
+    return await readlink(`/proc/${pid}/ns/net`);
+  } catch {
+    return '';
+  }
+}
+
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+export function state(id: string, status: string, pid?: number, extra: Record<string, unknown> = {}): string {
+  return JSON.stringify({ ociVersion: '1.0.2', id, status, ...(pid !== undefined ? { pid } : {}), bundle: '/nonexistent', ...extra });
+}
+
+export interface HookRun {
+  exitCode: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Run the built hook with an empty environment, as runc's `"env": []` does. */
+export async function hook(args: string[], input: string): Promise<HookRun> {
+  const r = await execa(HOOK, args, { input, env: {}, extendEnv: false, reject: false });
+  return { exitCode: r.exitCode ?? 1, stdout: String(r.stdout), stderr: String(r.stderr) };
+}
+
+export async function cli(args: string[], input?: string): Promise<HookRun> {
+  const r = await execa(CLI, args, { reject: false, ...(input !== undefined ? { input } : {}) });
+  return { exitCode: r.exitCode ?? 1, stdout: String(r.stdout), stderr: String(r.stderr) };
+}
+
+export async function sh(file: string, args: string[], opts: { input?: string; reject?: boolean } = {}): Promise<HookRun> {
+  const r = await execa(file, args, { reject: opts.reject ?? true, ...(opts.input !== undefined ? { input: opts.input } : {}) });
+  return { exitCode: r.exitCode ?? 1, stdout: String(r.stdout), stderr: String(r.stderr) };
+}
+
+/** Run a command inside a sandbox's network namespace. */
+export async function inNs(pid: number, args: string[], reject = true): Promise<HookRun> {
+  return sh('nsenter', [`--net=/proc/${pid}/ns/net`, '--', ...args], { reject });
+}
+
+/** What ocinet may leave in a namespace: links, NAT/filter rules, leases. */
+export async function snapshot(stateDir?: string): Promise<string> {
+  const links = (await sh('ip', ['-o', 'link', 'show'])).stdout.split('\n').map((l) => l.split(':')[1]?.trim().split('@')[0]).sort();
+  // Rules and user chains only: nftables keeps emptied tables around, which is no leak.
+  const rules = (await sh('iptables-save', [])).stdout
+    .split('\n')
+    .filter((l) => l.startsWith('-A ') || (l.startsWith(':') && !/ (ACCEPT|DROP) /.test(l)));
+  let leases = '{}';
+  if (stateDir && existsSync(join(stateDir, 'state.json'))) {
+    const db = JSON.parse(readFileSync(join(stateDir, 'state.json'), 'utf8')) as { containers: object; networks: object };
+    if (Object.keys(db.containers).length || Object.keys(db.networks).length) leases = JSON.stringify({ containers: db.containers, networks: db.networks });
+  }
+  return JSON.stringify({ links, rules, leases }, null, 1);
+}
+
+export function cleanup(dir: string): void {
+  rmSync(dir, { recursive: true, force: true });
+}
+
+export interface StateDb {
+  containers: Record<string, { ip?: string; hostVeth?: string; mode: string }>;
+  networks: Record<string, unknown>;
+}
+
+export function readDb(dir: string): StateDb {
+  const p = join(dir, 'state.json');
+  if (!existsSync(p)) return { containers: {}, networks: {} };
+  return JSON.parse(readFileSync(p, 'utf8')) as StateDb;
+}
