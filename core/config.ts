@@ -39,6 +39,7 @@ export interface HookConfig extends NetworkOptions {
   ports: PortMapping[];
   ip?: string;
   logFile: string | null;
+  requested: { ports: boolean; ip: boolean };
 }
 
 function ifName(v: string, what: string): string {
@@ -76,7 +77,8 @@ export function resolveConfig(flags: HookFlags, annotations: Record<string, stri
   }
   const stateDir = resolveStateDir(flags.stateDir, env);
   const logFile = flags.log === 'none' ? null : (flags.log ?? `${stateDir}/ocinet.log`);
-  const cfg: HookConfig = { bridge, iface, subnet, mtu: Number(mtuText), ports, stateDir, logFile, keepBridge: Boolean(flags.keepBridge) };
+  const requested = { ports: Boolean(annotations[ANNOTATIONS.publish]?.trim()), ip: annotations[ANNOTATIONS.ip] !== undefined };
+  const cfg: HookConfig = { bridge, iface, subnet, mtu: Number(mtuText), ports, stateDir, logFile, keepBridge: Boolean(flags.keepBridge), requested };
   if (ip !== undefined) cfg.ip = ip;
   return cfg;
 }

@@ -1,8 +1,17 @@
 /** Deterministic names derived from ids, so teardown finds them even without state. */
-import { createHash } from 'node:crypto';
-
+/**
+ * 64-bit FNV-1a as hex, from two 32-bit lanes. Names need stability, not
+ * secrecy, and node:crypto costs ~2 ms to load on the hook's start path.
+ */
 export function shortHash(s: string, len: number): string {
-  return createHash('sha256').update(s).digest('hex').slice(0, len);
+  let a = 0x811c9dc5;
+  let b = 0xcbf29ce4;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    a = Math.imul(a ^ c, 0x01000193) >>> 0;
+    b = Math.imul(b ^ c ^ (a >>> 13), 0x01000193) >>> 0;
+  }
+  return (b.toString(16).padStart(8, '0') + a.toString(16).padStart(8, '0')).slice(0, len);
 }
 
 /** Host end of a container's veth: `ocv` + 10 hex = 13 chars (IFNAMSIZ is 16). */

@@ -37,6 +37,12 @@ export interface SetupRequest extends NetworkOptions {
   pid: number;
   ports: PortMapping[];
   ip?: string;
+  /**
+   * What the container itself asked for (annotations), as opposed to the
+   * admin defaults of the hook entry: a container joining another's
+   * namespace inherits its network, so only its own requests conflict.
+   */
+  requested?: { ports: boolean; ip: boolean };
 }
 
 export interface SetupResult {
@@ -102,6 +108,13 @@ export async function setupContainer(req: SetupRequest, log?: OpLog): Promise<Se
     const owner = Object.values(db.containers).find((c) => c.netns === netns && c.mode === 'veth');
     if (owner) {
       // Namespace sharing: the namespace already has our eth0; record, change nothing.
+      // Requests of the joiner's own cannot be honoured: say so rather than drop them.
+      if (req.requested?.ports) {
+        throw new OcinetError('ECONFLICT', `container ${req.id} joins the network namespace of ${owner.id}: publish its ports on ${owner.id}`);
+      }
+      if (req.requested?.ip && req.ip !== owner.ip) {
+        throw new OcinetError('ECONFLICT', `container ${req.id} joins the network namespace of ${owner.id}, whose address is ${owner.ip}, not ${req.ip}`);
+      }
       const shared: ContainerRecord = {
         id: req.id, mode: 'shared', bridge: owner.bridge, ip: owner.ip!, prefix: owner.prefix!, iface: owner.iface!,
         ports: [], pid: req.pid, netns, sharedWith: owner.id, createdAt: new Date().toISOString(), setupPid: process.pid,
@@ -130,15 +143,14 @@ export async function setupContainer(req: SetupRequest, log?: OpLog): Promise<Se
   if (rec.mode === 'shared') return resultOf(rec, gateway);
 
   try {
-    const host = ipBatch(hostLines({ hostVeth: rec.hostVeth!, iface: req.iface, mtu: req.mtu, pid: req.pid, bridge: req.bridge }));
+    const links = ipBatch(hostLines({ hostVeth: rec.hostVeth!, iface: req.iface, mtu: req.mtu, pid: req.pid, bridge: req.bridge }))
+      .then(() => log?.step('host'))
+      .then(() => ipBatchIn(pidNetnsPath(req.pid), containerLines(req.iface, rec.ip!, sn.prefix, gateway)))
+      .then(() => log?.step('container'));
     // Firewall rules do not depend on the links: apply them while the links are made.
     const fw = req.ports.length ? restore(publishScript(req.id, rec.ip!, req.subnet, req.ports)) : Promise.resolve(true);
-    const [h, f] = await Promise.allSettled([host, fw]);
-    if (h.status === 'rejected') throw h.reason;
-    log?.step('host');
-    await ipBatchIn(pidNetnsPath(req.pid), containerLines(req.iface, rec.ip!, sn.prefix, gateway));
-    log?.step('container');
-    if (f.status === 'rejected') throw f.reason;
+    const done = await Promise.allSettled([links, fw]);
+    for (const d of done) if (d.status === 'rejected') throw d.reason;
     // Stale UDP conntrack entries would keep sending a published port's traffic elsewhere.
     for (const p of req.ports.filter((p) => p.proto === 'udp')) {
       await run('conntrack', ['-D', '-p', 'udp', '--dport', String(p.hostPort)], { allowFail: true });
@@ -189,8 +201,9 @@ export async function teardownContainer(id: string, o: Omit<NetworkOptions, 'ifa
   if (heir) return { id, removed: true, bridgeRemoved: false };
 
   if (rec?.mode === 'veth') {
-    await unpublish(rec);
-    if (rec.hostVeth) await deleteLink(rec.hostVeth);
+    // Independent kernel objects: remove them side by side.
+    const done = await Promise.allSettled([unpublish(rec), rec.hostVeth ? deleteLink(rec.hostVeth) : undefined]);
+    for (const d of done) if (d.status === 'rejected') throw d.reason;
     log?.step('kernel');
   } else if (!rec) {
     await deleteLink(hostVethName(id)); // a setup killed before it could record anything more

@@ -18,6 +18,8 @@ export function hostLines(p: VethPlan): string[] {
   return [
     `link add ${p.hostVeth} mtu ${p.mtu} type veth peer name ${p.iface} mtu ${p.mtu} netns ${p.pid}`,
     `link set ${p.hostVeth} master ${p.bridge} up`,
+    // Hairpin: a container reaching its own published port comes back through its own port.
+    `link set ${p.hostVeth} type bridge_slave hairpin on`,
   ];
 }
 

@@ -4,7 +4,8 @@
 # prestart and poststop hooks run HOOK with "env": [] (runc then gives the hook
 # no PATH at all), CAP_NET_RAW for ping, and a web server on port 80 as the
 # container's process. Set OCINET_ANNOTATIONS to a JSON object to add
-# annotations, OCINET_NETNS_PATH to join an existing network namespace.
+# annotations, OCINET_NETNS_PATH to join an existing network namespace,
+# OCINET_SETUP_STAGE=createRuntime to set up there instead of in prestart.
 set -euo pipefail
 dir=$1 hook=$2
 shift 2
@@ -20,7 +21,8 @@ rm -f config.json
 runc spec
 args_json=$(jq -cn --arg p "$hook" '$ARGS.positional | [$p | split("/") | last] + .' --args -- "$@")
 jq --arg hook "$hook" --argjson args "$args_json" \
-   --argjson ann "${OCINET_ANNOTATIONS:-{\}}" --arg nspath "${OCINET_NETNS_PATH:-}" '
+   --argjson ann "${OCINET_ANNOTATIONS:-{\}}" --arg nspath "${OCINET_NETNS_PATH:-}" \
+   --arg stage "${OCINET_SETUP_STAGE:-prestart}" '
   .process.terminal = false
   | .process.args = ["httpd", "-f", "-p", "80", "-h", "/www"]
   | .process.capabilities |= with_entries(.value += ["CAP_NET_RAW", "CAP_NET_BIND_SERVICE"] | .value |= unique)
@@ -28,7 +30,7 @@ jq --arg hook "$hook" --argjson args "$args_json" \
   | .annotations = $ann
   | .linux.namespaces |= map(if .type == "network" and $nspath != "" then .path = $nspath else . end)
   | .hooks = {
-      prestart: [{ path: $hook, args: $args, env: [] }],
+      ($stage): [{ path: $hook, args: $args, env: [] }],
       poststop: [{ path: $hook, args: $args, env: [] }]
     }
 ' config.json > config.json.new

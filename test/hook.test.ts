@@ -198,7 +198,10 @@ t.test('namespace sharing: second container shares eth0, its teardown leaves it'
   // A second container joined via "path": "/proc/PID/ns/net": its init lives in the same netns.
   const joiner = spawn('nsenter', [`--net=/proc/${sb.pid}/ns/net`, '--', 'sleep', '3600'], { stdio: 'ignore' });
   await sleep(100);
-  const b = await hook(['--state-dir', dir, ...SUBNET], state('joiner', 'creating', joiner.pid!));
+  const own = await hook(['--state-dir', dir, ...SUBNET], state('joiner', 'creating', joiner.pid!, { annotations: { 'io.ocinet.publish': '9090:81' } }));
+  t.not(own.exitCode, 0, 'a joiner cannot publish ports of its own');
+  t.match(own.stderr, /joins the network namespace of owner: publish its ports on owner/);
+  const b = await hook(['--state-dir', dir, ...SUBNET, '--publish', '9091:80'], state('joiner', 'creating', joiner.pid!));
   t.equal(b.exitCode, 0, b.stderr);
   const res = JSON.parse(b.stdout) as { ip: string; sharedWith: string };
   t.equal(res.sharedWith, 'owner');

@@ -1,0 +1,303 @@
+// ocinet benchmark (make bench). Runs inside the namespace bench/run.sh creates.
+// Every figure is the wall time of whole child processes (spawn → exit), as a
+// runtime would see it; stand-in sandboxes are created outside the timed region.
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+
+if (process.env.OCINET_BENCH_NS !== '1') throw new Error('run bench/run.sh, not bench.mjs directly');
+
+const ROOT = new URL('..', import.meta.url).pathname.replace(/\/$/, '');
+const HOOK = join(ROOT, 'dist/bin/ocinet-hook');
+const NODE = readFileSync(HOOK, 'utf8').split('\n')[0].replace(/^#!\s*/, ''); // same node the hook runs on
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 30);
+const RESIDENTS = Number(process.env.BENCH_RESIDENTS ?? 200);
+const TMP = mkdtempSync(join(tmpdir(), 'ocinet-bench-'));
+const CNI_PATH = '/usr/lib/cni';
+// Plugins shell out to iptables, so they need a PATH (a real runtime passes its own).
+const CNI_BASE_ENV = { CNI_PATH, CNI_IFNAME: 'eth0', PATH: '/usr/sbin:/usr/bin:/sbin:/bin' };
+const TARGETS = { ratio: 0.6, loadMs: 15, ownWorkMs: 25, scale: 1.25 };
+// Progress on a terminal only, so that logs of `make bench` hold just the report.
+const progress = (msg) => process.stderr.isTTY && process.stderr.write(`\r${msg}\x1b[K`);
+
+// ---------- processes ----------
+
+/** Run a program to completion; resolves with its output and wall time in ms. */
+function run(file, args, { input = '', env = {} } = {}) {
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    const p = spawn(file, args, { env, timeout: 60_000 });
+    let stdout = '', stderr = '';
+    p.stdout.on('data', (d) => (stdout += d));
+    p.stderr.on('data', (d) => (stderr += d));
+    p.on('error', reject);
+    p.on('close', (code, signal) => resolve({ code, signal, stdout, stderr, ms: performance.now() - t0 }));
+    p.stdin.on('error', () => {}); // a program that ignores stdin may close it first
+    p.stdin.end(input);
+  });
+}
+
+/** Abort loudly unless the run exited 0 and its output passes check: a benchmark of failures is worthless. */
+function must(r, what, check = () => true) {
+  let ok = false;
+  try { ok = r.code === 0 && check(r); } catch {} // e.g. output that is not JSON
+  if (ok) return r;
+  throw new Error(`${what} FAILED (exit ${r.code ?? r.signal}): ${(r.stderr || r.stdout).trim().slice(0, 500)}`);
+}
+
+const sandboxes = new Set();
+const myNs = readlinkSync('/proc/self/ns/net');
+
+/** A stand-in container: a sleeping process in a network namespace of its own. */
+async function sandbox() {
+  const proc = spawn('unshare', ['--net', '--', 'sleep', '3600'], { stdio: 'ignore' });
+  sandboxes.add(proc);
+  // unshare execs sleep in place: wait until the pid's netns is no longer ours.
+  for (let i = 0; ; i++) {
+    let ns = '';
+    try { ns = readlinkSync(`/proc/${proc.pid}/ns/net`); } catch {}
+    if (ns && ns !== myNs) break;
+    if (i > 400 || proc.exitCode !== null) throw new Error('sandbox did not start');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  return proc;
+}
+
+function kill(proc) {
+  sandboxes.delete(proc);
+  if (proc.exitCode !== null || proc.signalCode !== null) return Promise.resolve();
+  return new Promise((r) => { proc.once('exit', r); proc.kill('SIGKILL'); });
+}
+
+/** Run fn over items, n at a time (only for untimed bulk setup/teardown). */
+async function pool(items, n, fn) {
+  const queue = [...items];
+  await Promise.all(Array.from({ length: n }, async () => { while (queue.length) await fn(queue.shift()); }));
+}
+
+// ---------- ocinet ----------
+
+const ociState = (id, status, pid) =>
+  JSON.stringify({ ociVersion: '1.0.2', id, status, ...(pid ? { pid } : {}), bundle: '/nonexistent' });
+
+/** An ocinet network: a state dir, optionally reached through another netns (nsenter). */
+function ocinet(stateDir, viaPid) {
+  const cmd = (args) => (viaPid ? ['nsenter', [`--net=/proc/${viaPid}/ns/net`, '--', HOOK, ...args]] : [HOOK, args]);
+  return {
+    stateDir,
+    async setup(id, pid, extra = []) {
+      const [file, args] = cmd(['--state-dir', stateDir, ...extra]);
+      // Empty environment, as runc's "env": [] gives the hook.
+      const r = await run(file, args, { input: ociState(id, 'creating', pid) });
+      return must(r, `ocinet setup ${id}`, (x) => /^\d+\.\d+\.\d+\.\d+$/.test(JSON.parse(x.stdout).ip));
+    },
+    async teardown(id) {
+      const [file, args] = cmd(['--state-dir', stateDir]);
+      return must(await run(file, args, { input: ociState(id, 'stopped') }), `ocinet teardown ${id}`);
+    },
+  };
+}
+
+// ---------- CNI (Debian's plugins) ----------
+
+const bridgeConf = {
+  cniVersion: '1.0.0', name: 'benchnet', type: 'bridge', bridge: 'cni0', isGateway: true, ipMasq: true,
+  ipam: { type: 'host-local', ranges: [[{ subnet: '10.214.0.0/16' }]], dataDir: join(TMP, 'cni-ipam') },
+};
+const portmapConf = {
+  cniVersion: '1.0.0', name: 'benchnet', type: 'portmap', capabilities: { portMappings: true },
+  runtimeConfig: { portMappings: [{ hostPort: 8081, containerPort: 80, protocol: 'tcp' }] },
+};
+
+function cni(plugin, command, id, pid, conf) {
+  const env = { ...CNI_BASE_ENV, CNI_COMMAND: command, CNI_CONTAINERID: id, CNI_NETNS: `/proc/${pid}/ns/net` };
+  return run(join(CNI_PATH, plugin), [], { input: JSON.stringify(conf), env });
+}
+const hasIp = (r) => (JSON.parse(r.stdout).ips ?? []).some((x) => /^\d+\.\d+\.\d+\.\d+\/\d+$/.test(x.address));
+
+/** bridge ADD, portmap ADD (chained on the bridge result), portmap DEL, bridge DEL. */
+async function cniLife(id, pid) {
+  const addB = must(await cni('bridge', 'ADD', id, pid, bridgeConf), `CNI bridge ADD ${id}`, hasIp);
+  const prevResult = JSON.parse(addB.stdout);
+  const addP = must(await cni('portmap', 'ADD', id, pid, { ...portmapConf, prevResult }), `CNI portmap ADD ${id}`, hasIp);
+  const delP = must(await cni('portmap', 'DEL', id, pid, { ...portmapConf, prevResult }), `CNI portmap DEL ${id}`);
+  const delB = must(await cni('bridge', 'DEL', id, pid, { ...bridgeConf, prevResult }), `CNI bridge DEL ${id}`);
+  return [addB.ms, addP.ms, delP.ms, delB.ms];
+}
+
+// ---------- statistics ----------
+
+function pct(xs, q) {
+  const s = [...xs].sort((a, b) => a - b);
+  const i = q * (s.length - 1), lo = Math.floor(i);
+  return s[lo] + (s[Math.min(lo + 1, s.length - 1)] - s[lo]) * (i - lo);
+}
+const stat = (xs) => ({ p50: pct(xs, 0.5), p95: pct(xs, 0.95), n: xs.length });
+const r1 = (x) => Math.round(x * 10) / 10;
+const r2 = (x) => Math.round(x * 100) / 100;
+
+/** Median of each step the hook logged (JSON lines with a `steps` object) for ids matching re. */
+function stepMedians(stateDir, op, re) {
+  const rows = readFileSync(join(stateDir, 'ocinet.log'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l))
+    .filter((e) => e.op === op && e.ok && re.test(e.id));
+  const out = { total: r2(pct(rows.map((e) => e.ms), 0.5)) };
+  for (const k of Object.keys(rows[0]?.steps ?? {})) out[k] = r2(pct(rows.map((e) => e.steps[k] ?? 0), 0.5));
+  return out;
+}
+
+// ---------- the run ----------
+
+const cleanups = []; // run in reverse at the end, also after a failure
+
+async function main() {
+  const started = performance.now();
+  const load0 = loadavg()[0];
+  const t = { oci: [], ociSetup: [], ociTeardown: [], cni: [], cniSteps: [[], [], [], []], version: [], node0: [], one: [], many: [] };
+
+  // Phase 1: ocinet vs CNI, with --version and `node -e 0` in the same rounds, so
+  // that the "load" and "own work" differences compare runs made side by side.
+  const oc = ocinet(join(TMP, 'ocinet'));
+  const resA = await sandbox();
+  await oc.setup('resident-a', resA.pid);
+  cleanups.push(() => oc.teardown('resident-a'));
+  const resB = await sandbox();
+  const resBAdd = must(await cni('bridge', 'ADD', 'resident-b', resB.pid, bridgeConf), 'CNI resident ADD', hasIp);
+  cleanups.push(async () => must(await cni('bridge', 'DEL', 'resident-b', resB.pid, { ...bridgeConf, prevResult: JSON.parse(resBAdd.stdout) }), 'CNI resident DEL'));
+
+  const tasks = {
+    async ocinet(i, timed) {
+      const sb = await sandbox();
+      const s = await oc.setup(`bench-a-${i}`, sb.pid, ['--publish', '8080:80']);
+      const d = await oc.teardown(`bench-a-${i}`);
+      await kill(sb);
+      if (timed) { t.oci.push(s.ms + d.ms); t.ociSetup.push(s.ms); t.ociTeardown.push(d.ms); }
+    },
+    async cni(i, timed) {
+      const sb = await sandbox();
+      const steps = await cniLife(`bench-b-${i}`, sb.pid);
+      await kill(sb);
+      if (timed) { t.cni.push(steps.reduce((a, b) => a + b)); steps.forEach((ms, k) => t.cniSteps[k].push(ms)); }
+    },
+    async version(_i, timed) {
+      const r = must(await run(HOOK, ['--version']), 'ocinet-hook --version', (x) => /\d/.test(x.stdout));
+      if (timed) t.version.push(r.ms);
+    },
+    async node0(_i, timed) {
+      const r = must(await run(NODE, ['-e', '0']), 'node -e 0');
+      if (timed) t.node0.push(r.ms);
+    },
+  };
+  const order = Object.keys(tasks);
+  for (const k of order) await tasks[k]('warm', false); // page cache, first bridge/chain creation
+  for (let i = 0; i < ROUNDS; i++) {
+    // Rotate who goes first, so neither side always runs right after the other.
+    for (let j = 0; j < order.length; j++) await tasks[order[(i + j) % order.length]](i, true);
+    progress(`phase 1: round ${i + 1}/${ROUNDS}`);
+  }
+  progress('');
+
+  // Phase 2: setup cost with 1 vs RESIDENTS containers on the bridge. Each network
+  // lives in a netns of its own (entered with nsenter, the same for both sides) so
+  // that the two can alternate without one host's size slowing the other.
+  const nets = [];
+  for (const [name, n] of [['one', 1], ['many', RESIDENTS]]) {
+    const holder = await sandbox();
+    const net = ocinet(join(TMP, `ocinet-${name}`), holder.pid);
+    const residents = [];
+    for (let i = 0; i < n; i++) residents.push({ id: `res-${name}-${i}`, sb: await sandbox() });
+    let done = 0;
+    await pool(residents, 3, async (r) => {
+      await net.setup(r.id, r.sb.pid);
+      progress(`phase 2: ${name}: ${++done}/${n} residents set up`);
+    });
+    cleanups.push(() => pool(residents, 3, (r) => net.teardown(r.id)));
+    nets.push({ name, net });
+  }
+  const timedLife = async (name, net, i, timed) => {
+    const sb = await sandbox();
+    const s = await net.setup(`bench-${name}-${i}`, sb.pid, ['--publish', '8080:80']);
+    await net.teardown(`bench-${name}-${i}`);
+    await kill(sb);
+    if (timed) t[name].push(s.ms);
+  };
+  for (const { name, net } of nets) await timedLife(name, net, 'warm', false);
+  for (let i = 0; i < ROUNDS; i++) {
+    for (let j = 0; j < 2; j++) { const { name, net } = nets[(i + j) % 2]; await timedLife(name, net, i, true); }
+    progress(`phase 2: round ${i + 1}/${ROUNDS}`);
+  }
+  progress('');
+
+  // ---------- figures ----------
+  const S = {
+    ocinet: stat(t.oci), ocinetSetup: stat(t.ociSetup), ocinetTeardown: stat(t.ociTeardown), cni: stat(t.cni),
+    cniSteps: Object.fromEntries(['bridgeAdd', 'portmapAdd', 'portmapDel', 'bridgeDel'].map((k, i) => [k, stat(t.cniSteps[i])])),
+    version: stat(t.version), node0: stat(t.node0), setupOne: stat(t.one), setupMany: stat(t.many),
+  };
+  const ratio = S.ocinet.p50 / S.cni.p50;
+  const load = S.version.p50 - S.node0.p50;
+  const own = S.ocinetSetup.p50 - S.version.p50;
+  const scale = S.setupMany.p50 / S.setupOne.p50;
+  const checks = {
+    ratio: { value: +ratio.toFixed(3), target: `<= ${TARGETS.ratio}`, pass: ratio <= TARGETS.ratio },
+    loadMs: { value: +load.toFixed(3), target: `<= ${TARGETS.loadMs} ms`, pass: load <= TARGETS.loadMs },
+    ownWorkMs: { value: +own.toFixed(3), target: `<= ${TARGETS.ownWorkMs} ms`, pass: own <= TARGETS.ownWorkMs },
+    scale: { value: +scale.toFixed(3), target: `<= ${TARGETS.scale}x`, pass: scale <= TARGETS.scale },
+  };
+  const steps = {
+    setup: stepMedians(oc.stateDir, 'setup', /^bench-a-\d+$/),
+    teardown: stepMedians(oc.stateDir, 'teardown', /^bench-a-\d+$/),
+    setupOne: stepMedians(nets[0].net.stateDir, 'setup', /^bench-one-\d+$/),
+    setupMany: stepMedians(nets[1].net.stateDir, 'setup', /^bench-many-\d+$/),
+  };
+
+  const row = (label, s) => `  ${label.padEnd(44)}${r1(s.p50).toFixed(1).padStart(8)}${r1(s.p95).toFixed(1).padStart(9)}`;
+  const verdict = (label, c) => `  ${label.padEnd(44)}${c.value.toFixed(c.target.endsWith('ms') ? 2 : 3).padStart(8)}   target ${c.target.padEnd(10)} ${c.pass ? 'PASS' : 'MISS'}`;
+  const fmtSteps = (o) => Object.entries(o).map(([k, v]) => `${k} ${v}`).join(', ');
+  console.log(`ocinet bench: ${ROUNDS} rounds each, alternating; ${cpus().length} CPUs; node ${process.version}`);
+  console.log(`  ${''.padEnd(44)}${'p50 ms'.padStart(8)}${'p95 ms'.padStart(9)}`);
+  console.log(row('ocinet setup+teardown (1 port, 1 resident)', S.ocinet));
+  console.log(row('  setup', S.ocinetSetup));
+  console.log(row('  teardown', S.ocinetTeardown));
+  console.log(row('CNI bridge+portmap ADD, DEL (1 resident)', S.cni));
+  for (const [k, s] of Object.entries(S.cniSteps)) console.log(row(`  ${k}`, s));
+  console.log(row('ocinet-hook --version', S.version));
+  console.log(row('node -e 0', S.node0));
+  console.log(row(`ocinet setup, 1 resident (via nsenter)`, S.setupOne));
+  console.log(row(`ocinet setup, ${RESIDENTS} residents (via nsenter)`, S.setupMany));
+  console.log(verdict('ratio ocinet/CNI (p50)', checks.ratio));
+  console.log(verdict('bundle load: --version - node -e 0', checks.loadMs));
+  console.log(verdict('own work: setup - --version', checks.ownWorkMs));
+  console.log(verdict(`setup at ${RESIDENTS} / setup at 1`, checks.scale));
+  console.log(`ocinet's own step timings (median ms, from its log):`);
+  for (const [k, v] of Object.entries(steps)) console.log(`  ${k.padEnd(10)} ${fmtSteps(v)}`);
+
+  // Clean up before reporting the duration and load, so they cover the whole job.
+  await cleanupAll();
+  const seconds = r1((performance.now() - started) / 1000);
+  const load1 = loadavg()[0];
+  console.log(`run took ${seconds} s; load average ${load0.toFixed(2)} at start, ${load1.toFixed(2)} at end`);
+
+  const round = (o) => JSON.parse(JSON.stringify(o, (_k, v) => (typeof v === 'number' ? r2(v) : v)));
+  writeFileSync(join(ROOT, 'bench/last-run.json'), JSON.stringify({
+    date: new Date().toISOString(), rounds: ROUNDS, residents: RESIDENTS, cpus: cpus().length, node: process.version,
+    loadavg: { start: r2(load0), end: r2(load1) }, seconds, ms: round(S), checks, ocinetSteps: steps, samples: round(t),
+  }, null, 1) + '\n');
+}
+
+async function cleanupAll() {
+  let failed = false;
+  while (cleanups.length) {
+    try { await cleanups.pop()(); } catch (e) { failed = true; console.error(`bench: cleanup: ${e.message}`); }
+  }
+  await Promise.all([...sandboxes].map(kill));
+  rmSync(TMP, { recursive: true, force: true });
+  if (failed) throw new Error('cleanup FAILED');
+}
+
+main().catch(async (e) => {
+  console.error(`\nbench: ${e.message}`);
+  await cleanupAll().catch(() => {});
+  process.exit(1);
+});

@@ -1,0 +1,16 @@
+#!/bin/sh
+# make bench: runs bench/bench.mjs inside a throwaway namespace so that it can
+# never touch the machine's own network. --pid (with its own /proc) makes every
+# stand-in container die with the run even if the script is killed midway.
+set -eu
+cd "$(dirname "$0")/.."
+
+if [ "${OCINET_BENCH_NS:-}" != 1 ]; then
+  [ "$(id -u)" = 0 ] || { echo "bench: must run as root (namespaces, bridges, iptables)" >&2; exit 1; }
+  export OCINET_BENCH_NS=1
+  exec unshare --net --mount --propagation private --pid --fork --mount-proc -- "$0" "$@"
+fi
+
+ip link set lo up
+# Not exec: this shell stays PID 1 of the namespace and reaps any orphan.
+node bench/bench.mjs "$@"

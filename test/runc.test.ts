@@ -1,0 +1,143 @@
+// End to end with real runc: busybox-static bundles whose hooks run the built
+// ocinet-hook with "env": []. Two containers, an outside host, published
+// ports from outside / localhost / hairpin, and nothing left after delete.
+import t from 'tap';
+import { isolate } from './lib/isolate.js';
+isolate(new URL(import.meta.url).pathname);
+import { spawn } from 'node:child_process';
+import { closeSync, openSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { cleanup, cli, HOOK, inNs, ROOT, sandbox, sh, sleep, snapshot, tempDir } from './lib/env.js';
+
+const work = tempDir('runc');
+const stateDir = join(work, 'state');
+const runcRoot = join(work, 'runc');
+const HOOK_ARGS = [HOOK, '--state-dir', stateDir, '--subnet', '10.213.0.0/24'];
+
+async function bundle(name: string, env: Record<string, string> = {}): Promise<string> {
+  const dir = join(work, name);
+  const { execa } = await import('execa');
+  await execa(join(ROOT, 'examples/make-bundle.sh'), [dir, ...HOOK_ARGS], { env });
+  return dir;
+}
+
+const runc = (args: string[], reject = true) => sh('runc', ['--root', runcRoot, ...args], { reject });
+// Bounded: a broken path must fail the test, not hang it (busybox wget -T crashes).
+const exec = (id: string, args: string[]) => runc(['exec', id, 'busybox', 'timeout', '10', ...args], false);
+
+async function start(id: string, dir: string): Promise<{ exitCode: number; stderr: string }> {
+  // A detached container inherits runc's stdio: hand it a file descriptor,
+  // not a pipe we would wait on for as long as the container lives.
+  const errFile = join(work, `${id}.stderr`);
+  const fd = openSync(errFile, 'w');
+  const child = spawn('runc', ['--root', runcRoot, 'run', '-d', id], { cwd: dir, stdio: ['ignore', 'ignore', fd] });
+  const exitCode = await new Promise<number>((r) => child.once('exit', (c) => r(c ?? 1)));
+  closeSync(fd);
+  return { exitCode, stderr: readFileSync(errFile, 'utf8') };
+}
+
+async function stop(id: string): Promise<void> {
+  await runc(['kill', id, 'KILL'], false);
+  for (let i = 0; i < 50; i++) {
+    const s = await runc(['state', id], false);
+    if (s.exitCode !== 0 || s.stdout.includes('"stopped"')) break;
+    await sleep(20);
+  }
+  await runc(['delete', '--force', id], false);
+}
+
+// The outside host: its own namespace, joined to ours by a veth; it answers
+// HTTP with the peer address it sees.
+const outside = await sandbox();
+await sh('ip', ['link', 'add', 'ocout0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', String(outside.pid)]);
+await sh('ip', ['addr', 'add', '192.0.2.1/24', 'dev', 'ocout0']);
+await sh('ip', ['link', 'set', 'ocout0', 'up']);
+await inNs(outside.pid, ['ip', 'addr', 'add', '192.0.2.2/24', 'dev', 'eth0']);
+await inNs(outside.pid, ['ip', 'link', 'set', 'eth0', 'up']);
+await inNs(outside.pid, ['ip', 'link', 'set', 'lo', 'up']);
+const server = spawn(
+  'nsenter',
+  [`--net=/proc/${outside.pid}/ns/net`, '--', process.execPath, '-e',
+    "require('http').createServer((q,s)=>s.end('peer='+q.socket.remoteAddress.replace('::ffff:',''))).listen(7000)"],
+  { stdio: 'ignore' },
+);
+await sleep(300);
+const baseline = await snapshot();
+
+t.teardown(async () => {
+  server.kill('SIGKILL');
+  await outside.kill();
+  cleanup(work);
+});
+
+t.test('two runc containers: addresses, ping, NAT, published ports, clean delete', async (t) => {
+  const a = await bundle('ctr-a', { OCINET_ANNOTATIONS: JSON.stringify({ 'io.ocinet.publish': '8080:80' }) });
+  const b = await bundle('ctr-b', { OCINET_SETUP_STAGE: 'createRuntime' });
+  const ra = await start('a', a);
+  t.equal(ra.exitCode, 0, ra.stderr);
+  const rb = await start('b', b);
+  t.equal(rb.exitCode, 0, rb.stderr);
+
+  const list = JSON.parse((await cli(['list', '--json', '--state-dir', stateDir])).stdout) as { id: string; ip: string; ports: string[] }[];
+  const ip = (id: string): string => list.find((c) => c.id === id)!.ip.split('/')[0]!;
+  t.same(list.map((c) => c.id).sort(), ['a', 'b']);
+  t.not(ip('a'), ip('b'), 'distinct addresses');
+  t.same(list.find((c) => c.id === 'a')!.ports, ['8080:80/tcp']);
+
+  t.equal((await exec('a', ['ping', '-c1', '-W2', ip('b')])).exitCode, 0, 'a pings b');
+  t.equal((await exec('b', ['ping', '-c1', '-W2', ip('a')])).exitCode, 0, 'b pings a');
+  t.equal((await exec('a', ['ping', '-c1', '-W2', '10.213.0.1'])).exitCode, 0, 'a pings the gateway');
+  t.equal((await exec('b', ['ping', '-c1', '-W2', '10.213.0.1'])).exitCode, 0, 'b pings the gateway');
+
+  const out = await exec('a', ['wget', '-qO-', 'http://192.0.2.2:7000/']);
+  t.equal(out.stdout, 'peer=192.0.2.1', 'outside host sees the host address (MASQUERADE)');
+
+  const fromOutside = await inNs(outside.pid, ['timeout', '10', 'busybox', 'wget', '-qO-', 'http://192.0.2.1:8080/'], false);
+  t.equal(fromOutside.stdout.trim(), 'hello from ctr-a', 'published port from another host');
+  const fromHost = await sh('timeout', ['10', 'busybox', 'wget', '-qO-', 'http://127.0.0.1:8080/'], { reject: false });
+  t.equal(fromHost.stdout.trim(), 'hello from ctr-a', 'published port via 127.0.0.1 on the host');
+  const viaGw = await sh('timeout', ['10', 'busybox', 'wget', '-qO-', 'http://10.213.0.1:8080/'], { reject: false });
+  t.equal(viaGw.stdout.trim(), 'hello from ctr-a', 'published port via the bridge address on the host');
+  const hairpin = await exec('b', ['wget', '-qO-', 'http://192.0.2.1:8080/']);
+  t.equal(hairpin.stdout.trim(), 'hello from ctr-a', 'hairpin: the other container via the host address');
+  const self = await exec('a', ['wget', '-qO-', 'http://10.213.0.1:8080/']);
+  t.equal(self.stdout.trim(), 'hello from ctr-a', 'hairpin: a container reaching its own published port');
+
+  await stop('a');
+  await stop('b');
+  t.equal((await runc(['list', '-q'])).stdout.trim(), '', 'runc has no containers');
+  t.equal(await snapshot(stateDir), baseline, 'no links, rules or leases left after runc delete');
+});
+
+t.test('a failing hook aborts the start with its message and leaves nothing', async (t) => {
+  const bad = await bundle('ctr-bad', { OCINET_ANNOTATIONS: JSON.stringify({ 'io.ocinet.ip': '10.9.9.9' }) });
+  const r = await start('bad', bad);
+  t.not(r.exitCode, 0);
+  t.match(r.stderr, /static address 10\.9\.9\.9 is outside subnet 10\.213\.0\.0\/24/, "runc relays the hook's reason");
+  await runc(['delete', '--force', 'bad'], false);
+  t.equal(await snapshot(stateDir), baseline);
+});
+
+t.test('namespace sharing through config.json "path"', async (t) => {
+  const a = await bundle('owner');
+  t.equal((await start('owner', a)).exitCode, 0);
+  const pid = JSON.parse((await runc(['state', 'owner'])).stdout).pid as number;
+  const b = await bundle('joiner', { OCINET_NETNS_PATH: `/proc/${pid}/ns/net` });
+  // The joiner's httpd would clash on port 80: give it another process.
+  const { execa } = await import('execa');
+  await execa('jq', ['.process.args = ["sleep", "3600"]', join(b, 'config.json')]).then(async (r) => {
+    const { writeFileSync } = await import('node:fs');
+    writeFileSync(join(b, 'config.json'), String(r.stdout));
+  });
+  const rb = await start('joiner', b);
+  t.equal(rb.exitCode, 0, rb.stderr);
+  const ipA = (await exec('owner', ['ip', '-4', '-o', 'addr', 'show', 'eth0'])).stdout;
+  const ipB = (await exec('joiner', ['ip', '-4', '-o', 'addr', 'show', 'eth0'])).stdout;
+  t.match(ipA, /inet 10\.213\.0\.\d+\/24/);
+  t.equal(ipB, ipA, 'the joiner sees the same eth0 and address');
+  t.equal((await exec('joiner', ['wget', '-qO-', 'http://127.0.0.1:80/'])).stdout.trim(), 'hello from owner', 'shared localhost');
+  await stop('joiner');
+  t.equal((await exec('owner', ['ping', '-c1', '-W2', '10.213.0.1'])).exitCode, 0, "joiner's teardown left the owner's network");
+  await stop('owner');
+  t.equal(await snapshot(stateDir), baseline);
+});

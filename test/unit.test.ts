@@ -1,0 +1,141 @@
+// Units without the kernel: validation, IPAM, rule generation, names, flags.
+import t from 'tap';
+import { parseSubnet, ipToInt, intToIp, hostRange } from '../core/cidr.js';
+import { resolveConfig } from '../core/config.js';
+import { OcinetError } from '../core/errors.js';
+import { allocate } from '../core/ipam.js';
+import { checkPortConflicts, parsePort, parsePortList, publishScript, unpublishScript } from '../core/portmap.js';
+import { parseState, stageFromStatus } from '../core/oci.js';
+import { bridgeMac, dnatChain, hostVethName, isIfName, shortHash } from '../core/names.js';
+import { RestoreScript } from '../core/iptables.js';
+import { emptyDb, findContainer, type Db, type NetworkRecord } from '../core/store.js';
+import { parseArgs } from '../hooks/args.js';
+
+const code = (fn: () => unknown): string | undefined => {
+  try {
+    fn();
+  } catch (e) {
+    return e instanceof OcinetError ? e.code : 'OTHER';
+  }
+  return undefined;
+};
+
+t.test('cidr', async (t) => {
+  t.equal(parseSubnet('10.213.0.0/16').cidr, '10.213.0.0/16');
+  t.equal(intToIp(ipToInt('192.168.1.254')), '192.168.1.254');
+  t.same(hostRange(parseSubnet('10.0.0.0/29')), { first: ipToInt('10.0.0.2'), last: ipToInt('10.0.0.6') });
+  t.throws(() => parseSubnet('10.0.0.1/24'), /host bits set \(did you mean 10\.0\.0\.0\/24\?\)/);
+  t.throws(() => parseSubnet('10.0.0.0/31'), /prefix must be \/8 to \/30/);
+  t.throws(() => parseSubnet('10.0.0/24'), /not IPv4 CIDR/);
+  t.throws(() => ipToInt('1.2.3.256'), /not an IPv4 address/);
+});
+
+t.test('state validation accepts runc and crun shapes', async (t) => {
+  const runcStart = parseState('{"ociVersion":"1.0.2","id":"abc","status":"creating","pid":42,"bundle":"/b"}');
+  t.equal(stageFromStatus(runcStart), 'setup');
+  const runcStop = parseState('{"ociVersion":"1.0.2","id":"abc","status":"stopped","bundle":"/b"}');
+  t.equal(stageFromStatus(runcStop), 'teardown');
+  const crun = parseState('{"ociVersion":"1.0.0","id":"abc","status":"starting","pid":0,"bundle":"/b","root":"/run/crun","x":{}}');
+  t.equal(crun.status, 'starting');
+  t.throws(() => parseState('{"ociVersion":"1","id":"a/b","status":"creating","bundle":"/"}'), /field 'id': must match pattern/);
+  t.throws(() => parseState('{"ociVersion":"1","id":"a","status":"creating","bundle":"/","pid":-1}'), /field 'pid': must be >= 0/);
+  t.throws(() => parseState('{"ociVersion":"1","id":"a","status":"creating","bundle":"/","annotations":{"k":1}}'), /field 'annotations.k': must be string/);
+  t.throws(() => parseState('[]'), /state: must be object/);
+});
+
+t.test('ipam: sequential, static, conflicts, exhaustion', async (t) => {
+  const db: Db = emptyDb();
+  const net: NetworkRecord = { bridge: 'b0', subnet: '10.0.0.0/29', gateway: '10.0.0.1', createdBridge: true };
+  db.networks.b0 = net;
+  const add = (id: string, ip?: string): string => {
+    const got = allocate(db, net, id, ip);
+    db.containers[id] = { id, mode: 'veth', bridge: 'b0', ip: got, ports: [], createdAt: '', setupPid: 1 };
+    return got;
+  };
+  t.equal(add('a'), '10.0.0.2');
+  t.equal(add('b'), '10.0.0.3');
+  t.equal(add('s', '10.0.0.6'), '10.0.0.6', 'static');
+  t.equal(code(() => allocate(db, net, 'x', '10.0.0.6')), 'ECONFLICT');
+  t.equal(code(() => allocate(db, net, 'x', '10.0.0.7')), 'EINPUT', 'broadcast');
+  t.equal(code(() => allocate(db, net, 'x', '10.0.1.2')), 'EINPUT', 'outside');
+  delete db.containers.a;
+  t.equal(add('c'), '10.0.0.4', 'continues after the last one, not the released one');
+  t.equal(add('d'), '10.0.0.5');
+  t.equal(add('e'), '10.0.0.2', 'wraps around to the released address');
+  t.equal(code(() => allocate(db, net, 'f')), 'EEXHAUSTED');
+});
+
+t.test('ports: parsing and conflicts', async (t) => {
+  t.same(parsePort('8080:80', 'x'), { hostPort: 8080, containerPort: 80, proto: 'tcp' });
+  t.same(parsePort('53:5353/udp', 'x'), { hostPort: 53, containerPort: 5353, proto: 'udp' });
+  t.same(parsePortList('1:2, 3:4/udp', 'x').length, 2);
+  t.equal(parsePortList('', 'x').length, 0);
+  for (const bad of ['80', ':80', '80:', '0:1', '1:65536', '1:2/sctp', 'a:b', '1:2,']) {
+    t.equal(code(() => parsePortList(bad, 'x')), 'EINPUT', bad);
+  }
+  const db = emptyDb();
+  db.containers.o = { id: 'o', mode: 'veth', bridge: 'b', ports: [{ hostPort: 80, containerPort: 80, proto: 'tcp' }], createdAt: '', setupPid: 1 };
+  t.equal(code(() => checkPortConflicts([{ hostPort: 80, containerPort: 1, proto: 'tcp' }], db, 'n')), 'ECONFLICT');
+  t.equal(code(() => checkPortConflicts([{ hostPort: 80, containerPort: 1, proto: 'udp' }], db, 'n')), undefined, 'udp is another port');
+});
+
+t.test('rule generation', async (t) => {
+  const s = publishScript('web-1', '10.0.0.2', '10.0.0.0/24', [{ hostPort: 8080, containerPort: 80, proto: 'tcp' }]).text();
+  const chain = dnatChain('web-1');
+  t.equal(
+    s,
+    `*nat
+:${chain} - [0:0]
+-A ${chain} -s 10.0.0.0/24 -p tcp -m tcp --dport 8080 -m comment --comment ocinet:web-1 -j MARK --set-xmark 0x2000/0x2000
+-A ${chain} -s 127.0.0.0/8 -p tcp -m tcp --dport 8080 -m comment --comment ocinet:web-1 -j MARK --set-xmark 0x2000/0x2000
+-A ${chain} -p tcp -m tcp --dport 8080 -m comment --comment ocinet:web-1 -j DNAT --to-destination 10.0.0.2:80
+-A OCINET-DNAT -m comment --comment ocinet:web-1 -j ${chain}
+COMMIT
+`,
+  );
+  t.equal(unpublishScript('web-1').text(), `*nat\n-D OCINET-DNAT -m comment --comment ocinet:web-1 -j ${chain}\n-F ${chain}\n-X ${chain}\nCOMMIT\n`);
+  t.equal(new RestoreScript().append({ table: 'filter', chain: 'C', args: ['-m', 'comment', '--comment', 'two words'] }).text(), '*filter\n-A C -m comment --comment "two words"\nCOMMIT\n');
+  t.throws(() => new RestoreScript().append({ table: 'nat', chain: 'C', args: ['a"b'] }), /cannot be quoted/);
+  t.equal(new RestoreScript().text(), '');
+});
+
+t.test('names are stable, short and valid', async (t) => {
+  t.equal(hostVethName('abc'), hostVethName('abc'));
+  t.not(hostVethName('abc'), hostVethName('abd'));
+  t.ok(isIfName(hostVethName('x'.repeat(200))));
+  t.ok(hostVethName('a').length <= 15);
+  t.ok(dnatChain('a').length <= 28);
+  t.match(bridgeMac('ocinet0'), /^02(:[0-9a-f]{2}){5}$/);
+  t.equal(shortHash('', 16).length, 16);
+  t.notOk(isIfName('1abc'));
+  t.notOk(isIfName('a'.repeat(16)));
+});
+
+t.test('config: flags, annotations, precedence', async (t) => {
+  const c = resolveConfig({ publish: ['8080:80'], ip: '10.213.0.9' }, { 'io.ocinet.publish': '9090:90/udp', 'io.ocinet.ip': '10.213.0.7' }, {});
+  t.equal(c.ip, '10.213.0.7', 'annotation wins over --ip');
+  t.same(c.ports.map((p) => p.hostPort), [8080, 9090], 'ports add up');
+  t.same(c.requested, { ports: true, ip: true });
+  t.equal(c.stateDir, '/run/ocinet');
+  t.equal(resolveConfig({}, {}, { OCINET_STATE_DIR: '/tmp/x' }).stateDir, '/tmp/x');
+  t.equal(resolveConfig({ stateDir: '/tmp/y' }, {}, { OCINET_STATE_DIR: '/tmp/x' }).stateDir, '/tmp/y', 'flag wins over env');
+  t.equal(resolveConfig({ log: 'none' }, {}, {}).logFile, null);
+  t.throws(() => resolveConfig({ mtu: '67' }, {}, {}), /--mtu '67'/);
+  t.throws(() => resolveConfig({}, { 'io.ocinet.nope': 'x' }, {}), /unknown annotation 'io\.ocinet\.nope'/);
+});
+
+t.test('argv parser', async (t) => {
+  const spec = { '--a': { key: 'a', kind: 'string' as const }, '--l': { key: 'l', kind: 'list' as const }, '--b': { key: 'b', kind: 'bool' as const } };
+  t.same(parseArgs(['x', '--a=1', '--l', '2', '--l=3', '--b', '--', '--z'], spec), { flags: { a: '1', l: ['2', '3'], b: true }, positional: ['x', '--z'] });
+  t.throws(() => parseArgs(['--a'], spec), /flag --a needs a value/);
+  t.throws(() => parseArgs(['--b=1'], spec), /takes no value/);
+  t.throws(() => parseArgs(['--q'], spec), /unknown flag --q/);
+});
+
+t.test('container lookup by unique prefix', async (t) => {
+  const db = emptyDb();
+  for (const id of ['abc123', 'abd456']) db.containers[id] = { id, mode: 'veth', bridge: 'b', ports: [], createdAt: '', setupPid: 1 };
+  t.equal(findContainer(db, 'abc').id, 'abc123');
+  t.throws(() => findContainer(db, 'ab'), /ambiguous/);
+  t.throws(() => findContainer(db, 'zz'), /no container 'zz'/);
+});
