@@ -10,6 +10,8 @@ import { isIfName } from './names.js';
 import { parsePort, parsePortList } from './portmap.js';
 import type { NetworkOptions } from './sandbox.js';
 import { DEFAULT_STATE_DIR, type PortMapping } from './store.js';
+import { parseIfaces, parseRoutes, type IfaceInput, type RouteSpec } from './kata-network.js';
+import { parseJson } from './validate.js';
 
 export const DEFAULTS = {
   bridge: 'ocinet0',
@@ -21,6 +23,8 @@ export const DEFAULTS = {
 export const ANNOTATIONS = {
   publish: 'io.ocinet.publish',
   ip: 'io.ocinet.ip',
+  interfaces: 'io.ocinet.interfaces',
+  routes: 'io.ocinet.routes',
 } as const;
 
 export interface HookFlags {
@@ -40,6 +44,13 @@ export interface HookConfig extends NetworkOptions {
   ip?: string;
   logFile: string | null;
   requested: { ports: boolean; ip: boolean };
+  interfaces: IfaceInput[];
+  routes: RouteSpec[];
+}
+
+function jsonAnnotation(annotations: Record<string, string>, key: string): unknown {
+  const v = annotations[key];
+  return v === undefined ? undefined : parseJson(v, `annotation ${key}`);
 }
 
 function ifName(v: string, what: string): string {
@@ -77,8 +88,16 @@ export function resolveConfig(flags: HookFlags, annotations: Record<string, stri
   }
   const stateDir = resolveStateDir(flags.stateDir, env);
   const logFile = flags.log === 'none' ? null : (flags.log ?? `${stateDir}/ocinet.log`);
+  const ifs = jsonAnnotation(annotations, ANNOTATIONS.interfaces);
+  const interfaces = ifs === undefined ? [] : parseIfaces(ifs, `annotation ${ANNOTATIONS.interfaces}`);
+  const rts = jsonAnnotation(annotations, ANNOTATIONS.routes);
+  if (rts !== undefined && !Array.isArray(rts)) throw new OcinetError('EINPUT', `annotation ${ANNOTATIONS.routes} must be a JSON array of routes`);
+  const routes = rts === undefined ? [] : parseRoutes(rts, true, `annotation ${ANNOTATIONS.routes}`);
+  for (const i of interfaces) {
+    if (i.name === iface) throw new OcinetError('EINPUT', `annotation ${ANNOTATIONS.interfaces}: name '${i.name}' is the container's main interface`);
+  }
   const requested = { ports: Boolean(annotations[ANNOTATIONS.publish]?.trim()), ip: annotations[ANNOTATIONS.ip] !== undefined };
-  const cfg: HookConfig = { bridge, iface, subnet, mtu: Number(mtuText), ports, stateDir, logFile, keepBridge: Boolean(flags.keepBridge), requested };
+  const cfg: HookConfig = { bridge, iface, subnet, mtu: Number(mtuText), ports, stateDir, logFile, keepBridge: Boolean(flags.keepBridge), requested, interfaces, routes };
   if (ip !== undefined) cfg.ip = ip;
   return cfg;
 }

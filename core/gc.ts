@@ -11,6 +11,7 @@ import { withLock } from './lock.js';
 import { BRIDGE_ALIAS } from './bridge.js';
 import { netnsId, pidNetnsPath } from './netns.js';
 import { removeNetwork, teardownContainer } from './sandbox.js';
+import { allRecords, releaseSandbox } from './kata-network.js';
 import { ensureStateDir, loadDb, saveDb, type ContainerRecord } from './store.js';
 
 export interface GcReport {
@@ -19,6 +20,7 @@ export interface GcReport {
   chains: string[];
   bridges: string[];
   tempFiles: string[];
+  sandboxes: string[];
 }
 
 export function isAlive(c: ContainerRecord): boolean {
@@ -36,7 +38,7 @@ function pidAlive(pid: number): boolean {
 
 export async function gc(stateDir: string): Promise<GcReport> {
   ensureStateDir(stateDir);
-  const report: GcReport = { containers: [], links: [], chains: [], bridges: [], tempFiles: [] };
+  const report: GcReport = { containers: [], links: [], chains: [], bridges: [], tempFiles: [], sandboxes: [] };
   for (const c of Object.values(loadDb(stateDir).containers)) {
     if (isAlive(c)) continue;
     await teardownContainer(c.id, { stateDir, bridge: c.bridge, keepBridge: false });
@@ -68,6 +70,12 @@ export async function gc(stateDir: string): Promise<GcReport> {
     }
     saveDb(stateDir, db);
   });
+  // kata-network records of sandboxes whose namespace is gone (moved devices come home).
+  for (const r of allRecords(stateDir)) {
+    if (netnsId(r.nsPath) === r.nsId) continue;
+    await releaseSandbox(stateDir, { key: r.key, nsPath: r.nsPath, nsId: r.nsId });
+    report.sandboxes.push(r.containerId ?? r.key);
+  }
   for (const f of readdirSync(stateDir)) {
     const m = /^state\.json\.(\d+)\.tmp$/.exec(f);
     if (m && !pidAlive(Number(m[1]))) {

@@ -19,6 +19,7 @@ import { checkPortConflicts, publishScript, unpublishScript } from './portmap.js
 import { bridgeHasSubnetRoute, createdByOcinet, deleteLink, ensureBridge, linkExists } from './bridge.js';
 import { ensureStateDir, loadDb, saveDb, type ContainerRecord, type Db, type PortMapping } from './store.js';
 import { enableForwarding } from './sysctl.js';
+import { addIface, addRoutes, releaseSandbox, targetKey, type IfaceInput, type RouteSpec, type Target } from './kata-network.js';
 import { containerLines, hostLines } from './veth.js';
 
 export interface NetworkOptions {
@@ -43,6 +44,19 @@ export interface SetupRequest extends NetworkOptions {
    * namespace inherits its network, so only its own requests conflict.
    */
   requested?: { ports: boolean; ip: boolean };
+  /** Extra interfaces and routes (io.ocinet.interfaces / io.ocinet.routes), added after eth0. */
+  interfaces?: IfaceInput[];
+  routes?: RouteSpec[];
+}
+
+/** Host links no kata-network add-iface may take: ocinet's bridges and the hook's veth ends. */
+export function reservedLink(stateDir: string): (name: string) => boolean {
+  return (name) => /^ocv[0-9a-f]{10}$/.test(name) || name in loadDb(stateDir).networks;
+}
+
+function targetOf(r: ContainerRecord): Target | null {
+  if (!r.netns || !r.pid) return null;
+  return { key: targetKey(r.netns), nsPath: pidNetnsPath(r.pid), nsId: r.netns, containerId: r.id, pid: r.pid };
 }
 
 export interface SetupResult {
@@ -112,6 +126,9 @@ export async function setupContainer(req: SetupRequest, log?: OpLog): Promise<Se
       if (req.requested?.ports) {
         throw new OcinetError('ECONFLICT', `container ${req.id} joins the network namespace of ${owner.id}: publish its ports on ${owner.id}`);
       }
+      if (req.interfaces?.length || req.routes?.length) {
+        throw new OcinetError('ECONFLICT', `container ${req.id} joins the network namespace of ${owner.id}: add its interfaces and routes on ${owner.id}`);
+      }
       if (req.requested?.ip && req.ip !== owner.ip) {
         throw new OcinetError('ECONFLICT', `container ${req.id} joins the network namespace of ${owner.id}, whose address is ${owner.ip}, not ${req.ip}`);
       }
@@ -151,6 +168,12 @@ export async function setupContainer(req: SetupRequest, log?: OpLog): Promise<Se
     const fw = req.ports.length ? restore(publishScript(req.id, rec.ip!, req.subnet, req.ports)) : Promise.resolve(true);
     const done = await Promise.allSettled([links, fw]);
     for (const d of done) if (d.status === 'rejected') throw d.reason;
+    const t = targetOf(rec);
+    if (t) {
+      for (const i of req.interfaces ?? []) await addIface(t, i, { stateDir: req.stateDir, reserved: reservedLink(req.stateDir) });
+      if (req.routes?.length) await addRoutes(t, req.routes, req.stateDir);
+      log?.step('extra');
+    }
     // Stale UDP conntrack entries would keep sending a published port's traffic elsewhere.
     for (const p of req.ports.filter((p) => p.proto === 'udp')) {
       await run('conntrack', ['-D', '-p', 'udp', '--dport', String(p.hostPort)], { allowFail: true });
@@ -201,6 +224,8 @@ export async function teardownContainer(id: string, o: Omit<NetworkOptions, 'ifa
   if (heir) return { id, removed: true, bridgeRemoved: false };
 
   if (rec?.mode === 'veth') {
+    const t = targetOf(rec);
+    if (t) await releaseSandbox(o.stateDir, t); // interfaces and routes added through kata-network
     // Independent kernel objects: remove them side by side.
     const done = await Promise.allSettled([unpublish(rec), rec.hostVeth ? deleteLink(rec.hostVeth) : undefined]);
     for (const d of done) if (d.status === 'rejected') throw d.reason;

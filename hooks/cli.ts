@@ -8,6 +8,7 @@ import { errorLine, OcinetError } from '../core/errors.js';
 import { gc, isAlive } from '../core/gc.js';
 import { loadDb } from '../core/store.js';
 import { parseArgs, type FlagSpec } from './args.js';
+import { networkCommand } from './network-cmd.js';
 import { VERSION } from './version.js';
 
 const COMMON: FlagSpec = {
@@ -28,6 +29,8 @@ const USAGE = `usage: ocinet COMMAND [flags]
   list [--json]      containers ocinet manages: id, address, published ports
   gc                 remove networks of containers whose namespace is gone, and orphans
   doctor             check programs and kernel features the hooks need
+  network ...        kata-network operations: add-iface, del-iface, list-ifaces,
+                     add-route, del-route (see 'ocinet network --help')
 flags:
   --state-dir DIR    state directory (default $OCINET_STATE_DIR or /run/ocinet)
   --json             machine-readable output
@@ -42,6 +45,7 @@ async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   if (cmd === '--version') return void process.stdout.write(`ocinet ${VERSION}\n`), 0;
   if (cmd === undefined || cmd === '--help' || cmd === 'help') return void process.stdout.write(USAGE + '\n'), 0;
+  if (cmd === 'network') return networkCommand(rest);
   const { flags, positional } = parseArgs<Flags>(rest, COMMON);
   if (flags.help) return void process.stdout.write(USAGE + '\n'), 0;
   if (positional.length) throw new OcinetError('EINPUT', `unexpected argument '${positional[0]}' for ${cmd}`);
@@ -79,7 +83,7 @@ async function main(argv: string[]): Promise<number> {
       else {
         const n = (xs: string[]): string => (xs.length ? xs.join(', ') : 'none');
         process.stdout.write(
-          `containers: ${n(r.containers)}\nlinks: ${n(r.links)}\nchains: ${n(r.chains)}\nbridges: ${n(r.bridges)}\ntemp files: ${n(r.tempFiles)}\n`,
+          `containers: ${n(r.containers)}\nlinks: ${n(r.links)}\nchains: ${n(r.chains)}\nbridges: ${n(r.bridges)}\ntemp files: ${n(r.tempFiles)}\nsandbox records: ${n(r.sandboxes)}\n`,
         );
       }
       return 0;
@@ -96,7 +100,7 @@ async function main(argv: string[]): Promise<number> {
       return checks.some((c) => c.required && !c.ok) ? 1 : 0;
     }
     default:
-      throw new OcinetError('EINPUT', `unknown command '${cmd}' (try: list, gc, doctor)`);
+      throw new OcinetError('EINPUT', `unknown command '${cmd}' (try: list, gc, doctor, network)`);
   }
 }
 

@@ -5,46 +5,21 @@ import t from 'tap';
 import { isolate } from './lib/isolate.js';
 isolate(new URL(import.meta.url).pathname);
 import { spawn } from 'node:child_process';
-import { closeSync, openSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { cleanup, cli, HOOK, inNs, ROOT, sandbox, sh, sleep, snapshot, tempDir } from './lib/env.js';
+import { cleanup, cli, HOOK, inNs, sandbox, sh, sleep, snapshot, tempDir } from './lib/env.js';
+import { Runc } from './lib/runc.js';
 
 const work = tempDir('runc');
 const stateDir = join(work, 'state');
 const runcRoot = join(work, 'runc');
 const HOOK_ARGS = [HOOK, '--state-dir', stateDir, '--subnet', '10.213.0.0/24'];
 
-async function bundle(name: string, env: Record<string, string> = {}): Promise<string> {
-  const dir = join(work, name);
-  const { execa } = await import('execa');
-  await execa(join(ROOT, 'examples/make-bundle.sh'), [dir, ...HOOK_ARGS], { env });
-  return dir;
-}
-
-const runc = (args: string[], reject = true) => sh('runc', ['--root', runcRoot, ...args], { reject });
-// Bounded: a broken path must fail the test, not hang it (busybox wget -T crashes).
-const exec = (id: string, args: string[]) => runc(['exec', id, 'busybox', 'timeout', '10', ...args], false);
-
-async function start(id: string, dir: string): Promise<{ exitCode: number; stderr: string }> {
-  // A detached container inherits runc's stdio: hand it a file descriptor,
-  // not a pipe we would wait on for as long as the container lives.
-  const errFile = join(work, `${id}.stderr`);
-  const fd = openSync(errFile, 'w');
-  const child = spawn('runc', ['--root', runcRoot, 'run', '-d', id], { cwd: dir, stdio: ['ignore', 'ignore', fd] });
-  const exitCode = await new Promise<number>((r) => child.once('exit', (c) => r(c ?? 1)));
-  closeSync(fd);
-  return { exitCode, stderr: readFileSync(errFile, 'utf8') };
-}
-
-async function stop(id: string): Promise<void> {
-  await runc(['kill', id, 'KILL'], false);
-  for (let i = 0; i < 50; i++) {
-    const s = await runc(['state', id], false);
-    if (s.exitCode !== 0 || s.stdout.includes('"stopped"')) break;
-    await sleep(20);
-  }
-  await runc(['delete', '--force', id], false);
-}
+const rc = new Runc(work, runcRoot, HOOK_ARGS.slice(1));
+const bundle = (name: string, env: Record<string, string> = {}, edit?: string) => rc.bundle(name, env, edit);
+const runc = (args: string[], reject = true) => rc.run(args, reject);
+const exec = (id: string, args: string[]) => rc.exec(id, args);
+const start = (id: string, dir: string) => rc.start(id, dir);
+const stop = (id: string) => rc.stop(id);
 
 // The outside host: its own namespace, joined to ours by a veth; it answers
 // HTTP with the peer address it sees.
@@ -122,13 +97,8 @@ t.test('namespace sharing through config.json "path"', async (t) => {
   const a = await bundle('owner');
   t.equal((await start('owner', a)).exitCode, 0);
   const pid = JSON.parse((await runc(['state', 'owner'])).stdout).pid as number;
-  const b = await bundle('joiner', { OCINET_NETNS_PATH: `/proc/${pid}/ns/net` });
   // The joiner's httpd would clash on port 80: give it another process.
-  const { execa } = await import('execa');
-  await execa('jq', ['.process.args = ["sleep", "3600"]', join(b, 'config.json')]).then(async (r) => {
-    const { writeFileSync } = await import('node:fs');
-    writeFileSync(join(b, 'config.json'), String(r.stdout));
-  });
+  const b = await bundle('joiner', { OCINET_NETNS_PATH: `/proc/${pid}/ns/net` }, '.process.args = ["sleep", "3600"]');
   const rb = await start('joiner', b);
   t.equal(rb.exitCode, 0, rb.stderr);
   const ipA = (await exec('owner', ['ip', '-4', '-o', 'addr', 'show', 'eth0'])).stdout;

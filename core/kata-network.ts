@@ -1,0 +1,419 @@
+/**
+ * The kata-network operations (add-iface, del-iface, list-ifaces, add-route,
+ * del-route) with kata-runtime's input and output contract, on a sandbox
+ * named by a Target. This module holds the contract (validation, output
+ * forms, the per-sandbox record); the kernel work for container sandboxes is
+ * in the functions below, all of which run under the state lock.
+ */
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ipToInt, isIPv4, maskOf, intToIp } from './cidr.js';
+import { OcinetError } from './errors.js';
+import { run } from './exec.js';
+import { validateKataIface, validateKataIfaceName, validateKataIfaces, validateKataRoute } from './generated/validators.js';
+import { linkExists } from './bridge.js';
+import { withLock } from './lock.js';
+import { ipBatch, ipBatchIn, netnsId } from './netns.js';
+import { check } from './validate.js';
+
+// ---- contract: input and output shapes ----
+
+export interface IfaceInput {
+  device: string;
+  name: string;
+  IPAddresses?: { address: string; mask: string | number }[];
+  hwAddr: string;
+  mtu: number;
+  vhostUserSocket?: string;
+  queues?: number;
+}
+
+/** kata prints addresses as {Family, Address, Mask}; Family 2 is AF_INET. */
+export interface IfaceOutput {
+  device: string;
+  name: string;
+  IPAddresses: { Family: number; Address: string; Mask: string }[] | null;
+  mtu: number;
+  hwAddr: string;
+  pciAddr?: string;
+  linkType?: string;
+}
+
+export interface RouteSpec {
+  dest: string;
+  gateway?: string;
+  device?: string;
+}
+
+export interface ListedIface {
+  name: string;
+  mac: string;
+  ip: string[];
+  mtu: number;
+}
+
+/** What ocinet did for one added interface, so del-iface and teardown can undo exactly that. */
+export interface AddedIface {
+  device: string;
+  name: string;
+  hwAddr: string;
+  mtu: number;
+  address?: string;
+  prefix?: number;
+  /** moved: an existing host device moved in; veth: a pair ocinet created; tap: a VM NIC. */
+  kind: 'moved' | 'veth' | 'tap';
+  origMac?: string;
+  origMtu?: number;
+  queues: number;
+  linkType?: string;
+  pciAddr?: string;
+}
+
+/** A sandbox's network namespace, however it was named on the command line. */
+export interface Target {
+  /** File key of the sandbox record: the namespace identity, so every way of naming it meets. */
+  key: string;
+  nsPath: string;
+  nsId: string;
+  containerId?: string;
+  pid?: number;
+}
+
+export interface SandboxRecord {
+  key: string;
+  nsId: string;
+  nsPath: string;
+  containerId?: string;
+  pid?: number;
+  ifaces: AddedIface[];
+  routes: RouteSpec[];
+}
+
+// ---- validation ----
+
+function checkIp(address: string, mask: string | number, where: string): number {
+  if (!isIPv4(address)) throw new OcinetError('EINPUT', `${where}: '${address}' is not an IPv4 address`);
+  const m = String(mask);
+  if (!/^\d{1,2}$/.test(m) || Number(m) > 32) throw new OcinetError('EINPUT', `${where}: mask '${m}' must be 0-32`);
+  return Number(m);
+}
+
+export function parseIface(data: unknown, where = 'interface'): IfaceInput {
+  const i = check<IfaceInput>(validateKataIface, data, where);
+  for (const a of i.IPAddresses ?? []) checkIp(a.address, a.mask, `${where} field 'IPAddresses'`);
+  const first = parseInt(i.hwAddr.slice(0, 2), 16);
+  if (first & 1) throw new OcinetError('EINPUT', `${where} field 'hwAddr': ${i.hwAddr} is a multicast address, not a unicast MAC`);
+  if (/^(00:){5}00$/.test(i.hwAddr)) throw new OcinetError('EINPUT', `${where} field 'hwAddr': all-zero MAC`);
+  return { ...i, hwAddr: i.hwAddr.toLowerCase(), queues: i.queues ?? 0 };
+}
+
+export function parseIfaces(data: unknown, where: string): IfaceInput[] {
+  const list = check<unknown[]>(validateKataIfaces, data, where);
+  const out = list.map((d, n) => parseIface(d, `${where}[${n}]`));
+  const names = new Set<string>();
+  const devices = new Set<string>();
+  for (const i of out) {
+    if (names.has(i.name)) throw new OcinetError('EINPUT', `${where}: name '${i.name}' appears twice`);
+    if (devices.has(i.device)) throw new OcinetError('EINPUT', `${where}: device '${i.device}' appears twice`);
+    names.add(i.name);
+    devices.add(i.device);
+  }
+  return out;
+}
+
+export function parseIfaceName(data: unknown): string {
+  return check<{ name: string }>(validateKataIfaceName, data, 'interface').name;
+}
+
+/** `default`, `a.b.c.d` (= /32) or `a.b.c.d/n` without host bits; returns the kernel's spelling. */
+export function canonicalDest(dest: string, where: string): string {
+  if (dest === 'default') return 'default';
+  const [ip, len, extra] = dest.split('/');
+  if (extra !== undefined || !ip || !isIPv4(ip)) throw new OcinetError('EINPUT', `${where} field 'dest': '${dest}' is not default, IP or IP/mask`);
+  const prefix = len === undefined ? 32 : /^\d{1,2}$/.test(len) && Number(len) <= 32 ? Number(len) : -1;
+  if (prefix < 0) throw new OcinetError('EINPUT', `${where} field 'dest': mask in '${dest}' must be 0-32`);
+  const n = ipToInt(ip);
+  if (((n & maskOf(prefix)) >>> 0) !== n) throw new OcinetError('EINPUT', `${where} field 'dest': '${dest}' has host bits set`);
+  return prefix === 32 ? ip : `${intToIp(n)}/${prefix}`;
+}
+
+/** A route object or an array of them; `forAdd` requires `device` (kata: mandatory for add). */
+export function parseRoutes(data: unknown, forAdd: boolean, where = 'route'): RouteSpec[] {
+  const list = Array.isArray(data) ? data : [data];
+  if (list.length === 0) throw new OcinetError('EINPUT', `${where}: empty array`);
+  return list.map((d, n) => {
+    const w = Array.isArray(data) ? `${where}[${n}]` : where;
+    const r = check<RouteSpec>(validateKataRoute, d, w);
+    canonicalDest(r.dest, w);
+    if (r.gateway !== undefined && !isIPv4(r.gateway)) throw new OcinetError('EINPUT', `${w} field 'gateway': '${r.gateway}' is not an IPv4 address`);
+    if (forAdd && r.dest === 'default' && r.gateway === undefined) throw new OcinetError('EINPUT', `${w}: dest 'default' needs a gateway`);
+    if (forAdd && r.device === undefined) throw new OcinetError('EINPUT', `${w}: missing required field 'device'`);
+    return r;
+  });
+}
+
+export function ifaceOutput(a: AddedIface): IfaceOutput {
+  const out: IfaceOutput = {
+    device: a.device,
+    name: a.name,
+    IPAddresses: a.address ? [{ Family: 2, Address: a.address, Mask: String(a.prefix) }] : null,
+    mtu: a.mtu,
+    hwAddr: a.hwAddr,
+  };
+  if (a.pciAddr) out.pciAddr = a.pciAddr;
+  if (a.linkType) out.linkType = a.linkType;
+  return out;
+}
+
+// ---- per-sandbox record ----
+
+function recordDir(stateDir: string): string {
+  return join(stateDir, 'sandboxes');
+}
+
+export function loadRecord(stateDir: string, t: Target): SandboxRecord {
+  const p = join(recordDir(stateDir), `${t.key}.json`);
+  const base: SandboxRecord = { key: t.key, nsId: t.nsId, nsPath: t.nsPath, ifaces: [], routes: [] };
+  if (t.containerId) base.containerId = t.containerId;
+  if (t.pid) base.pid = t.pid;
+  if (!existsSync(p)) return base;
+  try {
+    const r = JSON.parse(readFileSync(p, 'utf8')) as SandboxRecord;
+    return { ...r, nsPath: t.nsPath, ...(t.pid ? { pid: t.pid } : {}), ...(t.containerId && !r.containerId ? { containerId: t.containerId } : {}) };
+  } catch {
+    throw new OcinetError('ESTATE', `${p} is not valid JSON (remove it and run 'ocinet gc')`);
+  }
+}
+
+export function saveRecord(stateDir: string, r: SandboxRecord): void {
+  mkdirSync(recordDir(stateDir), { recursive: true, mode: 0o700 });
+  const p = join(recordDir(stateDir), `${r.key}.json`);
+  if (r.ifaces.length === 0 && r.routes.length === 0) {
+    if (existsSync(p)) unlinkSync(p);
+    return;
+  }
+  writeFileSync(`${p}.tmp`, JSON.stringify(r));
+  renameSync(`${p}.tmp`, p);
+}
+
+export function allRecords(stateDir: string): SandboxRecord[] {
+  const dir = recordDir(stateDir);
+  if (!existsSync(dir)) return [];
+  return readdirSync(dir)
+    .filter((f) => f.endsWith('.json'))
+    .map((f) => JSON.parse(readFileSync(join(dir, f), 'utf8')) as SandboxRecord);
+}
+
+export function targetKey(nsId: string): string {
+  return 'ns-' + nsId.replace(':', '-');
+}
+
+// ---- kernel views of a container sandbox ----
+
+interface IpLink {
+  ifname: string;
+  address?: string;
+  mtu: number;
+  addr_info?: { family: string; local: string; prefixlen: number }[];
+}
+
+async function linksIn(t: Target): Promise<IpLink[]> {
+  const r = await run('nsenter', [`--net=${t.nsPath}`, '--', 'ip', '-j', 'addr', 'show']);
+  return JSON.parse(r.stdout || '[]') as IpLink[];
+}
+
+interface IpRoute {
+  dst: string;
+  gateway?: string;
+  dev?: string;
+}
+
+async function routesIn(t: Target): Promise<IpRoute[]> {
+  const r = await run('nsenter', [`--net=${t.nsPath}`, '--', 'ip', '-j', '-4', 'route', 'show', 'table', 'main']);
+  return JSON.parse(r.stdout || '[]') as IpRoute[];
+}
+
+function alive(t: Target): boolean {
+  return netnsId(t.nsPath) === t.nsId;
+}
+
+// ---- operations ----
+
+export interface AddOptions {
+  stateDir: string;
+  /** Attach a created veth's host end to this bridge. */
+  bridge?: string;
+  /** Host links no sandbox may take (the ocinet bridge, veth ends the hook made). */
+  reserved?: (name: string) => boolean;
+}
+
+export async function addIface(t: Target, input: IfaceInput, o: AddOptions): Promise<IfaceOutput> {
+  return withLock(o.stateDir, async () => {
+    const rec = loadRecord(o.stateDir, t);
+    if (input.vhostUserSocket !== undefined) {
+      throw new OcinetError('EINPUT', `interface field 'vhostUserSocket': only VM sandboxes take vhost-user NICs; this is a container sandbox`);
+    }
+    if (rec.ifaces.some((i) => i.name === input.name)) throw new OcinetError('ECONFLICT', `interface '${input.name}' already exists in the sandbox`);
+    for (const other of allRecords(o.stateDir)) {
+      const hit = other.ifaces.find((i) => i.device === input.device);
+      if (hit) throw new OcinetError('ECONFLICT', `device '${input.device}' is already used by sandbox ${other.containerId ?? other.key} (as ${hit.name})`);
+    }
+    const inside = await linksIn(t);
+    if (inside.some((l) => l.ifname === input.name)) throw new OcinetError('ECONFLICT', `interface '${input.name}' already exists in the sandbox`);
+    if (input.device === 'lo' || o.reserved?.(input.device)) throw new OcinetError('ECONFLICT', `device '${input.device}' belongs to the host or to ocinet and cannot be given to a sandbox`);
+    if (o.bridge && !linkExists(o.bridge)) throw new OcinetError('ENOTFOUND', `bridge '${o.bridge}' does not exist`);
+
+    const a: AddedIface = { device: input.device, name: input.name, hwAddr: input.hwAddr, mtu: input.mtu, kind: 'veth', queues: input.queues ?? 0 };
+    const ip = input.IPAddresses?.[0];
+    if (ip) {
+      a.address = ip.address;
+      a.prefix = Number(ip.mask);
+    }
+    if (linkExists(input.device)) {
+      const r = await run('ip', ['-j', 'link', 'show', 'dev', input.device]);
+      const l = (JSON.parse(r.stdout) as IpLink[])[0];
+      a.kind = 'moved';
+      if (l?.address) a.origMac = l.address;
+      if (l?.mtu) a.origMtu = l.mtu;
+      await ipBatch([`link set ${a.device} down`, `link set ${a.device} netns ${t.nsPath} name ${a.name}`]);
+    } else {
+      const q = a.queues > 1 ? ` numtxqueues ${a.queues} numrxqueues ${a.queues}` : '';
+      await ipBatch([
+        `link add ${a.device} mtu ${a.mtu}${q} type veth peer name ${a.name} mtu ${a.mtu} address ${a.hwAddr}${q} netns ${t.nsPath}`,
+        o.bridge ? `link set ${a.device} master ${o.bridge} up` : `link set ${a.device} up`,
+      ]);
+    }
+    try {
+      await ipBatchIn(t.nsPath, [
+        `link set ${a.name} address ${a.hwAddr} mtu ${a.mtu}`,
+        // The address brings its subnet route with it, as kata's note says.
+        ...(a.address ? [`addr add ${a.address}/${a.prefix} dev ${a.name}`] : []),
+        `link set ${a.name} up`,
+      ]);
+    } catch (e) {
+      await undoIface(t, a).catch(() => undefined);
+      throw e;
+    }
+    rec.ifaces.push(a);
+    saveRecord(o.stateDir, rec);
+    return ifaceOutput(a);
+  });
+}
+
+/** Put the host back as it was before `a` was added. */
+async function undoIface(t: Target, a: AddedIface): Promise<void> {
+  if (a.kind === 'veth') {
+    if (linkExists(a.device)) await ipBatch([`link del ${a.device}`], true);
+    return;
+  }
+  if (a.kind !== 'moved') return;
+  if (alive(t)) {
+    await ipBatchIn(t.nsPath, [`link set ${a.name} down`, `link set ${a.name} netns /proc/${process.pid}/ns/net name ${a.device}`]);
+  } else if (linkExists(a.name) && !linkExists(a.device)) {
+    // A physical device comes back to the host under its sandbox name when the namespace dies.
+    await ipBatch([`link set ${a.name} down`, `link set ${a.name} name ${a.device}`], true);
+  }
+  if (linkExists(a.device)) {
+    const restore = [a.origMac ? `address ${a.origMac}` : '', a.origMtu ? `mtu ${a.origMtu}` : ''].join(' ').trim();
+    if (restore) await ipBatch([`link set ${a.device} ${restore}`], true);
+  }
+}
+
+/** del-iface: by `name` only. Throws an error carrying the interface that could not be removed. */
+export async function delIface(t: Target, name: string, stateDir: string): Promise<void> {
+  await withLock(stateDir, async () => {
+    const rec = loadRecord(stateDir, t);
+    const a = rec.ifaces.find((i) => i.name === name);
+    if (!a) throw new OcinetError('ENOTFOUND', `no interface '${name}' was added to this sandbox`);
+    try {
+      await undoIface(t, a);
+    } catch (e) {
+      throw Object.assign(new OcinetError('EEXEC', (e as Error).message), { iface: ifaceOutput(a) });
+    }
+    rec.ifaces = rec.ifaces.filter((i) => i !== a);
+    rec.routes = rec.routes.filter((r) => r.device !== name);
+    saveRecord(stateDir, rec);
+  });
+}
+
+export async function listIfaces(t: Target, stateDir: string): Promise<ListedIface[] | null> {
+  const rec = loadRecord(stateDir, t);
+  if (rec.ifaces.length === 0) return null;
+  const live = new Map((await linksIn(t)).map((l) => [l.ifname, l]));
+  return rec.ifaces.map((a) => {
+    const l = live.get(a.name);
+    return {
+      name: a.name,
+      mac: l?.address ?? a.hwAddr,
+      ip: (l?.addr_info ?? []).filter((x) => x.family === 'inet').map((x) => `${x.local}/${x.prefixlen}`),
+      mtu: l?.mtu ?? a.mtu,
+    };
+  });
+}
+
+function routeLine(op: 'add' | 'del', r: RouteSpec): string {
+  return `route ${op} ${canonicalDest(r.dest, 'route')}${r.gateway ? ` via ${r.gateway}` : ''}${r.device ? ` dev ${r.device}` : ''}`;
+}
+
+export async function addRoutes(t: Target, routes: RouteSpec[], stateDir: string): Promise<RouteSpec[]> {
+  return withLock(stateDir, async () => {
+    const rec = loadRecord(stateDir, t);
+    const names = new Set((await linksIn(t)).map((l) => l.ifname));
+    const existing = await routesIn(t);
+    for (const r of routes) {
+      if (!names.has(r.device!)) throw new OcinetError('ENOTFOUND', `route to ${r.dest}: device '${r.device}' is not in the sandbox`);
+      const dst = canonicalDest(r.dest, 'route');
+      const clash = existing.find((e) => e.dst === dst);
+      if (clash) {
+        const via = `${clash.gateway ? ` via ${clash.gateway}` : ''}${clash.dev ? ` dev ${clash.dev}` : ''}`;
+        throw new OcinetError('ECONFLICT', `a route to ${r.dest} already exists (${dst}${via}); delete it first`);
+      }
+    }
+    try {
+      await ipBatchIn(t.nsPath, routes.map((r) => routeLine('add', r)));
+    } catch (e) {
+      // All of them were new (checked above): remove whichever got in before the failure.
+      await run('nsenter', [`--net=${t.nsPath}`, '--', 'ip', '-force', '-batch', '-'], {
+        input: routes.map((r) => routeLine('del', r)).join('\n') + '\n',
+        allowFail: true,
+      });
+      throw e;
+    }
+    rec.routes.push(...routes);
+    saveRecord(stateDir, rec);
+    return routes;
+  });
+}
+
+/** del-route: every route matching the fields given (fuzzy, as kata does). */
+export async function delRoutes(t: Target, routes: RouteSpec[], stateDir: string): Promise<RouteSpec[]> {
+  return withLock(stateDir, async () => {
+    const rec = loadRecord(stateDir, t);
+    const existing = await routesIn(t);
+    const hits: IpRoute[] = [];
+    for (const r of routes) {
+      const dst = canonicalDest(r.dest, 'route');
+      const m = existing.filter(
+        (e) => e.dst === dst && (r.gateway === undefined || e.gateway === r.gateway) && (r.device === undefined || e.dev === r.device) && !hits.includes(e),
+      );
+      if (m.length === 0) throw new OcinetError('ENOTFOUND', `no route matches ${JSON.stringify(r)}`);
+      hits.push(...m);
+    }
+    const deleted: RouteSpec[] = hits.map((e) => ({ dest: e.dst, ...(e.gateway ? { gateway: e.gateway } : {}), ...(e.dev ? { device: e.dev } : {}) }));
+    await ipBatchIn(t.nsPath, deleted.map((r) => routeLine('del', r)));
+    const gone = (r: RouteSpec): boolean =>
+      deleted.some((d) => canonicalDest(d.dest, 'route') === canonicalDest(r.dest, 'route') && d.device === r.device && (d.gateway ?? '') === (r.gateway ?? ''));
+    rec.routes = rec.routes.filter((r) => !gone(r));
+    saveRecord(stateDir, rec);
+    return deleted;
+  });
+}
+
+/** Undo every interface added to a sandbox and forget it (container teardown, gc). Takes the lock. */
+export async function releaseSandbox(stateDir: string, t: Target): Promise<void> {
+  await withLock(stateDir, async () => {
+    const rec = loadRecord(stateDir, t);
+    for (const a of [...rec.ifaces].reverse()) await undoIface(t, a).catch(() => undefined);
+    saveRecord(stateDir, { ...rec, ifaces: [], routes: [] });
+  });
+}
