@@ -7,7 +7,7 @@ APT_PACKAGES := runc iproute2 iptables busybox-static conntrack util-linux jq hy
 SETUP_STAMP := .cache/setup.stamp
 SOURCES := $(shell find core hooks build -name '*.ts' -o -name '*.mjs' -o -name '*.cjs' -o -name '*.json' | grep -v generated)
 
-.PHONY: all setup build test demo bench install uninstall clean typecheck
+.PHONY: all setup build test demo bench install uninstall clean typecheck guest
 
 all: build
 
@@ -31,7 +31,12 @@ build: dist/bin/ocinet-hook
 typecheck: $(SETUP_STAMP)
 	npx tsc -p .
 
-test: build typecheck
+# The VM tests' guest (cached in .cache/guest). Built here, outside the tests'
+# network namespaces, because it downloads the kernel package with apt.
+guest: $(SETUP_STAMP)
+	bash build/guest/build-guest.sh
+
+test: build typecheck guest
 	$(NODE) test/run.mjs
 
 demo: build

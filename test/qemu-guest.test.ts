@@ -51,6 +51,7 @@ t.test('missing QMP socket: clear error, fast', async (t) => {
 
 t.test('build and boot the guest', async (t) => {
   let start = Date.now();
+  // `make test` builds the guest outside the namespace (it downloads with apt); here it is a cache check.
   const b = spawnSync('bash', [join(ROOT, 'build/guest/build-guest.sh')], { stdio: ['ignore', 'inherit', 'pipe'], timeout: 900_000 });
   t.equal(b.status, 0, `build-guest.sh: ${b.stderr?.toString()}`);
   t.comment(`guest build: ${Date.now() - start} ms`);
