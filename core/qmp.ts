@@ -191,8 +191,9 @@ export class QmpClient {
    * the event (e.g. start waiting for DEVICE_DELETED, then device_del).
    */
   waitEvent(name: string, predicate: (e: QmpEvent) => boolean = () => true, timeoutMs: number = this.timeoutMs): Promise<QmpEvent> {
-    if (this.closedError) return Promise.reject(this.closedError);
+    const closed = this.closedError;
     const p = new Promise<QmpEvent>((resolve, reject) => {
+      if (closed) return reject(closed);
       const w: EventWaiter = {
         name,
         predicate,

@@ -172,6 +172,8 @@ interface Done {
 async function unplug(qmp: QmpClient, id: string, timeoutMs: number): Promise<void> {
   // Register before device_del: the event may come before the reply.
   const deleted = qmp.waitEvent('DEVICE_DELETED', (e) => e.data?.device === id, timeoutMs);
+  // On a closed client waitEvent rejects without a handler; device_del then throws first.
+  deleted.catch(() => undefined);
   try {
     await qmp.execute('device_del', { id }, COMMAND_MS);
   } catch (e) {
