@@ -25,6 +25,9 @@ export const ANNOTATIONS = {
   ip: 'io.ocinet.ip',
   interfaces: 'io.ocinet.interfaces',
   routes: 'io.ocinet.routes',
+  mode: 'io.ocinet.mode',
+  qmp: 'io.ocinet.qmp',
+  qga: 'io.ocinet.qga',
 } as const;
 
 export interface HookFlags {
@@ -37,6 +40,9 @@ export interface HookFlags {
   stateDir?: string;
   log?: string;
   keepBridge?: boolean;
+  mode?: string;
+  qmp?: string;
+  qga?: string;
 }
 
 export interface HookConfig extends NetworkOptions {
@@ -46,6 +52,8 @@ export interface HookConfig extends NetworkOptions {
   requested: { ports: boolean; ip: boolean };
   interfaces: IfaceInput[];
   routes: RouteSpec[];
+  mode: 'veth' | 'tap';
+  vm?: { qmp?: string; qga?: string };
 }
 
 function jsonAnnotation(annotations: Record<string, string>, key: string): unknown {
@@ -96,8 +104,18 @@ export function resolveConfig(flags: HookFlags, annotations: Record<string, stri
   for (const i of interfaces) {
     if (i.name === iface) throw new OcinetError('EINPUT', `annotation ${ANNOTATIONS.interfaces}: name '${i.name}' is the container's main interface`);
   }
+  const modeText = annotations[ANNOTATIONS.mode] ?? flags.mode ?? 'veth';
+  if (modeText !== 'veth' && modeText !== 'tap') throw new OcinetError('EINPUT', `mode '${modeText}' must be veth or tap`);
+  const vm: { qmp?: string; qga?: string } = {};
+  for (const k of ['qmp', 'qga'] as const) {
+    const v = annotations[ANNOTATIONS[k]] ?? flags[k];
+    if (v === undefined) continue;
+    if (!v.startsWith('/') || /\s/.test(v)) throw new OcinetError('EINPUT', `${k} socket '${v}' must be an absolute path without spaces`);
+    vm[k] = v;
+  }
   const requested = { ports: Boolean(annotations[ANNOTATIONS.publish]?.trim()), ip: annotations[ANNOTATIONS.ip] !== undefined };
-  const cfg: HookConfig = { bridge, iface, subnet, mtu: Number(mtuText), ports, stateDir, logFile, keepBridge: Boolean(flags.keepBridge), requested, interfaces, routes };
+  const cfg: HookConfig = { bridge, iface, subnet, mtu: Number(mtuText), ports, stateDir, logFile, keepBridge: Boolean(flags.keepBridge), requested, interfaces, routes, mode: modeText };
+  if (vm.qmp || vm.qga) cfg.vm = vm;
   if (ip !== undefined) cfg.ip = ip;
   return cfg;
 }

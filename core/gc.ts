@@ -3,7 +3,7 @@
  * namespace is gone are torn down; veths, DNAT chains and bridges ocinet made
  * that no record owns are removed; temp files of dead writers are deleted.
  */
-import { readdirSync, unlinkSync } from 'node:fs';
+import { existsSync, readdirSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { purge, save } from './iptables.js';
 import { deleteLinks, listLinks } from './links.js';
@@ -24,6 +24,7 @@ export interface GcReport {
 }
 
 export function isAlive(c: ContainerRecord): boolean {
+  if (c.mode === 'tap') return Boolean(c.vm && existsSync(c.vm.qmp)); // a VM lives as long as its QEMU
   return Boolean(c.pid && c.netns && netnsId(pidNetnsPath(c.pid)) === c.netns);
 }
 
@@ -72,8 +73,8 @@ export async function gc(stateDir: string): Promise<GcReport> {
   });
   // kata-network records of sandboxes whose namespace is gone (moved devices come home).
   for (const r of allRecords(stateDir)) {
-    if (netnsId(r.nsPath) === r.nsId) continue;
-    await releaseSandbox(stateDir, { key: r.key, nsPath: r.nsPath, nsId: r.nsId });
+    if (r.vm ? existsSync(r.vm.qmp) : netnsId(r.nsPath) === r.nsId) continue;
+    await releaseSandbox(stateDir, { key: r.key, nsPath: r.nsPath, nsId: r.nsId, ...(r.vm ? { vm: r.vm } : {}) });
     report.sandboxes.push(r.containerId ?? r.key);
   }
   for (const f of readdirSync(stateDir)) {

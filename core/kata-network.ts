@@ -15,6 +15,8 @@ import { linkExists } from './bridge.js';
 import { withLock } from './lock.js';
 import { ipBatch, ipBatchIn, netnsId } from './netns.js';
 import { check } from './validate.js';
+import { guestIpBatch, guestLinks, guestRoutes, vmAddIface, vmDelIface, type VmSockets } from './vm.js';
+import { shortHash } from './names.js';
 
 // ---- contract: input and output shapes ----
 
@@ -69,20 +71,30 @@ export interface AddedIface {
   pciAddr?: string;
 }
 
-/** A sandbox's network namespace, however it was named on the command line. */
+/**
+ * A sandbox, however it was named on the command line: a container's network
+ * namespace (nsPath/nsId), or a VM reached through QEMU's QMP and guest-agent
+ * sockets (vm; nsPath and nsId are then empty).
+ */
 export interface Target {
-  /** File key of the sandbox record: the namespace identity, so every way of naming it meets. */
+  /** File key of the sandbox record: the namespace or VM identity, so every way of naming it meets. */
   key: string;
   nsPath: string;
   nsId: string;
+  vm?: VmSockets;
   containerId?: string;
   pid?: number;
+}
+
+export function vmTarget(vm: VmSockets, containerId?: string): Target {
+  return { key: 'vm-' + shortHash(vm.qmp, 12), nsPath: '', nsId: '', vm, ...(containerId ? { containerId } : {}) };
 }
 
 export interface SandboxRecord {
   key: string;
   nsId: string;
   nsPath: string;
+  vm?: VmSockets;
   containerId?: string;
   pid?: number;
   ifaces: AddedIface[];
@@ -173,7 +185,7 @@ function recordDir(stateDir: string): string {
 
 export function loadRecord(stateDir: string, t: Target): SandboxRecord {
   const p = join(recordDir(stateDir), `${t.key}.json`);
-  const base: SandboxRecord = { key: t.key, nsId: t.nsId, nsPath: t.nsPath, ifaces: [], routes: [] };
+  const base: SandboxRecord = { key: t.key, nsId: t.nsId, nsPath: t.nsPath, ifaces: [], routes: [], ...(t.vm ? { vm: t.vm } : {}) };
   if (t.containerId) base.containerId = t.containerId;
   if (t.pid) base.pid = t.pid;
   if (!existsSync(p)) return base;
@@ -218,6 +230,7 @@ interface IpLink {
 }
 
 async function linksIn(t: Target): Promise<IpLink[]> {
+  if (t.vm) return guestLinks(t.vm);
   const r = await run('nsenter', [`--net=${t.nsPath}`, '--', 'ip', '-j', 'addr', 'show']);
   return JSON.parse(r.stdout || '[]') as IpLink[];
 }
@@ -229,12 +242,27 @@ interface IpRoute {
 }
 
 async function routesIn(t: Target): Promise<IpRoute[]> {
+  if (t.vm) return guestRoutes(t.vm);
   const r = await run('nsenter', [`--net=${t.nsPath}`, '--', 'ip', '-j', '-4', 'route', 'show', 'table', 'main']);
   return JSON.parse(r.stdout || '[]') as IpRoute[];
 }
 
 function alive(t: Target): boolean {
   return netnsId(t.nsPath) === t.nsId;
+}
+
+/** `ip -batch` inside the sandbox: the container's namespace, or the VM's guest through its agent. */
+function batchIn(t: Target, lines: string[]): Promise<void> {
+  return t.vm ? guestIpBatch(t.vm, lines) : ipBatchIn(t.nsPath, lines);
+}
+
+/** Best effort: every line tried, failures ignored (cleanup after a failed batch). */
+async function forceBatchIn(t: Target, lines: string[]): Promise<void> {
+  if (t.vm) {
+    for (const l of lines) await guestIpBatch(t.vm, [l]).catch(() => undefined);
+    return;
+  }
+  await run('nsenter', [`--net=${t.nsPath}`, '--', 'ip', '-force', '-batch', '-'], { input: lines.join('\n') + '\n', allowFail: true });
 }
 
 // ---- operations ----
@@ -250,7 +278,7 @@ export interface AddOptions {
 export async function addIface(t: Target, input: IfaceInput, o: AddOptions): Promise<IfaceOutput> {
   return withLock(o.stateDir, async () => {
     const rec = loadRecord(o.stateDir, t);
-    if (input.vhostUserSocket !== undefined) {
+    if (input.vhostUserSocket !== undefined && !t.vm) {
       throw new OcinetError('EINPUT', `interface field 'vhostUserSocket': only VM sandboxes take vhost-user NICs; this is a container sandbox`);
     }
     if (rec.ifaces.some((i) => i.name === input.name)) throw new OcinetError('ECONFLICT', `interface '${input.name}' already exists in the sandbox`);
@@ -262,6 +290,13 @@ export async function addIface(t: Target, input: IfaceInput, o: AddOptions): Pro
     if (inside.some((l) => l.ifname === input.name)) throw new OcinetError('ECONFLICT', `interface '${input.name}' already exists in the sandbox`);
     if (input.device === 'lo' || o.reserved?.(input.device)) throw new OcinetError('ECONFLICT', `device '${input.device}' belongs to the host or to ocinet and cannot be given to a sandbox`);
     if (o.bridge && !linkExists(o.bridge)) throw new OcinetError('ENOTFOUND', `bridge '${o.bridge}' does not exist`);
+    if (t.vm) {
+      // VM: a TAP on the host hot-plugged through QMP, configured in the guest by its agent.
+      const added = await vmAddIface(t.vm, input, o.bridge ? { bridge: o.bridge } : {});
+      rec.ifaces.push(added);
+      saveRecord(o.stateDir, rec);
+      return ifaceOutput(added);
+    }
 
     const a: AddedIface = { device: input.device, name: input.name, hwAddr: input.hwAddr, mtu: input.mtu, kind: 'veth', queues: input.queues ?? 0 };
     const ip = input.IPAddresses?.[0];
@@ -302,6 +337,10 @@ export async function addIface(t: Target, input: IfaceInput, o: AddOptions): Pro
 
 /** Put the host back as it was before `a` was added. */
 async function undoIface(t: Target, a: AddedIface): Promise<void> {
+  if (a.kind === 'tap') {
+    if (t.vm) await vmDelIface(t.vm, a);
+    return;
+  }
   if (a.kind === 'veth') {
     if (linkExists(a.device)) await ipBatch([`link del ${a.device}`], true);
     return;
@@ -370,13 +409,10 @@ export async function addRoutes(t: Target, routes: RouteSpec[], stateDir: string
       }
     }
     try {
-      await ipBatchIn(t.nsPath, routes.map((r) => routeLine('add', r)));
+      await batchIn(t, routes.map((r) => routeLine('add', r)));
     } catch (e) {
       // All of them were new (checked above): remove whichever got in before the failure.
-      await run('nsenter', [`--net=${t.nsPath}`, '--', 'ip', '-force', '-batch', '-'], {
-        input: routes.map((r) => routeLine('del', r)).join('\n') + '\n',
-        allowFail: true,
-      });
+      await forceBatchIn(t, routes.map((r) => routeLine('del', r)));
       throw e;
     }
     rec.routes.push(...routes);
@@ -400,7 +436,7 @@ export async function delRoutes(t: Target, routes: RouteSpec[], stateDir: string
       hits.push(...m);
     }
     const deleted: RouteSpec[] = hits.map((e) => ({ dest: e.dst, ...(e.gateway ? { gateway: e.gateway } : {}), ...(e.dev ? { device: e.dev } : {}) }));
-    await ipBatchIn(t.nsPath, deleted.map((r) => routeLine('del', r)));
+    await batchIn(t, deleted.map((r) => routeLine('del', r)));
     const gone = (r: RouteSpec): boolean =>
       deleted.some((d) => canonicalDest(d.dest, 'route') === canonicalDest(r.dest, 'route') && d.device === r.device && (d.gateway ?? '') === (r.gateway ?? ''));
     rec.routes = rec.routes.filter((r) => !gone(r));

@@ -5,7 +5,7 @@
  * runs all hooks of one host; the name is derived from the state directory.
  */
 import { createServer, type Server } from 'node:net';
-import { realpathSync } from 'node:fs';
+import { mkdirSync, realpathSync } from 'node:fs';
 import { OcinetError } from './errors.js';
 
 export interface Lock {
@@ -24,6 +24,7 @@ function tryBind(name: string): Promise<Server | null> {
 }
 
 export function lockName(stateDir: string): string {
+  mkdirSync(stateDir, { recursive: true, mode: 0o700 });
   return '\0ocinet-lock:' + realpathSync(stateDir);
 }
 

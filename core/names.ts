@@ -19,6 +19,17 @@ export function hostVethName(containerId: string): string {
   return 'ocv' + shortHash(containerId, 10);
 }
 
+/** Host TAP of a VM sandbox the hook sets up: `oct` + 10 hex. */
+export function tapName(containerId: string): string {
+  return 'oct' + shortHash(containerId, 10);
+}
+
+/** A stable, locally administered unicast MAC for a VM sandbox's NIC. */
+export function vmMac(containerId: string): string {
+  const h = shortHash('vm:' + containerId, 10);
+  return ['02', ...h.match(/../g)!].join(':');
+}
+
 /** Per-container DNAT chain (iptables chain names are at most 28 chars). */
 export function dnatChain(containerId: string): string {
   return 'OCINET-DN-' + shortHash(containerId, 12);

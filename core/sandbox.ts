@@ -12,14 +12,18 @@ import { allocate } from './ipam.js';
 import { purge, restore } from './iptables.js';
 import { withLock } from './lock.js';
 import { installNetworkRules, removeNetworkRules } from './masquerade.js';
-import { dnatChain, hostVethName } from './names.js';
+import { dnatChain, hostVethName, tapName, vmMac } from './names.js';
 import { containerNetns, ipBatch, ipBatchIn, netnsId, pidNetnsPath } from './netns.js';
 import type { OpLog } from './log.js';
 import { checkPortConflicts, publishScript, unpublishScript } from './portmap.js';
 import { bridgeHasSubnetRoute, createdByOcinet, deleteLink, ensureBridge, linkExists } from './bridge.js';
 import { ensureStateDir, loadDb, saveDb, type ContainerRecord, type Db, type PortMapping } from './store.js';
 import { enableForwarding } from './sysctl.js';
-import { addIface, addRoutes, releaseSandbox, targetKey, type IfaceInput, type RouteSpec, type Target } from './kata-network.js';
+import { addIface, addRoutes, releaseSandbox, targetKey, vmTarget, type AddedIface, type IfaceInput, type RouteSpec, type Target } from './kata-network.js';
+import { guestIpBatch, vmDelIface, vmAddIface, type VmSockets } from './vm.js';
+import { deleteTap } from './tap.js';
+import { defaultRoute } from './route.js';
+import { existsSync } from 'node:fs';
 import { containerLines, hostLines } from './veth.js';
 
 export interface NetworkOptions {
@@ -47,6 +51,28 @@ export interface SetupRequest extends NetworkOptions {
   /** Extra interfaces and routes (io.ocinet.interfaces / io.ocinet.routes), added after eth0. */
   interfaces?: IfaceInput[];
   routes?: RouteSpec[];
+  /** veth (default): a container's namespace; tap: a QEMU VM reached through QMP and its guest agent. */
+  mode?: 'veth' | 'tap';
+  vm?: { qmp?: string; qga?: string };
+}
+
+/**
+ * Where Kata keeps a sandbox's QEMU sockets, tried in order when the hook is
+ * not told: /run/vc/vm/ID/ (Kata 2.x's VM directory), then ocinet's own
+ * /run/ocinet/vm/ID/; each must hold qmp.sock and qga.sock.
+ */
+export const VM_SOCKET_DIRS = ['/run/vc/vm', '/run/ocinet/vm'];
+
+function vmSockets(id: string, given: { qmp?: string; qga?: string } | undefined): VmSockets {
+  if (given?.qmp && given.qga) return { qmp: given.qmp, qga: given.qga };
+  const tried: string[] = [];
+  for (const dir of VM_SOCKET_DIRS) {
+    const qmp = given?.qmp ?? `${dir}/${id}/qmp.sock`;
+    const qga = given?.qga ?? `${dir}/${id}/qga.sock`;
+    if (existsSync(qmp) && existsSync(qga)) return { qmp, qga };
+    tried.push(`${qmp} + ${qga}`);
+  }
+  throw new OcinetError('ENOTFOUND', `no QEMU sockets for VM sandbox ${id} (tried ${tried.join(', ')}; name them with io.ocinet.qmp and io.ocinet.qga)`);
 }
 
 /** Host links no kata-network add-iface may take: ocinet's bridges and the hook's veth ends. */
@@ -55,6 +81,7 @@ export function reservedLink(stateDir: string): (name: string) => boolean {
 }
 
 function targetOf(r: ContainerRecord): Target | null {
+  if (r.mode === 'tap') return r.vm ? vmTarget(r.vm, r.id) : null;
   if (!r.netns || !r.pid) return null;
   return { key: targetKey(r.netns), nsPath: pidNetnsPath(r.pid), nsId: r.netns, containerId: r.id, pid: r.pid };
 }
@@ -108,6 +135,7 @@ async function ensureNetwork(db: Db, o: NetworkOptions, gateway: string): Promis
 }
 
 export async function setupContainer(req: SetupRequest, log?: OpLog): Promise<SetupResult> {
+  if (req.mode === 'tap') return setupVm(req, log);
   const netns = containerNetns(req.pid);
   const sn = parseSubnet(req.subnet);
   const gateway = intToIp(gatewayOf(sn));
@@ -186,6 +214,74 @@ export async function setupContainer(req: SetupRequest, log?: OpLog): Promise<Se
   return resultOf(rec, gateway);
 }
 
+/**
+ * TAP mode: the same bridge, IPAM, NAT and published ports, but the NIC is a
+ * TAP hot-plugged into the VM's QEMU over QMP and configured in the guest by
+ * its agent (address, MTU, default route).
+ */
+async function setupVm(req: SetupRequest, log?: OpLog): Promise<SetupResult> {
+  const vm = vmSockets(req.id, req.vm);
+  const sn = parseSubnet(req.subnet);
+  const gateway = intToIp(gatewayOf(sn));
+  ensureStateDir(req.stateDir);
+  log?.step('check');
+  const rec = await withLock(req.stateDir, async () => {
+    const db = loadDb(req.stateDir);
+    if (db.containers[req.id]) throw new OcinetError('ECONFLICT', `container ${req.id} already has a network from ocinet (run teardown first)`);
+    checkPortConflicts(req.ports, db, req.id);
+    const net = await ensureNetwork(db, req, gateway);
+    const ip = allocate(db, net, req.id, req.ip);
+    const r: ContainerRecord = {
+      id: req.id, mode: 'tap', bridge: req.bridge, ip, prefix: sn.prefix, iface: req.iface, hostVeth: tapName(req.id),
+      mtu: req.mtu, ports: req.ports, vm, createdAt: new Date().toISOString(), setupPid: process.pid,
+      ...(req.pid ? { pid: req.pid } : {}),
+    };
+    if (req.ports.length) {
+      r.chain = dnatChain(req.id);
+      r.tag = req.id;
+    }
+    db.containers[req.id] = r;
+    saveDb(req.stateDir, db);
+    return r;
+  });
+  log?.step('ipam');
+  try {
+    const fw = req.ports.length ? restore(publishScript(req.id, rec.ip!, req.subnet, req.ports)) : Promise.resolve(true);
+    const nic = { device: rec.hostVeth!, name: req.iface, IPAddresses: [{ address: rec.ip!, mask: String(sn.prefix) }], hwAddr: vmMac(req.id), mtu: req.mtu, queues: 0 };
+    const added = await vmAddIface(vm, nic, { bridge: req.bridge });
+    await withLock(req.stateDir, () => {
+      const db = loadDb(req.stateDir);
+      const r = db.containers[req.id];
+      if (r) r.vmIface = added as unknown as Record<string, unknown>; // kept verbatim to unplug it later
+      saveDb(req.stateDir, db);
+    });
+    log?.step('hotplug');
+    await guestIpBatch(vm, [defaultRoute(gateway, req.iface)]);
+    log?.step('guest');
+    await fw;
+    const t = targetOf(rec);
+    if (t) {
+      for (const i of req.interfaces ?? []) await addIface(t, i, { stateDir: req.stateDir, reserved: reservedLink(req.stateDir) });
+      if (req.routes?.length) await addRoutes(t, req.routes, req.stateDir);
+    }
+  } catch (e) {
+    await teardownContainer(req.id, req).catch(() => undefined);
+    throw e;
+  }
+  return resultOf(rec, gateway);
+}
+
+/** Unplug a VM sandbox's NIC (when QEMU is still there) and remove the TAP ocinet made. */
+async function unplugVm(rec: ContainerRecord): Promise<void> {
+  const added = rec.vmIface as unknown as (AddedIface & { createdTap?: boolean }) | undefined;
+  try {
+    if (added && rec.vm) await vmDelIface(rec.vm, added);
+  } finally {
+    // Even when the guest does not let go, the host side goes: the TAP is ours.
+    if (rec.hostVeth && (!added || added.createdTap !== false)) await deleteTap(rec.hostVeth);
+  }
+}
+
 export interface TeardownResult {
   id: string;
   removed: boolean;
@@ -223,11 +319,12 @@ export async function teardownContainer(id: string, o: Omit<NetworkOptions, 'ifa
   log?.step('lookup');
   if (heir) return { id, removed: true, bridgeRemoved: false };
 
-  if (rec?.mode === 'veth') {
+  if (rec?.mode === 'veth' || rec?.mode === 'tap') {
     const t = targetOf(rec);
     if (t) await releaseSandbox(o.stateDir, t); // interfaces and routes added through kata-network
     // Independent kernel objects: remove them side by side.
-    const done = await Promise.allSettled([unpublish(rec), rec.hostVeth ? deleteLink(rec.hostVeth) : undefined]);
+    const link = rec.mode === 'tap' ? unplugVm(rec) : rec.hostVeth ? deleteLink(rec.hostVeth) : undefined;
+    const done = await Promise.allSettled([unpublish(rec), link]);
     for (const d of done) if (d.status === 'rejected') throw d.reason;
     log?.step('kernel');
   } else if (!rec) {

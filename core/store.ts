@@ -27,8 +27,11 @@ export interface NetworkRecord {
 
 export interface ContainerRecord {
   id: string;
-  /** veth: ocinet made eth0; shared: joined a netns another record owns. */
-  mode: 'veth' | 'shared';
+  /** veth: ocinet made eth0; shared: joined a netns another record owns; tap: a VM's hot-plugged NIC. */
+  mode: 'veth' | 'shared' | 'tap';
+  /** tap mode: the VM's QEMU sockets, and the NIC as added (to unplug it). */
+  vm?: { qmp: string; qga: string };
+  vmIface?: Record<string, unknown>;
   bridge: string;
   ip?: string;
   prefix?: number;

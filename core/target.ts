@@ -5,7 +5,8 @@
  */
 import { OcinetError } from './errors.js';
 import { run } from './exec.js';
-import { targetKey, type Target } from './kata-network.js';
+import { targetKey, vmTarget, type Target } from './kata-network.js';
+import type { VmSockets } from './vm.js';
 import { netnsId, pidNetnsPath } from './netns.js';
 import { findContainer, loadDb } from './store.js';
 
@@ -14,6 +15,8 @@ export interface TargetOptions {
   runtimeRoot?: string;
   netns?: string;
   pid?: number;
+  /** A VM sandbox named by its QEMU's QMP and guest-agent sockets. */
+  vm?: VmSockets;
 }
 
 function fromPath(nsPath: string, containerId: string | undefined, pid?: number): Target {
@@ -49,6 +52,7 @@ async function fromRunc(idOrPrefix: string, root: string | undefined): Promise<T
 }
 
 export async function resolveTarget(id: string | undefined, o: TargetOptions): Promise<Target> {
+  if (o.vm) return vmTarget(o.vm, id);
   if (o.netns) return fromPath(o.netns, id);
   if (o.pid) return fromPath(pidNetnsPath(o.pid), id, o.pid);
   if (!id) throw new OcinetError('EINPUT', 'missing container id (or --netns PATH / --pid PID)');
@@ -59,6 +63,7 @@ export async function resolveTarget(id: string | undefined, o: TargetOptions): P
     if ((e as OcinetError).code !== 'ENOTFOUND') throw e;
     return fromRunc(id, o.runtimeRoot);
   }
+  if (rec.mode === 'tap' && rec.vm) return vmTarget(rec.vm, rec.id);
   if (!rec.pid || netnsId(pidNetnsPath(rec.pid)) !== rec.netns) throw new OcinetError('ENOTFOUND', `container ${rec.id}'s sandbox is gone (try 'ocinet gc')`);
   return fromPath(pidNetnsPath(rec.pid), rec.id, rec.pid);
 }

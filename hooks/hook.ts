@@ -22,6 +22,9 @@ const FLAGS: FlagSpec = {
   '--state-dir': { key: 'stateDir', kind: 'string' },
   '--log': { key: 'log', kind: 'string' },
   '--keep-bridge': { key: 'keepBridge', kind: 'bool' },
+  '--mode': { key: 'mode', kind: 'string' },
+  '--qmp': { key: 'qmp', kind: 'string' },
+  '--qga': { key: 'qga', kind: 'string' },
   '--help': { key: 'help', kind: 'bool' },
   '--version': { key: 'version', kind: 'bool' },
 };
@@ -37,6 +40,9 @@ const USAGE = `usage: ocinet-hook [setup|teardown] [flags] < state.json
   --state-dir DIR      state and leases (default $OCINET_STATE_DIR or /run/ocinet)
   --log FILE|none      JSON-lines operation log (default STATE_DIR/ocinet.log)
   --keep-bridge        keep bridge and NAT rules when the last container leaves
+  --mode veth|tap      veth: a container's netns (default); tap: a QEMU VM sandbox
+  --qmp SOCKET         tap mode: QEMU's QMP socket (annotation io.ocinet.qmp wins)
+  --qga SOCKET         tap mode: the guest agent's socket (annotation io.ocinet.qga wins)
   --version, --help`;
 
 async function main(argv: string[]): Promise<number> {
@@ -59,8 +65,8 @@ async function main(argv: string[]): Promise<number> {
   const log = new OpLog(cfg.logFile);
   try {
     if (stage === 'setup') {
-      if (!state.pid) throw new OcinetError('EINPUT', `state field 'pid' is required for setup (status '${state.status}')`);
-      const res = await setupContainer({ ...cfg, id: state.id, pid: state.pid }, log);
+      if (!state.pid && cfg.mode === 'veth') throw new OcinetError('EINPUT', `state field 'pid' is required for setup (status '${state.status}')`);
+      const res = await setupContainer({ ...cfg, id: state.id, pid: state.pid ?? 0 }, log);
       log.write({ op: 'setup', id: state.id, ok: true, ip: res.ip, ports: res.ports.length, shared: res.sharedWith });
       process.stdout.write(JSON.stringify(res) + '\n');
     } else {

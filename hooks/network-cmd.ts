@@ -20,6 +20,8 @@ const FLAGS: FlagSpec = {
   '--netns': { key: 'netns', kind: 'string' },
   '--pid': { key: 'pid', kind: 'string' },
   '--bridge': { key: 'bridge', kind: 'string' },
+  '--qmp': { key: 'qmp', kind: 'string' },
+  '--qga': { key: 'qga', kind: 'string' },
 };
 
 interface Flags {
@@ -28,6 +30,8 @@ interface Flags {
   netns?: string;
   pid?: string;
   bridge?: string;
+  qmp?: string;
+  qga?: string;
 }
 
 export const NETWORK_USAGE = `usage: ocinet network COMMAND [CONTAINER-ID] [FILE|-] [flags]
@@ -40,6 +44,7 @@ flags:
   --state-dir DIR       ocinet state (default $OCINET_STATE_DIR or /run/ocinet)
   --runtime-root DIR    runc's --root, to find containers ocinet did not set up
   --netns PATH | --pid PID   name the sandbox's network namespace directly (ID optional)
+  --qmp SOCKET --qga SOCKET  name a VM sandbox by its QEMU's QMP and guest-agent sockets (ID optional)
   --bridge NAME         add-iface: attach a created veth's host end to this bridge
 On failure: null (del-iface: the interface) on stdout, the reason on stderr, exit 1.`;
 
@@ -70,7 +75,11 @@ export async function networkCommand(argv: string[]): Promise<number> {
     }
     const { flags, positional } = parseArgs<Flags>(rest, FLAGS);
     const takesFile = cmd !== 'list-ifaces';
-    const direct = flags.netns !== undefined || flags.pid !== undefined;
+    if ((flags.qmp === undefined) !== (flags.qga === undefined)) throw new OcinetError('EINPUT', '--qmp and --qga go together');
+    for (const sock of [flags.qmp, flags.qga]) {
+      if (sock !== undefined && !sock.startsWith('/')) throw new OcinetError('EINPUT', `socket path '${sock}' must be absolute`);
+    }
+    const direct = flags.netns !== undefined || flags.pid !== undefined || flags.qmp !== undefined;
     // With --netns/--pid the id is optional: a lone positional is then the file.
     const [id, file] = direct && takesFile && positional.length === 1 ? [undefined, positional[0]] : [positional[0], positional[1]];
     const max = (takesFile ? 2 : 1) + 0;
@@ -89,6 +98,7 @@ export async function networkCommand(argv: string[]): Promise<number> {
     const routes = c === 'add-route' || c === 'del-route' ? parseRoutes(raw, c === 'add-route') : undefined;
     const t = await resolveTarget(id, {
       stateDir, ...(flags.runtimeRoot ? { runtimeRoot: flags.runtimeRoot } : {}), ...(flags.netns ? { netns: flags.netns } : {}), ...(pid ? { pid } : {}),
+      ...(flags.qmp && flags.qga ? { vm: { qmp: flags.qmp, qga: flags.qga } } : {}),
     });
     let out: unknown;
     switch (c) {
