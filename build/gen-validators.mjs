@@ -7,7 +7,7 @@ import { join } from 'node:path';
 
 const root = new URL('..', import.meta.url).pathname;
 const dir = join(root, 'core/schemas');
-const ajv = new Ajv({ code: { source: true, esm: true }, allErrors: false, strict: true, allowUnionTypes: true });
+const ajv = new Ajv({ code: { source: true, esm: true }, allErrors: false, strict: true, allowUnionTypes: true, inlineRefs: false });
 const exports = {};
 for (const f of readdirSync(dir).filter((f) => f.endsWith('.json')).sort()) {
   const schema = JSON.parse(readFileSync(join(dir, f), 'utf8'));
