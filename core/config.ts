@@ -12,6 +12,7 @@ import type { NetworkOptions } from './sandbox.js';
 import { DEFAULT_STATE_DIR, type PortMapping } from './store.js';
 import { parseIfaces, parseRoutes, type IfaceInput, type RouteSpec } from './kata-network.js';
 import { parseJson } from './validate.js';
+import { parseRestore } from './ipvs.js';
 
 export const DEFAULTS = {
   bridge: 'ocinet0',
@@ -25,6 +26,7 @@ export const ANNOTATIONS = {
   ip: 'io.ocinet.ip',
   interfaces: 'io.ocinet.interfaces',
   routes: 'io.ocinet.routes',
+  ipvs: 'io.ocinet.ipvs',
   mode: 'io.ocinet.mode',
   qmp: 'io.ocinet.qmp',
   qga: 'io.ocinet.qga',
@@ -54,6 +56,8 @@ export interface HookConfig extends NetworkOptions {
   routes: RouteSpec[];
   mode: 'veth' | 'tap';
   vm?: { qmp?: string; qga?: string };
+  /** IPVS rules in ipvsadm restore format, validated. */
+  ipvs?: string;
 }
 
 function jsonAnnotation(annotations: Record<string, string>, key: string): unknown {
@@ -116,6 +120,11 @@ export function resolveConfig(flags: HookFlags, annotations: Record<string, stri
   const requested = { ports: Boolean(annotations[ANNOTATIONS.publish]?.trim()), ip: annotations[ANNOTATIONS.ip] !== undefined };
   const cfg: HookConfig = { bridge, iface, subnet, mtu: Number(mtuText), ports, stateDir, logFile, keepBridge: Boolean(flags.keepBridge), requested, interfaces, routes, mode: modeText };
   if (vm.qmp || vm.qga) cfg.vm = vm;
+  const ipvs = annotations[ANNOTATIONS.ipvs];
+  if (ipvs !== undefined) {
+    parseRestore(ipvs, `annotation ${ANNOTATIONS.ipvs}`);
+    cfg.ipvs = ipvs;
+  }
   if (ip !== undefined) cfg.ip = ip;
   return cfg;
 }

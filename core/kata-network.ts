@@ -99,6 +99,8 @@ export interface SandboxRecord {
   pid?: number;
   ifaces: AddedIface[];
   routes: RouteSpec[];
+  /** IPVS rules (services + servers) last counted in the sandbox's table. */
+  ipvsRules?: number;
 }
 
 // ---- validation ----
@@ -200,7 +202,7 @@ export function loadRecord(stateDir: string, t: Target): SandboxRecord {
 export function saveRecord(stateDir: string, r: SandboxRecord): void {
   mkdirSync(recordDir(stateDir), { recursive: true, mode: 0o700 });
   const p = join(recordDir(stateDir), `${r.key}.json`);
-  if (r.ifaces.length === 0 && r.routes.length === 0) {
+  if (r.ifaces.length === 0 && r.routes.length === 0 && !r.ipvsRules) {
     if (existsSync(p)) unlinkSync(p);
     return;
   }
@@ -450,6 +452,6 @@ export async function releaseSandbox(stateDir: string, t: Target): Promise<void>
   await withLock(stateDir, async () => {
     const rec = loadRecord(stateDir, t);
     for (const a of [...rec.ifaces].reverse()) await undoIface(t, a).catch(() => undefined);
-    saveRecord(stateDir, { ...rec, ifaces: [], routes: [] });
+    saveRecord(stateDir, { ...rec, ifaces: [], routes: [], ipvsRules: 0 });
   });
 }

@@ -19,7 +19,8 @@ import { checkPortConflicts, publishScript, unpublishScript } from './portmap.js
 import { bridgeHasSubnetRoute, createdByOcinet, deleteLink, ensureBridge, linkExists } from './bridge.js';
 import { ensureStateDir, loadDb, saveDb, type ContainerRecord, type Db, type PortMapping } from './store.js';
 import { enableForwarding } from './sysctl.js';
-import { addIface, addRoutes, releaseSandbox, targetKey, vmTarget, type AddedIface, type IfaceInput, type RouteSpec, type Target } from './kata-network.js';
+import { ipvsadm, ipvsRestore, parseParameters } from './ipvs.js';
+import { addIface, addRoutes, loadRecord, releaseSandbox, targetKey, vmTarget, type AddedIface, type IfaceInput, type RouteSpec, type Target } from './kata-network.js';
 import { guestIpBatch, vmDelIface, vmAddIface, type VmSockets } from './vm.js';
 import { deleteTap } from './tap.js';
 import { defaultRoute } from './route.js';
@@ -54,6 +55,8 @@ export interface SetupRequest extends NetworkOptions {
   /** veth (default): a container's namespace; tap: a QEMU VM reached through QMP and its guest agent. */
   mode?: 'veth' | 'tap';
   vm?: { qmp?: string; qga?: string };
+  /** IPVS rules to restore once the network is up (io.ocinet.ipvs). */
+  ipvs?: string;
 }
 
 /**
@@ -154,7 +157,7 @@ export async function setupContainer(req: SetupRequest, log?: OpLog): Promise<Se
       if (req.requested?.ports) {
         throw new OcinetError('ECONFLICT', `container ${req.id} joins the network namespace of ${owner.id}: publish its ports on ${owner.id}`);
       }
-      if (req.interfaces?.length || req.routes?.length) {
+      if (req.interfaces?.length || req.routes?.length || req.ipvs) {
         throw new OcinetError('ECONFLICT', `container ${req.id} joins the network namespace of ${owner.id}: add its interfaces and routes on ${owner.id}`);
       }
       if (req.requested?.ip && req.ip !== owner.ip) {
@@ -200,6 +203,7 @@ export async function setupContainer(req: SetupRequest, log?: OpLog): Promise<Se
     if (t) {
       for (const i of req.interfaces ?? []) await addIface(t, i, { stateDir: req.stateDir, reserved: reservedLink(req.stateDir) });
       if (req.routes?.length) await addRoutes(t, req.routes, req.stateDir);
+      if (req.ipvs) await ipvsRestore(t, req.ipvs, req.stateDir);
       log?.step('extra');
     }
     // Stale UDP conntrack entries would keep sending a published port's traffic elsewhere.
@@ -263,6 +267,7 @@ async function setupVm(req: SetupRequest, log?: OpLog): Promise<SetupResult> {
     if (t) {
       for (const i of req.interfaces ?? []) await addIface(t, i, { stateDir: req.stateDir, reserved: reservedLink(req.stateDir) });
       if (req.routes?.length) await addRoutes(t, req.routes, req.stateDir);
+      if (req.ipvs) await ipvsRestore(t, req.ipvs, req.stateDir);
     }
   } catch (e) {
     await teardownContainer(req.id, req).catch(() => undefined);
@@ -321,7 +326,11 @@ export async function teardownContainer(id: string, o: Omit<NetworkOptions, 'ifa
 
   if (rec?.mode === 'veth' || rec?.mode === 'tap') {
     const t = targetOf(rec);
-    if (t) await releaseSandbox(o.stateDir, t); // interfaces and routes added through kata-network
+    if (t) {
+      // A VM outlives its network: take back the IPVS rules given to it.
+      if (t.vm && loadRecord(o.stateDir, t).ipvsRules) await ipvsadm(t, parseParameters('--clear'), o.stateDir).catch(() => undefined);
+      await releaseSandbox(o.stateDir, t); // interfaces and routes added through kata-network
+    }
     // Independent kernel objects: remove them side by side.
     const link = rec.mode === 'tap' ? unplugVm(rec) : rec.hostVeth ? deleteLink(rec.hostVeth) : undefined;
     const done = await Promise.allSettled([unpublish(rec), link]);

@@ -411,3 +411,13 @@ export async function vmAlive(vm: VmSockets): Promise<boolean> {
     qmp?.close();
   }
 }
+
+/** Run a program in the guest through its agent (exit code and output, not thrown on non-zero). */
+export async function guestRun(
+  vm: VmSockets,
+  path: string,
+  args: string[],
+  o: { input?: string; timeoutMs?: number } = {},
+): Promise<{ exitcode: number; stdout: string; stderr: string }> {
+  return withQga(vm, (qga) => qga.exec(path, args, { ...(o.input !== undefined && { input: o.input }), timeoutMs: o.timeoutMs ?? GUEST_EXEC_MS }));
+}

@@ -9,6 +9,7 @@ import { gc, isAlive } from '../core/gc.js';
 import { loadDb } from '../core/store.js';
 import { parseArgs, type FlagSpec } from './args.js';
 import { networkCommand } from './network-cmd.js';
+import { ipvsCommand } from './ipvs-cmd.js';
 import { VERSION } from './version.js';
 
 const COMMON: FlagSpec = {
@@ -31,6 +32,8 @@ const USAGE = `usage: ocinet COMMAND [flags]
   doctor             check programs and kernel features the hooks need
   network ...        kata-network operations: add-iface, del-iface, list-ifaces,
                      add-route, del-route (see 'ocinet network --help')
+  ipvs ...           kata-ipvs operations: ipvsadm --parameters/--restore, cleanup
+                     (see 'ocinet ipvs --help')
 flags:
   --state-dir DIR    state directory (default $OCINET_STATE_DIR or /run/ocinet)
   --json             machine-readable output
@@ -46,6 +49,7 @@ async function main(argv: string[]): Promise<number> {
   if (cmd === '--version') return void process.stdout.write(`ocinet ${VERSION}\n`), 0;
   if (cmd === undefined || cmd === '--help' || cmd === 'help') return void process.stdout.write(USAGE + '\n'), 0;
   if (cmd === 'network') return networkCommand(rest);
+  if (cmd === 'ipvs') return ipvsCommand(rest);
   const { flags, positional } = parseArgs<Flags>(rest, COMMON);
   if (flags.help) return void process.stdout.write(USAGE + '\n'), 0;
   if (positional.length) throw new OcinetError('EINPUT', `unexpected argument '${positional[0]}' for ${cmd}`);
@@ -100,7 +104,7 @@ async function main(argv: string[]): Promise<number> {
       return checks.some((c) => c.required && !c.ok) ? 1 : 0;
     }
     default:
-      throw new OcinetError('EINPUT', `unknown command '${cmd}' (try: list, gc, doctor, network)`);
+      throw new OcinetError('EINPUT', `unknown command '${cmd}' (try: list, gc, doctor, network, ipvs)`);
   }
 }
 

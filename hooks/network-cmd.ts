@@ -9,29 +9,14 @@ import {
   addIface, addRoutes, delIface, delRoutes, listIfaces, parseIface, parseIfaceName, parseRoutes, type IfaceOutput,
 } from '../core/kata-network.js';
 import { reservedLink } from '../core/sandbox.js';
-import { resolveTarget } from '../core/target.js';
-import { resolveStateDir } from '../core/config.js';
 import { parseJson } from '../core/validate.js';
 import { parseArgs, type FlagSpec } from './args.js';
+import { namedDirectly, SANDBOX_FLAGS, SANDBOX_USAGE, stateDirOf, targetFrom, type SandboxFlags } from './sandbox-flags.js';
 
-const FLAGS: FlagSpec = {
-  '--state-dir': { key: 'stateDir', kind: 'string' },
-  '--runtime-root': { key: 'runtimeRoot', kind: 'string' },
-  '--netns': { key: 'netns', kind: 'string' },
-  '--pid': { key: 'pid', kind: 'string' },
-  '--bridge': { key: 'bridge', kind: 'string' },
-  '--qmp': { key: 'qmp', kind: 'string' },
-  '--qga': { key: 'qga', kind: 'string' },
-};
+const FLAGS: FlagSpec = { ...SANDBOX_FLAGS, '--bridge': { key: 'bridge', kind: 'string' } };
 
-interface Flags {
-  stateDir?: string;
-  runtimeRoot?: string;
-  netns?: string;
-  pid?: string;
+interface Flags extends SandboxFlags {
   bridge?: string;
-  qmp?: string;
-  qga?: string;
 }
 
 export const NETWORK_USAGE = `usage: ocinet network COMMAND [CONTAINER-ID] [FILE|-] [flags]
@@ -41,10 +26,7 @@ export const NETWORK_USAGE = `usage: ocinet network COMMAND [CONTAINER-ID] [FILE
   add-route   ID FILE|-   add a route or an array of routes         prints the routes
   del-route   ID FILE|-   delete every route matching the fields    prints the routes deleted
 flags:
-  --state-dir DIR       ocinet state (default $OCINET_STATE_DIR or /run/ocinet)
-  --runtime-root DIR    runc's --root, to find containers ocinet did not set up
-  --netns PATH | --pid PID   name the sandbox's network namespace directly (ID optional)
-  --qmp SOCKET --qga SOCKET  name a VM sandbox by its QEMU's QMP and guest-agent sockets (ID optional)
+${SANDBOX_USAGE}
   --bridge NAME         add-iface: attach a created veth's host end to this bridge
 On failure: null (del-iface: the interface) on stdout, the reason on stderr, exit 1.`;
 
@@ -75,31 +57,19 @@ export async function networkCommand(argv: string[]): Promise<number> {
     }
     const { flags, positional } = parseArgs<Flags>(rest, FLAGS);
     const takesFile = cmd !== 'list-ifaces';
-    if ((flags.qmp === undefined) !== (flags.qga === undefined)) throw new OcinetError('EINPUT', '--qmp and --qga go together');
-    for (const sock of [flags.qmp, flags.qga]) {
-      if (sock !== undefined && !sock.startsWith('/')) throw new OcinetError('EINPUT', `socket path '${sock}' must be absolute`);
-    }
-    const direct = flags.netns !== undefined || flags.pid !== undefined || flags.qmp !== undefined;
+    const direct = namedDirectly(flags);
     // With --netns/--pid the id is optional: a lone positional is then the file.
     const [id, file] = direct && takesFile && positional.length === 1 ? [undefined, positional[0]] : [positional[0], positional[1]];
-    const max = (takesFile ? 2 : 1) + 0;
+    const max = takesFile ? 2 : 1;
     if (positional.length > max) throw new OcinetError('EINPUT', `unexpected argument '${positional[max]}'`);
-    let pid: number | undefined;
-    if (flags.pid !== undefined) {
-      if (!/^[1-9]\d*$/.test(flags.pid)) throw new OcinetError('EINPUT', `--pid '${flags.pid}' is not a process id`);
-      pid = Number(flags.pid);
-    }
-    const stateDir = resolveStateDir(flags.stateDir, process.env);
+    const stateDir = stateDirOf(flags);
     if (takesFile) raw = readInput(file);
     // Validate the input before looking for the sandbox: a bad file is the first thing to report.
     const c = cmd as Command;
     const iface = c === 'add-iface' ? parseIface(raw) : undefined;
     const name = c === 'del-iface' ? parseIfaceName(raw) : undefined;
     const routes = c === 'add-route' || c === 'del-route' ? parseRoutes(raw, c === 'add-route') : undefined;
-    const t = await resolveTarget(id, {
-      stateDir, ...(flags.runtimeRoot ? { runtimeRoot: flags.runtimeRoot } : {}), ...(flags.netns ? { netns: flags.netns } : {}), ...(pid ? { pid } : {}),
-      ...(flags.qmp && flags.qga ? { vm: { qmp: flags.qmp, qga: flags.qga } } : {}),
-    });
+    const t = await targetFrom(flags, id);
     let out: unknown;
     switch (c) {
       case 'add-iface':

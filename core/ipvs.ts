@@ -1,0 +1,269 @@
+/**
+ * The kata-ipvs operations: ipvsadm parameters, batch restore, conntrack
+ * cleanup, with openEuler's validation. Everything is checked before anything
+ * runs; ipvsadm and conntrack get their arguments as arrays, inside the
+ * sandbox (a container's namespace through nsenter, a VM's guest through its
+ * agent). Rules are counted per sandbox (services + servers) against a limit.
+ */
+import { existsSync } from 'node:fs';
+import { isIPv4 } from './cidr.js';
+import { OcinetError } from './errors.js';
+import { run } from './exec.js';
+import { loadRecord, saveRecord, type Target } from './kata-network.js';
+import { withLock } from './lock.js';
+import { guestRun } from './vm.js';
+
+export const MAX_RULES = 20000;
+export const SCHEDULERS = ['rr', 'wrr', 'lc', 'wlc', 'lblc', 'lblcr', 'dh', 'sh', 'sed', 'nq'];
+const MAX_PERSISTENT = 2678400;
+const MAX_TIMEOUT = 1296000;
+
+export type IpvsCommand = 'add-service' | 'edit-service' | 'delete-service' | 'add-server' | 'edit-server' | 'delete-server' | 'list' | 'set' | 'clear';
+
+export interface IpvsRule {
+  command: IpvsCommand;
+  /** ipvsadm's arguments, normalised to short options. */
+  argv: string[];
+  warnings: string[];
+}
+
+const COMMANDS: Record<string, IpvsCommand> = {
+  '-A': 'add-service', '--add-service': 'add-service',
+  '-E': 'edit-service', '--edit-service': 'edit-service',
+  '-D': 'delete-service', '--delete-service': 'delete-service',
+  '-a': 'add-server', '--add-server': 'add-server',
+  '-e': 'edit-server', '--edit-server': 'edit-server',
+  '-d': 'delete-server', '--delete-server': 'delete-server',
+  '-L': 'list', '-l': 'list', '--list': 'list',
+  '--set': 'set',
+  '-C': 'clear', '--clear': 'clear',
+};
+const SHORT: Record<string, string> = {
+  '--tcp-service': '-t', '--udp-service': '-u', '--scheduler': '-s', '--persistent': '-p',
+  '--real-server': '-r', '--weight': '-w', '--masquerading': '-m', '--gatewaying': '-g', '--ipip': '-i', '--numeric': '-n',
+};
+const SHORT_CMD: Record<IpvsCommand, string> = {
+  'add-service': '-A', 'edit-service': '-E', 'delete-service': '-D', 'add-server': '-a', 'edit-server': '-e',
+  'delete-server': '-d', list: '-L', set: '--set', clear: '-C',
+};
+/** Options each command takes (besides the command itself). */
+const ALLOWED: Record<IpvsCommand, string[]> = {
+  'add-service': ['-t', '-u', '-s', '-p'],
+  'edit-service': ['-t', '-u', '-s', '-p'],
+  'delete-service': ['-t', '-u'],
+  'add-server': ['-t', '-u', '-r', '-w', '-m', '-g', '-i'],
+  'edit-server': ['-t', '-u', '-r', '-w', '-m', '-g', '-i'],
+  'delete-server': ['-t', '-u', '-r'],
+  list: ['-n', '-t', '-u'],
+  set: [],
+  clear: [],
+};
+const FLAGS = new Set(['-m', '-g', '-i', '-n']);
+
+function bad(reason: string): OcinetError {
+  return new OcinetError('EINPUT', `invalid input of IPVS rule: ${reason}`);
+}
+
+function endpoint(v: string | undefined, opt: string): string {
+  const m = v === undefined ? null : /^(\d+\.\d+\.\d+\.\d+):(\d{1,5})$/.exec(v);
+  if (!m || !isIPv4(m[1]!)) throw bad(`${opt} needs IPv4 ip:port, got '${v ?? ''}'`);
+  const port = Number(m[2]);
+  if (port < 1 || port > 65535) throw bad(`port ${port} in '${v}' is outside 1-65535`);
+  return v!;
+}
+
+function int(v: string | undefined, opt: string, min: number, max: number): string {
+  if (v === undefined || !/^\d+$/.test(v) || Number(v) < min || Number(v) > max) throw bad(`${opt} takes a whole number from ${min} to ${max}, got '${v ?? ''}'`);
+  return String(Number(v));
+}
+
+/** Validate one ipvsadm argument list (`--parameters`, or one line of a restore file). */
+export function parseRule(tokens: string[], where = ''): IpvsRule {
+  const at = where ? `${where}: ` : '';
+  const wrap = (e: unknown): never => {
+    throw e instanceof OcinetError && where ? bad(`${at}${e.message.replace('invalid input of IPVS rule: ', '')}`) : e;
+  };
+  try {
+    if (tokens.length === 0) throw bad('no command');
+    const cmdTok = tokens[0]!;
+    const command = COMMANDS[cmdTok];
+    if (!command) throw bad(`'${cmdTok}' is not an ipvsadm command this interface takes`);
+    const argv = [SHORT_CMD[command]];
+    const seen = new Map<string, string | true>();
+    const warnings: string[] = [];
+    if (command === 'set') {
+      const vals = tokens.slice(1);
+      if (vals.length !== 3) throw bad(`--set takes three values (tcp tcpfin udp), got ${vals.length}`);
+      vals.forEach((v, i) => argv.push(int(v, `--set ${['tcp', 'tcpfin', 'udp'][i]}`, 0, MAX_TIMEOUT)));
+      return { command, argv, warnings };
+    }
+    for (let i = 1; i < tokens.length; i++) {
+      const tok = tokens[i]!;
+      const opt = SHORT[tok] ?? tok;
+      if (!ALLOWED[command].includes(opt)) throw bad(`option '${tok}' is not allowed with ${cmdTok}`);
+      if (seen.has(opt)) throw bad(`option '${tok}' given twice`);
+      if (FLAGS.has(opt)) {
+        seen.set(opt, true);
+        continue;
+      }
+      const v = tokens[++i];
+      let value: string;
+      switch (opt) {
+        case '-t': case '-u': case '-r': value = endpoint(v, tok); break;
+        case '-s':
+          if (!v || !SCHEDULERS.includes(v)) throw bad(`scheduler '${v ?? ''}' is not one of ${SCHEDULERS.join(' ')}`);
+          value = v;
+          break;
+        case '-p': value = int(v, tok, 1, MAX_PERSISTENT); break;
+        case '-w': value = int(v, tok, 0, 65535); break;
+        default: throw bad(`option '${tok}' is not allowed`);
+      }
+      seen.set(opt, value);
+    }
+    if (seen.has('-t') && seen.has('-u')) throw bad('give either a tcp or a udp service, not both');
+    const needsService = command !== 'list' && command !== 'clear';
+    if (needsService && !seen.has('-t') && !seen.has('-u')) throw bad(`${cmdTok} needs --tcp-service or --udp-service`);
+    if (command.endsWith('-server') && !seen.has('-r')) throw bad(`${cmdTok} needs --real-server`);
+    const methods = ['-m', '-g', '-i'].filter((m) => seen.has(m));
+    if (methods.length > 1) throw bad(`choose one forwarding method, not ${methods.join(' ')}`);
+    for (const [opt, value] of seen) {
+      argv.push(opt);
+      if (value !== true) argv.push(value);
+    }
+    if ((command === 'add-server' || command === 'edit-server') && methods.length === 0) {
+      if (where) warnings.push(`${at}no forwarding method: ipvsadm will use direct routing (-g); write -m for NAT`);
+      else argv.push('-m'); // a single add/edit-server defaults to NAT, as kata-ipvs does
+    }
+    return { command, argv, warnings };
+  } catch (e) {
+    return wrap(e);
+  }
+}
+
+/** Split `--parameters` text into tokens: whitespace only, no shell, no quotes. */
+export function tokens(text: string): string[] {
+  return text.trim().split(/\s+/).filter(Boolean);
+}
+
+export function parseParameters(text: string): IpvsRule {
+  return parseRule(tokens(text));
+}
+
+/** A restore file: only -A/-a lines, each validated; returns the normalised text and warnings. */
+export function parseRestore(text: string, where = 'restore input'): { rules: IpvsRule[]; text: string; warnings: string[] } {
+  const rules: IpvsRule[] = [];
+  text.split('\n').forEach((line, n) => {
+    if (line.trim() === '' || line.trim().startsWith('#')) return;
+    const r = parseRule(tokens(line), `${where} line ${n + 1}`);
+    if (r.command !== 'add-service' && r.command !== 'add-server') {
+      throw bad(`${where} line ${n + 1}: only -A and -a lines can be restored, got '${tokens(line)[0]}'`);
+    }
+    rules.push(r);
+  });
+  if (rules.length === 0) throw bad(`${where} is empty`);
+  if (rules.length > MAX_RULES) throw bad(`${where} has ${rules.length} rules, more than the ${MAX_RULES} a sandbox may hold`);
+  return { rules, text: rules.map((r) => r.argv.join(' ')).join('\n') + '\n', warnings: rules.flatMap((r) => r.warnings) };
+}
+
+export interface CleanupSpec {
+  origDst: string;
+  protonum: 'tcp' | 'udp';
+}
+
+export function parseCleanup(text: string): CleanupSpec {
+  const t = tokens(text);
+  const spec: Partial<CleanupSpec> = {};
+  for (let i = 0; i < t.length; i++) {
+    const tok = t[i]!;
+    const v = t[++i];
+    if (tok === '--orig-dst') {
+      if (!v || !isIPv4(v)) throw bad(`--orig-dst needs an IPv4 address, got '${v ?? ''}'`);
+      spec.origDst = v;
+    } else if (tok === '--protonum') {
+      if (v !== 'tcp' && v !== 'udp') throw bad(`--protonum must be tcp or udp, got '${v ?? ''}'`);
+      spec.protonum = v;
+    } else throw bad(`option '${tok}' is not allowed with cleanup (only --orig-dst and --protonum)`);
+  }
+  if (!spec.origDst || !spec.protonum) throw bad('cleanup needs --orig-dst IP and --protonum tcp|udp');
+  return spec as CleanupSpec;
+}
+
+// ---- running in a sandbox ----
+
+interface Ran {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+const GUEST_BIN: Record<string, string> = { ipvsadm: '/usr/sbin/ipvsadm', conntrack: '/usr/sbin/conntrack' };
+
+async function runIn(t: Target, prog: 'ipvsadm' | 'conntrack', args: string[], input?: string, timeoutMs = 120_000): Promise<Ran> {
+  if (t.vm) {
+    const r = await guestRun(t.vm, GUEST_BIN[prog]!, args, { ...(input !== undefined ? { input } : {}), timeoutMs });
+    return { code: r.exitcode, stdout: r.stdout, stderr: r.stderr };
+  }
+  if (prog === 'ipvsadm' && !existsSync('/proc/net/ip_vs')) {
+    throw new OcinetError('EKERNEL', 'this kernel has no IP_VS (no /proc/net/ip_vs): ipvsadm cannot work in container sandboxes here; load ip_vs or use a VM sandbox');
+  }
+  return run('nsenter', [`--net=${t.nsPath}`, '--', prog, ...args], { allowFail: true, timeoutMs, ...(input !== undefined ? { input } : {}) });
+}
+
+function failed(prog: string, r: Ran): OcinetError {
+  const why = (r.stderr || r.stdout).trim().split('\n').slice(-2).join('; ') || `exit ${r.code}`;
+  if (/Protocol not available/.test(why)) return new OcinetError('EKERNEL', `${prog}: the sandbox's kernel has no IP_VS (${why})`);
+  return new OcinetError('EEXEC', `${prog}: ${why}`);
+}
+
+/** Services + real servers in the sandbox's table: /proc/net/ip_vs has 3 header lines. */
+export async function countRules(t: Target): Promise<number> {
+  if (t.vm) {
+    const r = await guestRun(t.vm, '/bin/busybox', ['wc', '-l', '/proc/net/ip_vs']);
+    if (r.exitcode !== 0) throw new OcinetError('EKERNEL', `the guest has no IP_VS table (${r.stderr.trim()})`);
+    return Math.max(0, Number(r.stdout.trim().split(/\s+/)[0]) - 3);
+  }
+  const r = await run('nsenter', [`--net=${t.nsPath}`, '--', 'wc', '-l', '/proc/net/ip_vs'], { allowFail: true });
+  if (r.code !== 0) throw new OcinetError('EKERNEL', 'this kernel has no IP_VS (no /proc/net/ip_vs): load ip_vs or use a VM sandbox');
+  return Math.max(0, Number(r.stdout.trim().split(/\s+/)[0]) - 3);
+}
+
+async function recordCount(t: Target, stateDir: string, n: number): Promise<void> {
+  const rec = loadRecord(stateDir, t);
+  rec.ipvsRules = n;
+  saveRecord(stateDir, rec);
+}
+
+/** One ipvsadm command. Returns ipvsadm's output (the listing for -L). */
+export async function ipvsadm(t: Target, rule: IpvsRule, stateDir: string): Promise<string> {
+  return withLock(stateDir, async () => {
+    const adds = rule.command === 'add-service' || rule.command === 'add-server';
+    const mutates = rule.command !== 'list';
+    // The kernel's count, not only ours: it cannot drift from what is really there.
+    const before = adds || mutates ? await countRules(t) : 0;
+    if (adds && before >= MAX_RULES) throw new OcinetError('ECONFLICT', `rule limit ${MAX_RULES} reached: the sandbox has ${before} rules`);
+    const r = await runIn(t, 'ipvsadm', rule.argv);
+    if (r.code !== 0) throw failed('ipvsadm', r);
+    if (mutates && rule.command !== 'set') await recordCount(t, stateDir, await countRules(t));
+    return r.stdout;
+  });
+}
+
+/** Batch restore: only into an empty table, within the limit, in one exec. */
+export async function ipvsRestore(t: Target, text: string, stateDir: string): Promise<void> {
+  const parsed = parseRestore(text);
+  await withLock(stateDir, async () => {
+    const before = await countRules(t);
+    if (before > 0) throw new OcinetError('ECONFLICT', `restore refused: the sandbox already has ${before} rules (clear them first)`);
+    const r = await runIn(t, 'ipvsadm', ['--restore'], parsed.text, 600_000);
+    if (r.code !== 0) throw failed('ipvsadm --restore', r);
+    await recordCount(t, stateDir, await countRules(t));
+  });
+}
+
+/** conntrack -D for the original destination; "0 flow entries have been deleted" is success (kata does so). */
+export async function ipvsCleanup(t: Target, spec: CleanupSpec): Promise<string> {
+  const r = await runIn(t, 'conntrack', ['-D', '--orig-dst', spec.origDst, '--protonum', spec.protonum]);
+  const said = `${r.stdout}\n${r.stderr}`;
+  if (r.code !== 0 && !/have been deleted/.test(said)) throw failed('conntrack', r);
+  return (said.match(/.*have been deleted.*/)?.[0] ?? '').trim();
+}

@@ -1,0 +1,69 @@
+/**
+ * `ocinet ipvs ...`: kata-runtime kata-ipvs's commands. stdout carries
+ * ipvsadm's own output; errors are one line on stderr and exit 1.
+ */
+import { readFileSync } from 'node:fs';
+import { errorLine, OcinetError } from '../core/errors.js';
+import { ipvsadm, ipvsCleanup, ipvsRestore, parseCleanup, parseParameters, parseRestore } from '../core/ipvs.js';
+import { parseArgs, type FlagSpec } from './args.js';
+import { namedDirectly, SANDBOX_FLAGS, SANDBOX_USAGE, stateDirOf, targetFrom, type SandboxFlags } from './sandbox-flags.js';
+
+const FLAGS: FlagSpec = {
+  ...SANDBOX_FLAGS,
+  '--parameters': { key: 'parameters', kind: 'string' },
+  '--restore': { key: 'restore', kind: 'string' },
+};
+
+interface Flags extends SandboxFlags {
+  parameters?: string;
+  restore?: string;
+}
+
+export const IPVS_USAGE = `usage: ocinet ipvs COMMAND [CONTAINER-ID] [flags]
+  ipvsadm --parameters "<ipvsadm args>" ID   add/edit/delete service or server, --list, --set T F U, --clear
+  ipvsadm --restore - ID                     rules (-A/-a lines) on stdin, into an empty table, one exec
+  cleanup --parameters "--orig-dst IP --protonum tcp|udp" ID   delete matching conntrack entries
+flags:
+${SANDBOX_USAGE}`;
+
+export async function ipvsCommand(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  if (cmd === undefined || cmd === '--help' || cmd === 'help') {
+    process.stdout.write(IPVS_USAGE + '\n');
+    return cmd === undefined ? 1 : 0;
+  }
+  try {
+    const { flags, positional } = parseArgs<Flags>(rest, FLAGS);
+    if (positional.length > 1) throw new OcinetError('EINPUT', `unexpected argument '${positional[1]}'`);
+    const id = positional[0];
+    if (!id && !namedDirectly(flags)) throw new OcinetError('EINPUT', 'missing container id (or --netns / --pid / --qmp --qga)');
+    const stateDir = stateDirOf(flags);
+    if (cmd === 'ipvsadm') {
+      if ((flags.parameters === undefined) === (flags.restore === undefined)) {
+        throw new OcinetError('EINPUT', 'ipvsadm takes either --parameters "..." or --restore -');
+      }
+      if (flags.restore !== undefined) {
+        if (flags.restore !== '-') throw new OcinetError('EINPUT', `--restore takes '-' (rules on stdin), got '${flags.restore}'`);
+        const text = readFileSync(0, 'utf8');
+        const { warnings } = parseRestore(text); // validate before finding the sandbox
+        for (const w of warnings) process.stderr.write(`ocinet ipvs: warning: ${w}\n`);
+        await ipvsRestore(await targetFrom(flags, id), text, stateDir);
+        return 0;
+      }
+      const rule = parseParameters(flags.parameters!);
+      process.stdout.write(await ipvsadm(await targetFrom(flags, id), rule, stateDir));
+      return 0;
+    }
+    if (cmd === 'cleanup') {
+      if (flags.parameters === undefined) throw new OcinetError('EINPUT', 'cleanup takes --parameters "--orig-dst IP --protonum tcp|udp"');
+      const spec = parseCleanup(flags.parameters);
+      const said = await ipvsCleanup(await targetFrom(flags, id), spec);
+      if (said) process.stdout.write(said + '\n');
+      return 0;
+    }
+    throw new OcinetError('EINPUT', `unknown ipvs command '${cmd}' (ipvsadm, cleanup)`);
+  } catch (e) {
+    process.stderr.write(`ocinet ipvs ${cmd}: ${errorLine(e)}\n`);
+    return 1;
+  }
+}
