@@ -148,6 +148,8 @@ echo "the rules the hook added (nat table):"
 iptables-save -t nat | grep -E '^-A .*OCINET' | sed 's/^/  /'
 
 step "The guest side: eth0 (hot-plugged, configured through the agent)"
+# The hook returns once eth0 is configured; its carrier may come up a moment later.
+for i in $(seq 50); do guest $GIP -o link show eth0 | grep -q NO-CARRIER || break; sleep 0.1; done
 gsh $GIP addr show eth0
 guest $GIP -o -4 addr show eth0 | grep -q " $vip/16 " || die "guest eth0 has no $vip/16"
 gsh $GIP route
