@@ -139,3 +139,37 @@ t.test('container lookup by unique prefix', async (t) => {
   t.throws(() => findContainer(db, 'ab'), /ambiguous/);
   t.throws(() => findContainer(db, 'zz'), /no container 'zz'/);
 });
+
+t.test('ipvs: parameters, restore, cleanup validation', async (t) => {
+  const { parseParameters, parseRestore, parseCleanup } = await import('../core/ipvs.js');
+  t.same(parseParameters('--add-service --tcp-service 172.17.0.7:80 --scheduler rr --persistent 3000').argv, ['-A', '-t', '172.17.0.7:80', '-s', 'rr', '-p', '3000']);
+  t.same(parseParameters('--add-server --tcp-service 172.17.0.7:80 --real-server 172.17.0.4:80 --weight 100').argv, ['-a', '-t', '172.17.0.7:80', '-r', '172.17.0.4:80', '-w', '100', '-m'], 'single add-server defaults to NAT');
+  t.same(parseParameters('--set 100 100 200').argv, ['--set', '100', '100', '200']);
+  t.same(parseParameters('--list').argv, ['-L']);
+  const r = parseRestore('-A -t 10.10.11.12:100 -s rr -p 3000\n-a -t 10.10.11.12:100 -r 172.16.0.1:80 -m\n-a -t 10.10.11.12:100 -r 172.16.0.1:81\n');
+  t.equal(r.rules.length, 3);
+  t.match(r.warnings[0], /line 3: no forwarding method/);
+  const bad: [string, RegExp][] = [
+    ['--add-service --tcp-service 1.2.3.4:0', /port 0/],
+    ['--add-service --tcp-service 1.2.3.4:65536', /port 65536/],
+    ['--add-service --tcp-service 1.2.3.400:80', /IPv4 ip:port/],
+    ['--add-service --tcp-service 1.2.3.4:80 --scheduler xx', /scheduler 'xx'/],
+    ['--add-service --tcp-service 1.2.3.4:80 --persistent 0', /--persistent takes a whole number from 1 to 2678400/],
+    ['--add-service --tcp-service 1.2.3.4:80 --persistent 2678401', /2678401/],
+    ['--add-server --tcp-service 1.2.3.4:80 --real-server 1.2.3.5:80 --weight 65536', /65536/],
+    ['--set 1 2 1296001', /1296001/],
+    ['--set 1 2', /three values/],
+    ['--add-service --tcp-service 1.2.3.4:80 --ops', /option '--ops' is not allowed/],
+    ['--add-service --scheduler rr', /needs --tcp-service or --udp-service/],
+    ['--add-server --tcp-service 1.2.3.4:80', /needs --real-server/],
+    ['--zero', /'--zero' is not an ipvsadm command/],
+    [';reboot', /';reboot' is not an ipvsadm command/],
+  ];
+  for (const [p, re] of bad) t.throws(() => parseParameters(p), re, p);
+  t.throws(() => parseRestore(''), /restore input is empty/);
+  t.throws(() => parseRestore('-A -t 1.2.3.4:80\n-D -t 1.2.3.4:80'), /line 2: only -A and -a lines/);
+  t.throws(() => parseRestore('-A -t 1.2.3.4:80\n-a -t 1.2.3.4:80 -r x'), /line 2: .*-r needs IPv4 ip:port/);
+  t.same(parseCleanup('--orig-dst 172.17.0.4 --protonum tcp'), { origDst: '172.17.0.4', protonum: 'tcp' });
+  t.throws(() => parseCleanup('--orig-dst 172.17.0.4 --protonum sctp'), /tcp or udp/);
+  t.throws(() => parseCleanup('--orig-dst 172.17.0.4'), /needs --orig-dst IP and --protonum/);
+});
