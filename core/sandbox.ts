@@ -137,6 +137,27 @@ async function ensureNetwork(db: Db, o: NetworkOptions, gateway: string): Promis
   return net;
 }
 
+function assertNew(db: Db, id: string): void {
+  if (db.containers[id]) throw new OcinetError('ECONFLICT', `container ${id} already has a network from ocinet (run teardown first)`);
+}
+
+/** Write the record that holds a new container's lease and ports (under the lock). */
+function recordLease(
+  db: Db, req: SetupRequest, ip: string, prefix: number, kind: Pick<ContainerRecord, 'mode' | 'hostVeth' | 'pid' | 'netns' | 'vm'>,
+): ContainerRecord {
+  const r: ContainerRecord = {
+    id: req.id, bridge: req.bridge, ip, prefix, iface: req.iface, mtu: req.mtu, ports: req.ports,
+    createdAt: new Date().toISOString(), setupPid: process.pid, ...kind,
+  };
+  if (req.ports.length) {
+    r.chain = dnatChain(req.id);
+    r.tag = req.id;
+  }
+  db.containers[req.id] = r;
+  saveDb(req.stateDir, db);
+  return r;
+}
+
 export async function setupContainer(req: SetupRequest, log?: OpLog): Promise<SetupResult> {
   if (req.mode === 'tap') return setupVm(req, log);
   const netns = containerNetns(req.pid);
@@ -147,9 +168,7 @@ export async function setupContainer(req: SetupRequest, log?: OpLog): Promise<Se
 
   const rec = await withLock(req.stateDir, async () => {
     const db = loadDb(req.stateDir);
-    if (db.containers[req.id]) {
-      throw new OcinetError('ECONFLICT', `container ${req.id} already has a network from ocinet (run teardown first)`);
-    }
+    assertNew(db, req.id);
     const owner = Object.values(db.containers).find((c) => c.netns === netns && c.mode === 'veth');
     if (owner) {
       // Namespace sharing: the namespace already has our eth0; record, change nothing.
@@ -173,19 +192,7 @@ export async function setupContainer(req: SetupRequest, log?: OpLog): Promise<Se
     }
     checkPortConflicts(req.ports, db, req.id);
     const net = await ensureNetwork(db, req, gateway);
-    const ip = allocate(db, net, req.id, req.ip);
-    const r: ContainerRecord = {
-      id: req.id, mode: 'veth', bridge: req.bridge, ip, prefix: sn.prefix, iface: req.iface,
-      hostVeth: hostVethName(req.id), mtu: req.mtu, ports: req.ports, pid: req.pid, netns,
-      createdAt: new Date().toISOString(), setupPid: process.pid,
-    };
-    if (req.ports.length) {
-      r.chain = dnatChain(req.id);
-      r.tag = req.id;
-    }
-    db.containers[req.id] = r;
-    saveDb(req.stateDir, db);
-    return r;
+    return recordLease(db, req, allocate(db, net, req.id, req.ip), sn.prefix, { mode: 'veth', hostVeth: hostVethName(req.id), pid: req.pid, netns });
   });
   log?.step('ipam');
   if (rec.mode === 'shared') return resultOf(rec, gateway);
@@ -231,22 +238,11 @@ async function setupVm(req: SetupRequest, log?: OpLog): Promise<SetupResult> {
   log?.step('check');
   const rec = await withLock(req.stateDir, async () => {
     const db = loadDb(req.stateDir);
-    if (db.containers[req.id]) throw new OcinetError('ECONFLICT', `container ${req.id} already has a network from ocinet (run teardown first)`);
+    assertNew(db, req.id);
     checkPortConflicts(req.ports, db, req.id);
     const net = await ensureNetwork(db, req, gateway);
     const ip = allocate(db, net, req.id, req.ip);
-    const r: ContainerRecord = {
-      id: req.id, mode: 'tap', bridge: req.bridge, ip, prefix: sn.prefix, iface: req.iface, hostVeth: tapName(req.id),
-      mtu: req.mtu, ports: req.ports, vm, createdAt: new Date().toISOString(), setupPid: process.pid,
-      ...(req.pid ? { pid: req.pid } : {}),
-    };
-    if (req.ports.length) {
-      r.chain = dnatChain(req.id);
-      r.tag = req.id;
-    }
-    db.containers[req.id] = r;
-    saveDb(req.stateDir, db);
-    return r;
+    return recordLease(db, req, ip, sn.prefix, { mode: 'tap', hostVeth: tapName(req.id), vm, ...(req.pid ? { pid: req.pid } : {}) });
   });
   log?.step('ipam');
   try {

@@ -1,0 +1,396 @@
+// `ocinet ipvs` (kata-ipvs) end to end against the booted test guest: every
+// example of the kata-ipvs documentation in order, a full 20000-rule table,
+// validation of every rule with a bad input, the container-sandbox error on a
+// kernel without IP_VS, and the hook's io.ocinet.ipvs annotation.
+// TCG is slow: never list the whole 20000-rule table (~16 s), count lines of
+// /proc/net/ip_vs instead.
+import t from 'tap';
+import { isolate } from './lib/isolate.js';
+isolate(new URL(import.meta.url).pathname);
+import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { QgaClient } from '../core/qga.js';
+import { guestLinks } from '../core/vm.js';
+import { cleanup, cli, hook, ROOT, sandbox, sh, snapshot, state, tempDir, type HookRun } from './lib/env.js';
+
+const DIR = tempDir('ipvs');
+const stateDir = join(DIR, 'state');
+const G = { qmp: join(DIR, 'guest/qmp.sock'), qga: join(DIR, 'guest/qga.sock') };
+const VM = ['--qmp', G.qmp, '--qga', G.qga, '--state-dir', stateDir];
+const HOOK_ARGS = ['--state-dir', stateDir, '--subnet', '10.213.0.0/24'];
+const BRIDGE = 'ocipvs0';
+// The documented example rule file (kata-ipvs, "import them in batches").
+const DOC_FILE = `-A -t 10.10.11.12:100 -s rr -p 3000
+-a -t 10.10.11.12:100 -r 172.16.0.1:80 -m
+-a -t 10.10.11.12:100 -r 172.16.0.1:81 -m
+-a -t 10.10.11.12:100 -r 172.16.0.1:82 -m
+`;
+
+const boot = spawnSync('bash', [join(ROOT, 'build/guest/boot-guest.sh'), join(DIR, 'guest')], { stdio: ['ignore', 'ignore', 'pipe'], timeout: 120_000 });
+const qemuPid = (): number => Number(readFileSync(join(DIR, 'guest/qemu.pid'), 'utf8').trim());
+t.teardown(() => {
+  try {
+    process.kill(qemuPid(), 'SIGKILL');
+  } catch {
+    /* gone */
+  }
+  cleanup(DIR);
+});
+
+/** Run a program in the guest through its agent (test plumbing, not product code). */
+async function inGuest(path: string, args: string[], timeoutMs = 20_000): Promise<{ exitcode: number; stdout: string; stderr: string }> {
+  const q = await QgaClient.connect(G.qga);
+  try {
+    return await q.exec(path, args, { timeoutMs });
+  } finally {
+    q.close();
+  }
+}
+
+/** Services + real servers in the guest's table: /proc/net/ip_vs has 3 header lines. */
+async function guestRules(): Promise<number> {
+  const r = await inGuest('/bin/busybox', ['wc', '-l', '/proc/net/ip_vs']);
+  if (r.exitcode !== 0) throw new Error(`wc /proc/net/ip_vs in the guest: ${r.stderr}`);
+  return Number(r.stdout.trim().split(/\s+/)[0]) - 3;
+}
+
+/** One service's listing, straight from the guest's ipvsadm (a few lines, cheap at any table size). */
+async function guestService(vip: string, proto = '-t'): Promise<string> {
+  return (await inGuest('/usr/sbin/ipvsadm', ['-Ln', proto, vip])).stdout;
+}
+
+const ipvs = (params: string, sb: string[] = VM): Promise<HookRun> => cli(['ipvs', 'ipvsadm', '--parameters', params, ...sb]);
+const restore = (text: string, sb: string[] = VM): Promise<HookRun> => cli(['ipvs', 'ipvsadm', '--restore', '-', ...sb], text);
+const ipvsCleanup = (params: string, sb: string[] = VM): Promise<HookRun> => cli(['ipvs', 'cleanup', '--parameters', params, ...sb]);
+
+/** The offending token named in the message: quoted or standing alone, not as part of something else. */
+function namesToken(stderr: string, token: string): boolean {
+  const esc = token.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  return new RegExp(`(^|[\\s'"\`(=])${esc}($|[\\s'"\`),:;=])`).test(stderr);
+}
+
+const hex = (ip: string): string => ip.split('.').map((o) => Number(o).toString(16).padStart(2, '0').toUpperCase()).join('');
+const hexEp = (ep: string): string => {
+  const [ip, port] = ep.split(':');
+  return `${hex(ip!)}:${Number(port).toString(16).padStart(4, '0').toUpperCase()}`;
+};
+
+/** 5000 services × 3 real servers = 20000 rules, all real servers in 172.17.0.0/16. */
+const SERVICES = 5000;
+const vipOf = (i: number): string => `10.10.${Math.floor(i / 250)}.${(i % 250) + 1}:80`;
+const ripOf = (i: number, k: number): string => `172.17.${k}.${(i % 250) + 1}:${8000 + Math.floor(i / 250)}`;
+function bigFile(services = SERVICES): string {
+  const lines: string[] = [];
+  for (let i = 0; i < services; i++) {
+    lines.push(`-A -t ${vipOf(i)} -s rr -p 3000`);
+    for (let k = 1; k <= 3; k++) lines.push(`-a -t ${vipOf(i)} -r ${ripOf(i, k)} -m`);
+  }
+  return lines.join('\n') + '\n';
+}
+
+t.test('the guest boots and gets a NIC on 172.16.0.0/15', async (t) => {
+  t.equal(boot.status, 0, String(boot.stderr));
+  await sh('ip', ['link', 'add', BRIDGE, 'type', 'bridge']);
+  await sh('ip', ['addr', 'add', '172.16.0.1/15', 'dev', BRIDGE]);
+  await sh('ip', ['link', 'set', BRIDGE, 'up']);
+  const iface = '{"device":"tap-ipvs","name":"eth-ipvs","IPAddresses":[{"address":"172.16.0.3","mask":"15"}],"hwAddr":"02:42:20:6f:a3:71","mtu":1500}';
+  const add = await cli(['network', 'add-iface', ...VM, '--bridge', BRIDGE, '-'], iface);
+  t.equal(add.exitCode, 0, add.stderr);
+  t.equal((await inGuest('/bin/busybox', ['ping', '-c1', '-W3', '172.16.0.1'])).exitcode, 0, 'guest pings the bridge');
+  t.equal(await guestRules(), 0, 'the guest starts with an empty IPVS table');
+});
+
+t.test('every example of the kata-ipvs documentation, in order', async (t) => {
+  const ok = async (r: Promise<HookRun>, what: string): Promise<HookRun> => {
+    const x = await r;
+    t.equal(x.exitCode, 0, `${what}: ${x.stderr}`);
+    t.equal(x.stderr, '', `${what}: nothing on stderr`);
+    return x;
+  };
+  // 1. add a virtual service
+  await ok(ipvs('--add-service --tcp-service 172.17.0.7:80 --scheduler rr --persistent 3000'), 'add-service');
+  t.match(await guestService('172.17.0.7:80'), /TCP {2}172\.17\.0\.7:80 rr persistent 3000/, 'service in the guest');
+  // 2. modify it
+  await ok(ipvs('--edit-service --tcp-service 172.17.0.7:80 --scheduler rr --persistent 5000'), 'edit-service');
+  t.match(await guestService('172.17.0.7:80'), /TCP {2}172\.17\.0\.7:80 rr persistent 5000/, 'persistence changed in the guest');
+  // 4. add a real server (no forwarding flag: NAT by default)
+  await ok(ipvs('--add-server --tcp-service 172.17.0.7:80 --real-server 172.17.0.4:80 --weight 100'), 'add-server');
+  t.match(await guestService('172.17.0.7:80'), /-> 172\.17\.0\.4:80\s+Masq\s+100\s/, 'real server in the guest, NAT (Masq), weight 100');
+  // 5. modify it
+  await ok(ipvs('--edit-server --tcp-service 172.17.0.7:80 --real-server 172.17.0.4:80 --weight 200'), 'edit-server');
+  // 7. query: stdout is ipvsadm's own listing
+  const list = await ok(ipvs('--list'), 'list');
+  t.match(list.stdout, /^IP Virtual Server version/, 'ipvsadm\'s own output');
+  t.match(list.stdout, /TCP {2}172\.17\.0\.7:80 rr persistent 5000/, 'list shows the service');
+  t.match(list.stdout, /-> 172\.17\.0\.4:80\s+Masq\s+200\s/, 'list shows the server, Masq, weight 200');
+  t.equal(await guestRules(), 2);
+  // 6. delete the real server
+  await ok(ipvs('--delete-server --tcp-service 172.17.0.7:80 --real-server 172.17.0.4:80'), 'delete-server');
+  t.notMatch(await guestService('172.17.0.7:80'), /172\.17\.0\.4/, 'server gone');
+  t.equal(await guestRules(), 1);
+  // 3. delete the virtual service
+  await ok(ipvs('--delete-service --tcp-service 172.17.0.7:80'), 'delete-service');
+  t.equal(await guestRules(), 0, 'table empty again');
+  // 8. batch import of the documented rule file
+  await ok(restore(DOC_FILE), 'restore of the documented file');
+  t.equal(await guestRules(), 4, '1 service + 3 servers');
+  const svc = await guestService('10.10.11.12:100');
+  t.match(svc, /TCP {2}10\.10\.11\.12:100 rr persistent 3000/);
+  for (const port of [80, 81, 82]) t.match(svc, new RegExp(`-> 172\\.16\\.0\\.1:${port}\\s+Masq\\s+1\\s`), `server :${port}, Masq`);
+  // 10. timeouts
+  await ok(ipvs('--set 100 100 200'), '--set');
+  t.match((await inGuest('/usr/sbin/ipvsadm', ['-L', '--timeout'])).stdout, /Timeout \(tcp tcpfin udp\): 100 100 200/, 'timeouts set in the guest');
+  // 9. conntrack cleanup: nothing to delete is still success
+  await ok(ipvsCleanup('--orig-dst 172.17.0.4 --protonum tcp'), 'cleanup with 0 entries');
+  t.equal(await guestRules(), 4, 'cleanup leaves the IPVS table alone');
+});
+
+t.test('cleanup deletes matching conntrack entries', async (t) => {
+  const ins = await inGuest('/usr/sbin/conntrack', ['-I', '-s', '172.16.0.3', '-d', '172.17.0.4', '-p', 'tcp', '--sport', '40000', '--dport', '80', '--state', 'ESTABLISHED', '-t', '300', '-u', 'SEEN_REPLY']);
+  if (ins.exitcode !== 0) return t.skip(`cannot make a conntrack entry in the guest: ${ins.stderr.trim()}`);
+  const keep = await inGuest('/usr/sbin/conntrack', ['-I', '-s', '172.16.0.3', '-d', '172.17.0.5', '-p', 'tcp', '--sport', '40000', '--dport', '80', '--state', 'ESTABLISHED', '-t', '300', '-u', 'SEEN_REPLY']);
+  t.equal(keep.exitcode, 0, keep.stderr);
+  const r = await ipvsCleanup('--orig-dst 172.17.0.4 --protonum tcp');
+  t.equal(r.exitCode, 0, r.stderr);
+  const left = (await inGuest('/usr/sbin/conntrack', ['-L', '-p', 'tcp'])).stdout;
+  t.notMatch(left, /dst=172\.17\.0\.4 /, 'the matching entry is gone');
+  t.match(left, /dst=172\.17\.0\.5 /, 'others stay');
+  await inGuest('/usr/sbin/conntrack', ['-F']);
+});
+
+t.test('every scheduler, udp services', async (t) => {
+  const scheds = ['rr', 'wrr', 'lc', 'wlc', 'lblc', 'lblcr', 'dh', 'sh', 'sed', 'nq'];
+  for (const [i, s] of scheds.entries()) {
+    const r = await ipvs(`-A -u 172.17.0.8:${5300 + i} -s ${s}`);
+    t.equal(r.exitCode, 0, `scheduler ${s}: ${r.stderr}`);
+  }
+  t.match(await guestService(`172.17.0.8:${5300 + 9}`, '-u'), /UDP {2}172\.17\.0\.8:5309 nq/);
+  const r = await ipvs('-a -u 172.17.0.8:5300 -r 172.17.0.9:53 -w 0');
+  t.equal(r.exitCode, 0, r.stderr);
+  t.match(await guestService('172.17.0.8:5300', '-u'), /-> 172\.17\.0\.9:53\s+Masq\s+0\s/, 'weight 0, NAT by default (short options)');
+  t.equal(await guestRules(), 4 + 11);
+  for (let i = 0; i < scheds.length; i++) t.equal((await ipvs(`-D -u 172.17.0.8:${5300 + i}`)).exitCode, 0);
+  t.equal(await guestRules(), 4, 'back to the documented 4 rules');
+});
+
+t.test('validation: bad input is refused before anything runs', async (t) => {
+  const before = await guestRules();
+  t.equal(before, 4);
+  const S = '--tcp-service 10.10.11.12:100';
+  // [what, --parameters text, the token the message must name]
+  const cases: [string, string, string][] = [
+    ['bad ip', '--add-service --tcp-service 172.17.0.300:80 --scheduler rr', '172.17.0.300:80'],
+    ['ip without port', '--add-service --tcp-service 172.17.0.7 --scheduler rr', '172.17.0.7'],
+    ['ipv6', '--add-service --tcp-service [::1]:80 --scheduler rr', '[::1]:80'],
+    ['port 0', '--add-service --tcp-service 172.17.0.7:0 --scheduler rr', '172.17.0.7:0'],
+    ['port 65536', '--add-service --tcp-service 172.17.0.7:65536 --scheduler rr', '172.17.0.7:65536'],
+    ['real server port 0', `--add-server ${S} --real-server 172.16.0.1:0`, '172.16.0.1:0'],
+    ['scheduler xx', '--add-service --tcp-service 172.17.0.7:80 --scheduler xx', 'xx'],
+    ['persistent 0', '--add-service --tcp-service 172.17.0.7:80 --scheduler rr --persistent 0', '0'],
+    ['persistent 2678401', '--add-service --tcp-service 172.17.0.7:80 --scheduler rr --persistent 2678401', '2678401'],
+    ['persistent not a number', '--edit-service --tcp-service 10.10.11.12:100 --scheduler rr --persistent 5s', '5s'],
+    ['weight 65536', `--add-server ${S} --real-server 172.16.0.1:90 --weight 65536`, '65536'],
+    ['weight -1', `--edit-server ${S} --real-server 172.16.0.1:80 --weight -1`, '-1'],
+    ['--set 1296001', '--set 100 100 1296001', '1296001'],
+    ['--set with 2 values', '--set 100 100', '--set'],
+    ['--set with 4 values', '--set 1 2 3 4', '--set'],
+    ['unknown option', '--add-service --tcp-service 172.17.0.7:80 --scheduler rr --bogus', '--bogus'],
+    ['undocumented ipvsadm option (fwmark)', '--add-service -f 1 --scheduler rr', '-f'],
+    ['undocumented ipvsadm command (zero)', '--zero', '--zero'],
+    ['option of another command', `--delete-service ${S} --weight 3`, '--weight'],
+    ['missing service', '--add-service --scheduler rr', '--add-service'],
+    ['missing real server', `--add-server ${S} --weight 3`, '--add-server'],
+    ['shell metacharacters', '--add-service --tcp-service 172.17.0.7:80 --scheduler rr ;reboot', ';reboot'],
+    ['command substitution', '--add-service --tcp-service 172.17.0.7:80 --scheduler $(reboot)', '$(reboot)'],
+  ];
+  for (const [what, params, token] of cases) {
+    const r = await ipvs(params);
+    t.equal(r.exitCode, 1, `${what}: exit 1`);
+    t.match(r.stderr, /invalid input of IPVS rule/, `${what}: says invalid input of IPVS rule`);
+    t.ok(namesToken(r.stderr, token), `${what}: names '${token}' (${r.stderr.trim()})`);
+    t.equal(r.stderr.trim().split('\n').length, 1, `${what}: one line`);
+    t.equal(r.stdout, '', `${what}: nothing on stdout`);
+  }
+  const cl: [string, string, string][] = [
+    ['cleanup: bad protonum', '--orig-dst 172.17.0.4 --protonum icmp', 'icmp'],
+    ['cleanup: bad address', '--orig-dst 172.17.0.400 --protonum tcp', '172.17.0.400'],
+    ['cleanup: unknown option', '--orig-dst 172.17.0.4 --protonum tcp --src 1.2.3.4', '--src'],
+  ];
+  for (const [what, params, token] of cl) {
+    const r = await ipvsCleanup(params);
+    t.equal(r.exitCode, 1, `${what}: exit 1`);
+    t.match(r.stderr, /invalid input of IPVS rule/, what);
+    t.ok(namesToken(r.stderr, token), `${what}: names '${token}' (${r.stderr.trim()})`);
+  }
+  t.equal(await guestRules(), before, 'no rule changed');
+  t.match(await guestService('10.10.11.12:100'), /TCP {2}10\.10\.11\.12:100 rr persistent 3000/, 'the service is untouched');
+  t.equal((await inGuest('/bin/busybox', ['true'])).exitcode, 0, 'the guest is still up (nothing went through a shell)');
+});
+
+t.test('--clear, then restore: validation, warnings, limits', async (t) => {
+  const clear = await ipvs('--clear');
+  t.equal(clear.exitCode, 0, clear.stderr);
+  t.equal(await guestRules(), 0, '--clear empties the table');
+  t.equal((await ipvs('-C')).exitCode, 0, 'clearing an empty table is fine');
+
+  const bad: [string, string, RegExp, string?][] = [
+    ['empty input', '', /empty/],
+    ['blank input', '\n  \n', /empty/],
+    ['bad scheduler on line 3', '-A -t 10.10.11.12:100 -s rr\n-a -t 10.10.11.12:100 -r 172.16.0.1:80 -m\n-A -t 10.10.11.13:100 -s xx\n', /line 3/, 'xx'],
+    ['bad weight on line 2', '-A -t 10.10.11.12:100 -s rr\n-a -t 10.10.11.12:100 -r 172.16.0.1:80 -m -w 65536\n', /line 2/, '65536'],
+    ['metacharacters on line 2', '-A -t 10.10.11.12:100 -s rr\n-a -t 10.10.11.12:100 -r 172.16.0.1:80 -m ;reboot\n', /line 2/, ';reboot'],
+    ['a non-restore command on line 2', '-A -t 10.10.11.12:100 -s rr\n-C\n', /line 2/, '-C'],
+    ['port 0 on line 1', '-A -t 10.10.11.12:0 -s rr\n', /line 1/, '10.10.11.12:0'],
+  ];
+  for (const [what, input, re, token] of bad) {
+    const r = await restore(input);
+    t.equal(r.exitCode, 1, `${what}: exit 1`);
+    t.match(r.stderr, /invalid input of IPVS rule/, `${what}: invalid input`);
+    t.match(r.stderr, re, `${what}: says where (${r.stderr.trim()})`);
+    if (token) t.ok(namesToken(r.stderr, token), `${what}: names '${token}'`);
+  }
+  t.equal(await guestRules(), 0, 'no line of a refused file was applied');
+
+  // Over the limit: 20001 rules are refused before anything runs.
+  const over = await restore(bigFile() + '-A -t 10.99.0.1:80 -s rr\n');
+  t.equal(over.exitCode, 1);
+  t.match(over.stderr, /20001/, `says how many (${over.stderr.trim()})`);
+  t.match(over.stderr, /20000/, 'and the limit');
+  t.equal(await guestRules(), 0, 'nothing applied');
+
+  // -m missing in a restore file: a warning, the restore proceeds.
+  const noM = await restore('-A -t 10.10.11.12:100 -s rr\n-a -t 10.10.11.12:100 -r 172.16.0.1:80\n');
+  t.equal(noM.exitCode, 0, noM.stderr);
+  t.match(noM.stderr, /warning/i, 'warns');
+  t.match(noM.stderr, /line 2/, 'names the line');
+  t.match(noM.stderr, /-m/, 'mentions -m');
+  t.equal(await guestRules(), 2, 'the rules are in');
+  t.equal((await ipvs('--clear')).exitCode, 0);
+  t.equal(await guestRules(), 0);
+});
+
+t.test('20000 rules: restore, the exact table, the limit', async (t) => {
+  const file = bigFile();
+  t.equal(file.split('\n').filter(Boolean).length, 20000);
+  const t0 = Date.now();
+  const r = await restore(file);
+  const ms = Date.now() - t0;
+  t.equal(r.exitCode, 0, r.stderr);
+  t.equal(r.stderr, '', 'no warnings');
+  t.comment(`restore of 20000 rules took ${ms} ms`);
+  t.equal(await guestRules(), 20000, '/proc/net/ip_vs has 20003 lines');
+
+  // Exactly those rules: the whole of /proc/net/ip_vs (cheap, unlike ipvsadm -Ln) against the file.
+  const proc = (await inGuest('/bin/cat', ['/proc/net/ip_vs'], 60_000)).stdout.split('\n').slice(3).filter(Boolean);
+  const got: string[] = [];
+  let svc = '';
+  for (const line of proc) {
+    const s = /^TCP {2}([0-9A-F]{8}:[0-9A-F]{4}) rr {2}persistent \d+/.exec(line);
+    const m = /^ {2}-> ([0-9A-F]{8}:[0-9A-F]{4})\s+Masq\s+1\s/.exec(line);
+    if (s) got.push((svc = s[1]!));
+    else if (m) got.push(`${svc} ${m[1]}`);
+    else got.push(`unexpected: ${line}`);
+  }
+  const want: string[] = [];
+  for (let i = 0; i < SERVICES; i++) {
+    want.push(hexEp(vipOf(i)));
+    for (let k = 1; k <= 3; k++) want.push(`${hexEp(vipOf(i))} ${hexEp(ripOf(i, k))}`);
+  }
+  t.same(got.sort(), want.sort(), 'the guest holds exactly the restored rules (rr, persistent, Masq, weight 1)');
+
+  for (const i of [0, 1234, 2500, 4999]) {
+    const out = await guestService(vipOf(i));
+    t.match(out, new RegExp(`TCP {2}${vipOf(i).replace(/\./g, '\\.')} rr persistent 3000`), `service ${i}`);
+    for (let k = 1; k <= 3; k++) t.match(out, new RegExp(`-> ${ripOf(i, k).replace(/\./g, '\\.')}\\s+Masq\\s+1\\s`), `service ${i} server ${k}`);
+  }
+
+  const more = await ipvs('--add-service --tcp-service 10.99.0.1:80 --scheduler rr');
+  t.equal(more.exitCode, 1, 'one more service is refused');
+  t.match(more.stderr, /rule limit 20000 reached/);
+  const srv = await ipvs(`--add-server --tcp-service ${vipOf(0)} --real-server 172.17.9.9:80`);
+  t.equal(srv.exitCode, 1, 'one more server is refused');
+  t.match(srv.stderr, /rule limit 20000 reached/);
+  // Edits and deletes are not adds: fine at the limit.
+  const edit = await ipvs(`--edit-server --tcp-service ${vipOf(0)} --real-server ${ripOf(0, 1)} --weight 7`);
+  t.equal(edit.exitCode, 0, edit.stderr);
+  t.match(await guestService(vipOf(0)), new RegExp(`-> ${ripOf(0, 1).replace(/\./g, '\\.')}\\s+Masq\\s+7\\s`), 'edit at the limit works');
+
+  const again = await restore(DOC_FILE);
+  t.equal(again.exitCode, 1, 'restore into a non-empty table is refused');
+  t.match(again.stderr, /restore refused: the sandbox already has 20000 rules/);
+  t.equal(await guestRules(), 20000, 'count unchanged');
+  t.notMatch(await guestService('10.10.11.12:100'), /10\.10\.11\.12/, 'nothing of the refused file went in');
+
+  // With one rule freed, one add fits again.
+  t.equal((await ipvs(`--delete-server --tcp-service ${vipOf(4999)} --real-server ${ripOf(4999, 3)}`)).exitCode, 0);
+  const fits = await ipvs(`--add-server --tcp-service ${vipOf(4999)} --real-server 172.17.9.9:80`);
+  t.equal(fits.exitCode, 0, fits.stderr);
+  t.equal(await guestRules(), 20000);
+
+  const clear = await ipvs('--clear');
+  t.equal(clear.exitCode, 0, clear.stderr);
+  t.equal(await guestRules(), 0, '--clear empties the full table');
+});
+
+t.test('container sandbox on a kernel without IP_VS: a clear error', async (t) => {
+  const sb = await sandbox();
+  const C = ['--pid', String(sb.pid), '--state-dir', stateDir];
+  for (const [what, r] of [
+    ['--list', await ipvs('--list', C)],
+    ['add-service', await ipvs('--add-service --tcp-service 172.17.0.7:80 --scheduler rr', C)],
+    ['restore', await restore(DOC_FILE, C)],
+  ] as const) {
+    t.equal(r.exitCode, 1, `${what}: exit 1`);
+    t.match(r.stderr, /no IP_VS/, `${what}: says the kernel has no IP_VS (${r.stderr.trim()})`);
+    t.equal(r.stderr.trim().split('\n').length, 1, `${what}: one line`);
+  }
+  const badIn = await ipvs('--add-service --tcp-service 172.17.0.7:80 --scheduler xx', C);
+  t.equal(badIn.exitCode, 1);
+  t.match(badIn.stderr, /invalid input of IPVS rule.*'xx'/, 'validation still comes first');
+  await sb.kill();
+});
+
+t.test('the hook: io.ocinet.ipvs restores rules once the network is up', async (t) => {
+  // The hook's own network must be what routes to the real servers: drop the test NIC.
+  const del = await cli(['network', 'del-iface', ...VM, '-'], '{"name":"eth-ipvs"}');
+  t.equal(del.stdout, 'null', del.stderr);
+  t.equal(await guestRules(), 0);
+  const before = await snapshot(stateDir);
+  const ann = { 'io.ocinet.mode': 'tap', 'io.ocinet.qmp': G.qmp, 'io.ocinet.qga': G.qga, 'io.ocinet.ipvs': DOC_FILE };
+  const up = await hook(HOOK_ARGS, state('vmipvs', 'creating', qemuPid(), { annotations: ann }));
+  t.equal(up.exitCode, 0, up.stderr);
+  t.ok((await guestLinks(G)).some((l) => l.ifname === 'eth0'), 'guest has eth0');
+  t.equal(await guestRules(), 4, 'the documented 4 rules are in the guest');
+  const svc = await guestService('10.10.11.12:100');
+  t.match(svc, /TCP {2}10\.10\.11\.12:100 rr persistent 3000/);
+  t.match(svc, /-> 172\.16\.0\.1:82\s+Masq\s+1\s/);
+  const down = await hook(HOOK_ARGS, state('vmipvs', 'stopped'));
+  t.equal(down.exitCode, 0, down.stderr);
+  t.notOk((await guestLinks(G)).some((l) => l.ifname === 'eth0'), 'NIC unplugged from the guest');
+  t.equal(await snapshot(stateDir), before, 'TAP, rules and lease gone');
+  await inGuest('/usr/sbin/ipvsadm', ['-C']);
+});
+
+t.test('the hook: a bad io.ocinet.ipvs fails the start, nothing left', async (t) => {
+  t.equal(await guestRules(), 0);
+  const before = await snapshot(stateDir);
+  const base = { 'io.ocinet.mode': 'tap', 'io.ocinet.qmp': G.qmp, 'io.ocinet.qga': G.qga };
+  const cases: [string, string, RegExp][] = [
+    ['scheduler xx', DOC_FILE.replace('-s rr', '-s xx'), /invalid input of IPVS rule.*line 1.*'xx'/],
+    ['empty', '', /invalid input of IPVS rule.*empty/],
+    // Valid syntax, refused by the guest's kernel (no such service) after two rules went in.
+    ['server of an unknown service', DOC_FILE.split('\n').slice(0, 2).join('\n') + '\n-a -t 10.10.11.13:100 -r 172.16.0.1:80 -m\n', /ipvs|ipvsadm|IPVS|[Ss]ervice/],
+  ];
+  for (const [what, rules, re] of cases) {
+    const r = await hook(HOOK_ARGS, state(`vmbad${cases.findIndex((c) => c[0] === what)}`, 'creating', qemuPid(), { annotations: { ...base, 'io.ocinet.ipvs': rules } }));
+    t.not(r.exitCode, 0, `${what}: setup fails`);
+    t.match(r.stderr, re, `${what}: says why (${r.stderr.trim()})`);
+    t.match(r.stderr, /io\.ocinet\.ipvs|ipvs/, `${what}: names the annotation or ipvs`);
+    t.equal(r.stderr.trim().split('\n').length, 1, `${what}: one line`);
+    t.notOk((await guestLinks(G)).some((l) => l.ifname === 'eth0'), `${what}: no NIC left in the guest`);
+    t.equal(await guestRules(), 0, `${what}: no IPVS rule left in the guest`);
+    t.equal(await snapshot(stateDir), before, `${what}: nothing left on the host`);
+  }
+  await sh('ip', ['link', 'del', BRIDGE]);
+});
