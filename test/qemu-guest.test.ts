@@ -111,7 +111,7 @@ t.test('guest agent: ping, exec of ip, ipvsadm, conntrack', async (t) => {
   await qga.ping();
   t.pass('sync and ping after a timed-out exec');
   const second = await QgaClient.connect(join(DIR, 'qga.sock'), { timeoutMs: 500 }).catch((e: unknown) => e);
-  t.match(String(second), /guest-sync: no reply within 500 ms/, 'second agent client times out');
+  t.match(String(second), /guest-sync: no reply within \d+ ms/, 'second agent client times out');
 });
 
 t.test('hot-plug a TAP NIC, see it in the guest, unplug it', async (t) => {
