@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 if [ "${OCINET_BENCH_NS:-}" != 1 ]; then
   [ "$(id -u)" = 0 ] || { echo "bench: must run as root (namespaces, bridges, iptables)" >&2; exit 1; }
+  # The IPVS part's test guest is built out here (build-guest.sh may need apt).
+  [ "${OCINET_BENCH_IPVS:-1}" = 0 ] || bash build/guest/build-guest.sh
   export OCINET_BENCH_NS=1
   exec unshare --net --mount --propagation private --pid --fork --mount-proc -- "$0" "$@"
 fi
@@ -14,3 +16,4 @@ fi
 ip link set lo up
 # Not exec: this shell stays PID 1 of the namespace and reaps any orphan.
 node bench/bench.mjs "$@"
+[ "${OCINET_BENCH_IPVS:-1}" = 0 ] || node bench/ipvs-bench.mjs

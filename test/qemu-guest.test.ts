@@ -76,10 +76,10 @@ t.test('QMP: greeting, status, errors', async (t) => {
   t.equal(a.status, 'running');
   t.same(b, {});
   const ev = await qmp.waitEvent('NEVER_HAPPENS', undefined, 200).catch((e: unknown) => e);
-  t.match(String(ev), /no NEVER_HAPPENS event within 200 ms/);
+  t.match(String(ev), /no NEVER_HAPPENS event within \d+ ms/);
   // QEMU serves one client per socket: a second one times out, clearly.
   const second = await QmpClient.connect(join(DIR, 'qmp.sock'), { timeoutMs: 500 }).catch((e: unknown) => e);
-  t.match(String(second), /no greeting within 500 ms/);
+  t.match(String(second), /no greeting within \d+ ms/);
 });
 
 t.test('guest agent: ping, exec of ip, ipvsadm, conntrack', async (t) => {

@@ -1,0 +1,276 @@
+// ocinet IPVS benchmark (make bench, after bench.mjs; OCINET_BENCH_IPVS=0 skips it).
+// Runs inside the namespace bench/run.sh creates, against one booted test guest
+// (TCG). Restoring 20000 rules (5000 services × 3 real servers):
+//   ocinet  `ocinet ipvs ipvsadm --restore -` (whole CLI process, spawn → exit)
+//   (a)     `ipvsadm --restore` of the same file run directly in the guest
+//           through ONE agent guest-exec (file as input-data): the floor
+//   (b)     one agent guest-exec per rule, timed over a few hundred rules and
+//           extrapolated to 20000: what adding rules one by one costs
+// Targets: ocinet/(a) <= 1.1, (b)/ocinet >= 20. Between runs the table is
+// cleared with `ocinet ipvs ipvsadm --parameters --clear` (untimed), and every
+// run is checked to have really loaded its rules (line count of /proc/net/ip_vs).
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import { cpus, loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+
+if (process.env.OCINET_BENCH_NS !== '1') throw new Error('run bench/run.sh, not ipvs-bench.mjs directly');
+
+const ROOT = new URL('..', import.meta.url).pathname.replace(/\/$/, '');
+const CLI = join(ROOT, 'dist/bin/ocinet');
+const ROUNDS = Number(process.env.BENCH_IPVS_ROUNDS ?? 2);
+const ONE_BY_ONE = Number(process.env.BENCH_IPVS_ONE_BY_ONE ?? 300); // rules timed for (b)
+const CLI_ONE_BY_ONE = Number(process.env.BENCH_IPVS_CLI_RULES ?? 20); // informational: ocinet per rule
+const SERVICES = 5000;
+const RULES = SERVICES * 4;
+const TARGETS = { restoreRatio: 1.1, oneByOneRatio: 20 };
+const TMP = mkdtempSync(join(tmpdir(), 'ocinet-ipvs-bench-'));
+const GUEST = join(TMP, 'guest');
+const QMP = join(GUEST, 'qmp.sock');
+const QGA = join(GUEST, 'qga.sock');
+const STATE = join(TMP, 'state');
+const SB = ['--qmp', QMP, '--qga', QGA, '--state-dir', STATE];
+const BRIDGE = 'ocbipvs0';
+const progress = (msg) => process.stderr.isTTY && process.stderr.write(`\r${msg}\x1b[K`);
+
+// ---------- processes ----------
+
+function run(file, args, { input = '', timeout = 900_000 } = {}) {
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    const p = spawn(file, args, { timeout });
+    let stdout = '', stderr = '';
+    p.stdout.on('data', (d) => (stdout += d));
+    p.stderr.on('data', (d) => (stderr += d));
+    p.on('error', reject);
+    p.on('close', (code, signal) => resolve({ code, signal, stdout, stderr, ms: performance.now() - t0 }));
+    p.stdin.on('error', () => {});
+    p.stdin.end(input);
+  });
+}
+
+function must(r, what) {
+  if (r.code === 0) return r;
+  throw new Error(`${what} FAILED (exit ${r.code ?? r.signal}): ${(r.stderr || r.stdout).trim().slice(0, 500)}`);
+}
+
+// ---------- a minimal guest-agent client: JSON lines over the unix socket ----------
+// QEMU serves one client per chardev socket: close it before ocinet connects.
+
+async function agent(path) {
+  const sock = net.connect(path);
+  await new Promise((resolve, reject) => { sock.once('connect', resolve); sock.once('error', reject); });
+  let buf = '', waiter = null, n = 0, dead = null;
+  sock.on('data', (d) => {
+    buf += d.toString('latin1');
+    for (let i; (i = buf.indexOf('\n')) >= 0;) {
+      const line = buf.slice(0, i).replace(/^[^{]*/, ''); // drop the 0xFF resync echo and garbage
+      buf = buf.slice(i + 1);
+      let msg;
+      try { msg = JSON.parse(line); } catch { continue; }
+      if (waiter?.match(msg)) { const w = waiter; waiter = null; w.resolve(msg); }
+    }
+  });
+  const fail = (e) => { dead = e; waiter?.reject(e); waiter = null; };
+  sock.on('error', (e) => fail(new Error(`guest agent: ${e.message}`)));
+  sock.on('close', () => fail(new Error('guest agent connection closed')));
+  const request = (text, match, ms = 30_000) => new Promise((resolve, reject) => {
+    if (dead) return reject(dead);
+    const timer = setTimeout(() => { waiter = null; reject(new Error(`guest agent: no reply within ${ms} ms`)); }, ms);
+    waiter = { match, resolve: (m) => { clearTimeout(timer); resolve(m); }, reject: (e) => { clearTimeout(timer); reject(e); } };
+    sock.write(text, 'latin1');
+  });
+  const cmd = async (execute, args) => {
+    const id = `bench-${++n}`;
+    const m = await request(JSON.stringify({ execute, arguments: args, id }) + '\n', (x) => x.id === id);
+    if (m.error) throw new Error(`guest agent ${execute}: ${m.error.desc}`);
+    return m.return;
+  };
+  const syncId = Math.floor(Math.random() * 2 ** 31);
+  await request(`\xff${JSON.stringify({ execute: 'guest-sync', arguments: { id: syncId } })}\n`, (m) => m.return === syncId, 10_000);
+  return {
+    /** guest-exec, then poll guest-exec-status (5 ms doubling to 50 ms) until it exits. */
+    async exec(path, arg, input, timeoutMs = 600_000) {
+      const a = { path, arg, 'capture-output': true };
+      if (input !== undefined) a['input-data'] = Buffer.from(input).toString('base64');
+      const { pid } = await cmd('guest-exec', a);
+      const deadline = Date.now() + timeoutMs;
+      for (let delay = 5; ; delay = Math.min(delay * 2, 50)) {
+        const st = await cmd('guest-exec-status', { pid });
+        const text = (s) => Buffer.from(s ?? '', 'base64').toString();
+        if (st.exited) return { code: st.exitcode ?? 128 + (st.signal ?? 0), stdout: text(st['out-data']), stderr: text(st['err-data']) };
+        if (Date.now() > deadline) throw new Error(`guest exec ${path}: still running after ${timeoutMs} ms`);
+        await new Promise((r) => setTimeout(r, delay));
+      }
+    },
+    close() { sock.removeAllListeners('close'); sock.destroy(); },
+  };
+}
+
+async function withAgent(fn) {
+  const a = await agent(QGA);
+  try { return await fn(a); } finally { a.close(); }
+}
+
+async function guestRules() {
+  return withAgent(async (a) => {
+    const r = await a.exec('/bin/busybox', ['wc', '-l', '/proc/net/ip_vs']);
+    if (r.code !== 0) throw new Error(`wc /proc/net/ip_vs in the guest: ${r.stderr.trim()}`);
+    return Number(r.stdout.trim().split(/\s+/)[0]) - 3;
+  });
+}
+
+async function expectRules(n, what) {
+  const got = await guestRules();
+  if (got !== n) throw new Error(`${what}: the guest has ${got} IPVS rules, expected ${n}`);
+}
+
+async function clear() {
+  must(await run(CLI, ['ipvs', 'ipvsadm', '--parameters', '--clear', ...SB]), 'ocinet ipvs ipvsadm --parameters --clear');
+  await expectRules(0, 'after --clear');
+}
+
+// ---------- the rules ----------
+
+const vipOf = (i) => `10.10.${Math.floor(i / 250)}.${(i % 250) + 1}:80`;
+const ripOf = (i, k) => `172.17.${k}.${(i % 250) + 1}:${8000 + Math.floor(i / 250)}`;
+const LINES = [];
+for (let i = 0; i < SERVICES; i++) {
+  LINES.push(`-A -t ${vipOf(i)} -s rr -p 3000`);
+  for (let k = 1; k <= 3; k++) LINES.push(`-a -t ${vipOf(i)} -r ${ripOf(i, k)} -m`);
+}
+const FILE = LINES.join('\n') + '\n';
+
+// ---------- the runs ----------
+
+const cleanups = [];
+
+async function main() {
+  const started = performance.now();
+  const load0 = loadavg()[0];
+
+  progress('booting the test guest');
+  const boot = spawnSync('bash', [join(ROOT, 'build/guest/boot-guest.sh'), GUEST], { stdio: ['ignore', 'ignore', 'pipe'], timeout: 180_000 });
+  if (boot.status !== 0) throw new Error(`boot-guest.sh FAILED: ${String(boot.stderr).trim().slice(-500)}`);
+  cleanups.push(() => { try { process.kill(Number(readFileSync(join(GUEST, 'qemu.pid'), 'utf8')), 'SIGKILL'); } catch {} });
+  // A NIC on 172.16.0.0/15: the guest needs a route to the real servers (172.17.x), else "Invalid operation".
+  for (const args of [['link', 'add', BRIDGE, 'type', 'bridge'], ['addr', 'add', '172.16.0.1/15', 'dev', BRIDGE], ['link', 'set', BRIDGE, 'up']]) {
+    must(await run('ip', args), `ip ${args.join(' ')}`);
+  }
+  cleanups.push(async () => { await run('ip', ['link', 'del', BRIDGE]); });
+  const iface = '{"device":"tap-ipvsb","name":"eth-ipvs","IPAddresses":[{"address":"172.16.0.3","mask":"15"}],"hwAddr":"02:42:20:6f:a3:72","mtu":1500}';
+  must(await run(CLI, ['network', 'add-iface', ...SB, '--bridge', BRIDGE, '-'], { input: iface }), 'ocinet network add-iface');
+  await expectRules(0, 'fresh guest');
+
+  const t = { ocinet: [], direct: [], oneByOneMs: null, cliOneByOneMs: null };
+  const tasks = {
+    async ocinet() {
+      const r = must(await run(CLI, ['ipvs', 'ipvsadm', '--restore', '-', ...SB], { input: FILE }), 'ocinet ipvs ipvsadm --restore');
+      if (r.stderr) throw new Error(`ocinet restore wrote to stderr: ${r.stderr.trim().slice(0, 300)}`);
+      await expectRules(RULES, 'after ocinet restore');
+      t.ocinet.push(r.ms);
+    },
+    async direct() {
+      const ms = await withAgent(async (a) => {
+        const t0 = performance.now();
+        const r = await a.exec('/usr/sbin/ipvsadm', ['--restore'], FILE);
+        const ms = performance.now() - t0;
+        if (r.code !== 0) throw new Error(`ipvsadm --restore in the guest FAILED (exit ${r.code}): ${r.stderr.trim().slice(0, 300)}`);
+        return ms;
+      });
+      await expectRules(RULES, 'after direct restore');
+      t.direct.push(ms);
+    },
+  };
+  const order = Object.keys(tasks);
+  for (let i = 0; i < ROUNDS; i++) {
+    // Alternate who goes first.
+    for (let j = 0; j < order.length; j++) {
+      const k = order[(i + j) % order.length];
+      progress(`round ${i + 1}/${ROUNDS}: ${k} restore of ${RULES} rules`);
+      await tasks[k]();
+      await clear();
+    }
+  }
+
+  // (b) one ipvsadm per rule through one agent connection (the cheapest way to go rule by rule).
+  progress(`(b): ${ONE_BY_ONE} rules one agent exec each`);
+  t.oneByOneMs = await withAgent(async (a) => {
+    const t0 = performance.now();
+    for (const line of LINES.slice(0, ONE_BY_ONE)) {
+      const r = await a.exec('/usr/sbin/ipvsadm', line.split(' '));
+      if (r.code !== 0) throw new Error(`ipvsadm ${line} FAILED: ${r.stderr.trim()}`);
+    }
+    return performance.now() - t0;
+  });
+  await expectRules(ONE_BY_ONE, 'after one-by-one adds');
+  await clear();
+
+  // Informational: one `ocinet ipvs ipvsadm --parameters` process per rule, as kata-ipvs users add rules.
+  if (CLI_ONE_BY_ONE > 0) {
+    progress(`ocinet: ${CLI_ONE_BY_ONE} rules one CLI call each`);
+    let ms = 0;
+    for (const line of LINES.slice(0, CLI_ONE_BY_ONE)) {
+      ms += must(await run(CLI, ['ipvs', 'ipvsadm', '--parameters', line, ...SB]), `ocinet ipvs ipvsadm --parameters "${line}"`).ms;
+    }
+    t.cliOneByOneMs = ms;
+    await expectRules(CLI_ONE_BY_ONE, 'after ocinet one-by-one adds');
+    await clear();
+  }
+  progress('');
+
+  // ---------- figures ----------
+  const median = (xs) => { const s = [...xs].sort((a, b) => a - b); const m = s.length >> 1; return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2; };
+  const oc = median(t.ocinet), direct = median(t.direct);
+  const perRule = t.oneByOneMs / ONE_BY_ONE;
+  const oneByOne = perRule * RULES;
+  const restoreRatio = oc / direct;
+  const oneByOneRatio = oneByOne / oc;
+  const checks = {
+    restoreRatio: { value: +restoreRatio.toFixed(3), target: `<= ${TARGETS.restoreRatio}`, pass: restoreRatio <= TARGETS.restoreRatio },
+    oneByOneRatio: { value: +oneByOneRatio.toFixed(1), target: `>= ${TARGETS.oneByOneRatio}`, pass: oneByOneRatio >= TARGETS.oneByOneRatio },
+  };
+  const s = (ms) => (ms / 1000).toFixed(2).padStart(8);
+  const row = (label, ms, runs = '') => `  ${label.padEnd(58)}${s(ms)}   ${runs}`;
+  console.log(`ocinet ipvs bench: ${RULES} rules (${SERVICES} services x 3 servers) into a TCG test guest; ${ROUNDS} rounds, alternating; ${cpus().length} CPUs; node ${process.version}`);
+  console.log(`  ${''.padEnd(58)}${'s'.padStart(8)}   runs (s)`);
+  console.log(row('ocinet ipvs ipvsadm --restore (whole CLI, median)', oc, t.ocinet.map((x) => (x / 1000).toFixed(2)).join(' ')));
+  console.log(row('(a) ipvsadm --restore in the guest, 1 agent exec (median)', direct, t.direct.map((x) => (x / 1000).toFixed(2)).join(' ')));
+  console.log(row(`(b) 1 agent exec per rule, ${ONE_BY_ONE} timed, x${RULES / ONE_BY_ONE}`, oneByOne, `${perRule.toFixed(1)} ms/rule`));
+  if (t.cliOneByOneMs !== null) {
+    const cliPer = t.cliOneByOneMs / CLI_ONE_BY_ONE;
+    console.log(row(`(info) 1 ocinet ipvs call per rule, ${CLI_ONE_BY_ONE} timed, x${RULES / CLI_ONE_BY_ONE}`, cliPer * RULES, `${cliPer.toFixed(1)} ms/rule`));
+  }
+  const verdict = (label, c) => `  ${label.padEnd(58)}${String(c.value).padStart(8)}   target ${c.target.padEnd(7)} ${c.pass ? 'PASS' : 'MISS'}`;
+  console.log(verdict('ratio ocinet / (a)', checks.restoreRatio));
+  console.log(verdict('ratio (b) / ocinet', checks.oneByOneRatio));
+
+  await cleanupAll();
+  const seconds = Math.round((performance.now() - started) / 100) / 10;
+  const load1 = loadavg()[0];
+  console.log(`ipvs run took ${seconds} s; load average ${load0.toFixed(2)} at start, ${load1.toFixed(2)} at end`);
+  const r2 = (x) => Math.round(x * 100) / 100;
+  writeFileSync(join(ROOT, 'bench/last-ipvs-run.json'), JSON.stringify({
+    date: new Date().toISOString(), rules: RULES, rounds: ROUNDS, oneByOneTimed: ONE_BY_ONE, cliOneByOneTimed: CLI_ONE_BY_ONE,
+    cpus: cpus().length, node: process.version, loadavg: { start: r2(load0), end: r2(load1) }, seconds,
+    ms: { ocinet: r2(oc), direct: r2(direct), oneByOneExtrapolated: r2(oneByOne), oneByOnePerRule: r2(perRule),
+      ...(t.cliOneByOneMs !== null ? { cliOneByOnePerRule: r2(t.cliOneByOneMs / CLI_ONE_BY_ONE) } : {}) },
+    checks, samples: { ocinet: t.ocinet.map(r2), direct: t.direct.map(r2) },
+  }, null, 1) + '\n');
+}
+
+async function cleanupAll() {
+  while (cleanups.length) {
+    try { await cleanups.pop()(); } catch (e) { console.error(`ipvs bench: cleanup: ${e.message}`); }
+  }
+  rmSync(TMP, { recursive: true, force: true });
+}
+
+main().catch(async (e) => {
+  progress('');
+  console.error(`\nipvs bench: ${e.message}`);
+  await cleanupAll().catch(() => {});
+  process.exit(1);
+});
