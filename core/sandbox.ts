@@ -166,41 +166,66 @@ export async function setupContainer(req: SetupRequest, log?: OpLog): Promise<Se
   ensureStateDir(req.stateDir);
   log?.step('check');
 
-  const rec = await withLock(req.stateDir, async () => {
-    const db = loadDb(req.stateDir);
-    assertNew(db, req.id);
-    const owner = Object.values(db.containers).find((c) => c.netns === netns && c.mode === 'veth');
-    if (owner) {
-      // Namespace sharing: the namespace already has our eth0; record, change nothing.
-      // Requests of the joiner's own cannot be honoured: say so rather than drop them.
-      if (req.requested?.ports) {
-        throw new OcinetError('ECONFLICT', `container ${req.id} joins the network namespace of ${owner.id}: publish its ports on ${owner.id}`);
+  const plan = { hostVeth: hostVethName(req.id), iface: req.iface, mtu: req.mtu, pid: req.pid, bridge: req.bridge };
+  // The veth pair does not depend on the address: when the bridge is already
+  // there, make it while the lock is taken and the address chosen. A veth made
+  // here is removed again if the locked phase refuses the container.
+  const early = linkExists(req.bridge) ? ipBatch(hostLines(plan)).then(() => true, () => false) : Promise.resolve(false);
+  const dropEarly = async (): Promise<void> => {
+    if (await early) await deleteLink(plan.hostVeth);
+  };
+
+  let rec: ContainerRecord;
+  try {
+    rec = await withLock(req.stateDir, async () => {
+      const db = loadDb(req.stateDir);
+      assertNew(db, req.id);
+      const owner = Object.values(db.containers).find((c) => c.netns === netns && c.mode === 'veth');
+      if (owner) {
+        // Namespace sharing: the namespace already has our eth0; record, change nothing.
+        // Requests of the joiner's own cannot be honoured: say so rather than drop them.
+        if (req.requested?.ports) {
+          throw new OcinetError('ECONFLICT', `container ${req.id} joins the network namespace of ${owner.id}: publish its ports on ${owner.id}`);
+        }
+        if (req.interfaces?.length || req.routes?.length || req.ipvs) {
+          throw new OcinetError('ECONFLICT', `container ${req.id} joins the network namespace of ${owner.id}: add its interfaces and routes on ${owner.id}`);
+        }
+        if (req.requested?.ip && req.ip !== owner.ip) {
+          throw new OcinetError('ECONFLICT', `container ${req.id} joins the network namespace of ${owner.id}, whose address is ${owner.ip}, not ${req.ip}`);
+        }
+        const shared: ContainerRecord = {
+          id: req.id, mode: 'shared', bridge: owner.bridge, ip: owner.ip!, prefix: owner.prefix!, iface: owner.iface!,
+          ports: [], pid: req.pid, netns, sharedWith: owner.id, createdAt: new Date().toISOString(), setupPid: process.pid,
+        };
+        db.containers[req.id] = shared;
+        saveDb(req.stateDir, db);
+        return shared;
       }
-      if (req.interfaces?.length || req.routes?.length || req.ipvs) {
-        throw new OcinetError('ECONFLICT', `container ${req.id} joins the network namespace of ${owner.id}: add its interfaces and routes on ${owner.id}`);
-      }
-      if (req.requested?.ip && req.ip !== owner.ip) {
-        throw new OcinetError('ECONFLICT', `container ${req.id} joins the network namespace of ${owner.id}, whose address is ${owner.ip}, not ${req.ip}`);
-      }
-      const shared: ContainerRecord = {
-        id: req.id, mode: 'shared', bridge: owner.bridge, ip: owner.ip!, prefix: owner.prefix!, iface: owner.iface!,
-        ports: [], pid: req.pid, netns, sharedWith: owner.id, createdAt: new Date().toISOString(), setupPid: process.pid,
-      };
-      db.containers[req.id] = shared;
-      saveDb(req.stateDir, db);
-      return shared;
-    }
-    checkPortConflicts(req.ports, db, req.id);
-    const net = await ensureNetwork(db, req, gateway);
-    return recordLease(db, req, allocate(db, net, req.id, req.ip), sn.prefix, { mode: 'veth', hostVeth: hostVethName(req.id), pid: req.pid, netns });
-  });
+      checkPortConflicts(req.ports, db, req.id);
+      const net = await ensureNetwork(db, req, gateway);
+      return recordLease(db, req, allocate(db, net, req.id, req.ip), sn.prefix, { mode: 'veth', hostVeth: plan.hostVeth, pid: req.pid, netns });
+    });
+  } catch (e) {
+    await dropEarly();
+    throw e;
+  }
   log?.step('ipam');
-  if (rec.mode === 'shared') return resultOf(rec, gateway);
+  if (rec.mode === 'shared') {
+    await dropEarly();
+    return resultOf(rec, gateway);
+  }
+  const ip = rec.ip!;
 
   try {
-    const links = ipBatch(hostLines({ hostVeth: rec.hostVeth!, iface: req.iface, mtu: req.mtu, pid: req.pid, bridge: req.bridge }))
+    // The early attempt failed or did not run (no bridge yet, or it went meanwhile): now it is there.
+    const links = early
+      .then(async (made) => {
+        if (made) return;
+        await deleteLink(plan.hostVeth);
+        await ipBatch(hostLines(plan));
+      })
       .then(() => log?.step('host'))
-      .then(() => ipBatchIn(pidNetnsPath(req.pid), containerLines(req.iface, rec.ip!, sn.prefix, gateway)))
+      .then(() => ipBatchIn(pidNetnsPath(req.pid), containerLines(req.iface, ip, sn.prefix, gateway)))
       .then(() => log?.step('container'));
     // Firewall rules do not depend on the links: apply them while the links are made.
     const fw = req.ports.length ? restore(publishScript(req.id, rec.ip!, req.subnet, req.ports)) : Promise.resolve(true);
