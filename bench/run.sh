@@ -1,5 +1,5 @@
 #!/bin/sh
-# make bench: runs bench/bench.mjs inside a throwaway namespace so that it can
+# make bench: runs bench/bench.mjs (then bench/ipvs-bench.mjs) inside a throwaway namespace so that it can
 # never touch the machine's own network. --pid (with its own /proc) makes every
 # stand-in container die with the run even if the script is killed midway.
 set -eu

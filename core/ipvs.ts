@@ -255,7 +255,11 @@ export async function ipvsRestore(t: Target, text: string, stateDir: string): Pr
     const before = await countRules(t);
     if (before > 0) throw new OcinetError('ECONFLICT', `restore refused: the sandbox already has ${before} rules (clear them first)`);
     const r = await runIn(t, 'ipvsadm', ['--restore'], parsed.text, 600_000);
-    if (r.code !== 0) throw failed('ipvsadm --restore', r);
+    if (r.code !== 0) {
+      // The table was empty: emptying it again undoes the rules that got in before the failing one.
+      await runIn(t, 'ipvsadm', ['-C']).catch(() => undefined);
+      throw failed('ipvsadm --restore', r);
+    }
     await recordCount(t, stateDir, await countRules(t));
   });
 }

@@ -6,7 +6,7 @@
  * idempotent: it removes what exists and forgets the record last.
  */
 import { gatewayOf, intToIp, parseSubnet } from './cidr.js';
-import { OcinetError } from './errors.js';
+import { errorLine, isOcinetError, OcinetError } from './errors.js';
 import { run } from './exec.js';
 import { allocate } from './ipam.js';
 import { purge, restore } from './iptables.js';
@@ -137,6 +137,10 @@ async function ensureNetwork(db: Db, o: NetworkOptions, gateway: string): Promis
   return net;
 }
 
+function ipvsAnnotationError(e: unknown): never {
+  throw new OcinetError(isOcinetError(e) ? e.code : 'EEXEC', `annotation io.ocinet.ipvs: ${errorLine(e)}`);
+}
+
 function assertNew(db: Db, id: string): void {
   if (db.containers[id]) throw new OcinetError('ECONFLICT', `container ${id} already has a network from ocinet (run teardown first)`);
 }
@@ -235,7 +239,7 @@ export async function setupContainer(req: SetupRequest, log?: OpLog): Promise<Se
     if (t) {
       for (const i of req.interfaces ?? []) await addIface(t, i, { stateDir: req.stateDir, reserved: reservedLink(req.stateDir) });
       if (req.routes?.length) await addRoutes(t, req.routes, req.stateDir);
-      if (req.ipvs) await ipvsRestore(t, req.ipvs, req.stateDir);
+      if (req.ipvs) await ipvsRestore(t, req.ipvs, req.stateDir).catch(ipvsAnnotationError);
       log?.step('extra');
     }
     // Stale UDP conntrack entries would keep sending a published port's traffic elsewhere.
@@ -288,7 +292,7 @@ async function setupVm(req: SetupRequest, log?: OpLog): Promise<SetupResult> {
     if (t) {
       for (const i of req.interfaces ?? []) await addIface(t, i, { stateDir: req.stateDir, reserved: reservedLink(req.stateDir) });
       if (req.routes?.length) await addRoutes(t, req.routes, req.stateDir);
-      if (req.ipvs) await ipvsRestore(t, req.ipvs, req.stateDir);
+      if (req.ipvs) await ipvsRestore(t, req.ipvs, req.stateDir).catch(ipvsAnnotationError);
     }
   } catch (e) {
     await teardownContainer(req.id, req).catch(() => undefined);

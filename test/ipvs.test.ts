@@ -369,6 +369,7 @@ t.test('the hook: io.ocinet.ipvs restores rules once the network is up', async (
   t.equal(down.exitCode, 0, down.stderr);
   t.notOk((await guestLinks(G)).some((l) => l.ifname === 'eth0'), 'NIC unplugged from the guest');
   t.equal(await snapshot(stateDir), before, 'TAP, rules and lease gone');
+  t.equal(await guestRules(), 0, 'the IPVS rules it restored are gone from the guest');
   await inGuest('/usr/sbin/ipvsadm', ['-C']);
 });
 
