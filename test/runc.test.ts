@@ -4,17 +4,21 @@
 import t from 'tap';
 import { isolate } from './lib/isolate.js';
 isolate(new URL(import.meta.url).pathname);
-import { spawn } from 'node:child_process';
 import { join } from 'node:path';
-import { cleanup, cli, HOOK, inNs, sandbox, sh, sleep, snapshot, tempDir } from './lib/env.js';
+import { execFileSync, spawn } from 'node:child_process';
+import { cleanup, cli, inNs, ROOT, sandbox, sh, sleep, snapshot, tempDir } from './lib/env.js';
 import { Runc } from './lib/runc.js';
 
 const work = tempDir('runc');
 const stateDir = join(work, 'state');
 const runcRoot = join(work, 'runc');
-const HOOK_ARGS = [HOOK, '--state-dir', stateDir, '--subnet', '10.213.0.0/24'];
+// The real entry point: the hook as `make install` puts it (a symlink into PREFIX/lib/ocinet).
+const prefix = join(work, 'prefix');
+execFileSync('make', ['-s', '-C', ROOT, 'install', `PREFIX=${prefix}`], { stdio: 'ignore' });
+const INSTALLED_HOOK = join(prefix, 'bin/ocinet-hook');
+const HOOK_ARGS = [INSTALLED_HOOK, '--state-dir', stateDir, '--subnet', '10.213.0.0/24'];
 
-const rc = new Runc(work, runcRoot, HOOK_ARGS.slice(1));
+const rc = new Runc(work, runcRoot, HOOK_ARGS.slice(1), INSTALLED_HOOK);
 const bundle = (name: string, env: Record<string, string> = {}, edit?: string) => rc.bundle(name, env, edit);
 const runc = (args: string[], reject = true) => rc.run(args, reject);
 const exec = (id: string, args: string[]) => rc.exec(id, args);

@@ -10,12 +10,14 @@ export class Runc {
     readonly work: string,
     readonly root: string,
     readonly hookArgs: string[],
+    /** The hook binary the bundles run: the built one, or one installed by `make install`. */
+    readonly hook: string = HOOK,
   ) {}
 
-  /** A bundle whose prestart/poststop hooks run the built hook with `"env": []`. */
+  /** A bundle whose prestart/poststop hooks run the hook with `"env": []`. */
   async bundle(name: string, env: Record<string, string> = {}, edit?: string): Promise<string> {
     const dir = join(this.work, name);
-    await execa(join(ROOT, 'examples/make-bundle.sh'), [dir, HOOK, ...this.hookArgs], { env });
+    await execa(join(ROOT, 'examples/make-bundle.sh'), [dir, this.hook, ...this.hookArgs], { env });
     if (edit) {
       const r = await execa('jq', [edit, join(dir, 'config.json')]);
       writeFileSync(join(dir, 'config.json'), String(r.stdout));
