@@ -7,16 +7,16 @@
 import t from 'tap';
 import { isolate } from './lib/isolate.js';
 isolate(new URL(import.meta.url).pathname);
-import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { QgaClient } from '../core/qga.js';
 import { guestLinks } from '../core/vm.js';
-import { cleanup, cli, hook, ROOT, sandbox, sh, snapshot, state, tempDir, type HookRun } from './lib/env.js';
+import { bootGuest } from './lib/guest.js';
+import { cli, hook, sandbox, sh, snapshot, state, tempDir, type HookRun } from './lib/env.js';
 
 const DIR = tempDir('ipvs');
+const guest = bootGuest(DIR, t);
+const G = guest.sockets;
+const qemuPid = guest.qemuPid;
 const stateDir = join(DIR, 'state');
-const G = { qmp: join(DIR, 'guest/qmp.sock'), qga: join(DIR, 'guest/qga.sock') };
 const VM = ['--qmp', G.qmp, '--qga', G.qga, '--state-dir', stateDir];
 const HOOK_ARGS = ['--state-dir', stateDir, '--subnet', '10.213.0.0/24'];
 const BRIDGE = 'ocipvs0';
@@ -27,26 +27,7 @@ const DOC_FILE = `-A -t 10.10.11.12:100 -s rr -p 3000
 -a -t 10.10.11.12:100 -r 172.16.0.1:82 -m
 `;
 
-const boot = spawnSync('bash', [join(ROOT, 'build/guest/boot-guest.sh'), join(DIR, 'guest')], { stdio: ['ignore', 'ignore', 'pipe'], timeout: 120_000 });
-const qemuPid = (): number => Number(readFileSync(join(DIR, 'guest/qemu.pid'), 'utf8').trim());
-t.teardown(() => {
-  try {
-    process.kill(qemuPid(), 'SIGKILL');
-  } catch {
-    /* gone */
-  }
-  cleanup(DIR);
-});
-
-/** Run a program in the guest through its agent (test plumbing, not product code). */
-async function inGuest(path: string, args: string[], timeoutMs = 20_000): Promise<{ exitcode: number; stdout: string; stderr: string }> {
-  const q = await QgaClient.connect(G.qga);
-  try {
-    return await q.exec(path, args, { timeoutMs });
-  } finally {
-    q.close();
-  }
-}
+const inGuest = guest.exec;
 
 /** Services + real servers in the guest's table: /proc/net/ip_vs has 3 header lines. */
 async function guestRules(): Promise<number> {
@@ -90,7 +71,7 @@ function bigFile(services = SERVICES): string {
 }
 
 t.test('the guest boots and gets a NIC on 172.16.0.0/15', async (t) => {
-  t.equal(boot.status, 0, String(boot.stderr));
+  t.equal(guest.boot.status, 0, guest.boot.stderr);
   await sh('ip', ['link', 'add', BRIDGE, 'type', 'bridge']);
   await sh('ip', ['addr', 'add', '172.16.0.1/15', 'dev', BRIDGE]);
   await sh('ip', ['link', 'set', BRIDGE, 'up']);

@@ -5,42 +5,24 @@
 import t from 'tap';
 import { isolate } from './lib/isolate.js';
 isolate(new URL(import.meta.url).pathname);
-import { execFileSync, spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
-import { QgaClient } from '../core/qga.js';
 import { guestLinks, guestRoutes } from '../core/vm.js';
-import { cleanup, cli, hook, ROOT, sh, snapshot, state, tempDir } from './lib/env.js';
+import { bootGuest } from './lib/guest.js';
+import { cli, hook, sh, snapshot, state, tempDir } from './lib/env.js';
 
 const DIR = tempDir('vmsb');
+const guest = bootGuest(DIR, t);
+const G = guest.sockets;
+const qemuPid = guest.qemuPid;
 const stateDir = join(DIR, 'state');
-const G = { qmp: join(DIR, 'guest/qmp.sock'), qga: join(DIR, 'guest/qga.sock') };
 const VM = ['--qmp', G.qmp, '--qga', G.qga, '--state-dir', stateDir];
 const HOOK_ARGS = ['--state-dir', stateDir, '--subnet', '10.213.0.0/24'];
 
-const boot = spawnSync('bash', [join(ROOT, 'build/guest/boot-guest.sh'), join(DIR, 'guest')], { stdio: ['ignore', 'ignore', 'pipe'], timeout: 120_000 });
-const qemuPid = (): number => Number(readFileSync(join(DIR, 'guest/qemu.pid'), 'utf8').trim());
-t.teardown(() => {
-  try {
-    process.kill(qemuPid(), 'SIGKILL');
-  } catch {
-    /* gone */
-  }
-  cleanup(DIR);
-});
-
-/** Run a program in the guest through its agent (test plumbing, not product code). */
-async function inGuest(path: string, args: string[]): Promise<{ exitcode: number; stdout: string }> {
-  const q = await QgaClient.connect(G.qga);
-  try {
-    return await q.exec(path, args, { timeoutMs: 20_000 });
-  } finally {
-    q.close();
-  }
-}
+const inGuest = guest.exec;
 
 t.test('the guest boots', async (t) => {
-  t.equal(boot.status, 0, String(boot.stderr));
+  t.equal(guest.boot.status, 0, guest.boot.stderr);
 });
 
 t.test('ocinet network on a VM sandbox (--qmp/--qga)', async (t) => {
