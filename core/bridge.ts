@@ -26,20 +26,25 @@ export function linkExists(name: string): boolean {
   return linkNames().has(name);
 }
 
-interface LinkInfo {
-  kind: string;
-  alias: string;
+/** One link as `ip -j -d link show` describes it (the fields ocinet reads). */
+export interface LinkDetails {
+  ifname: string;
+  address?: string;
+  mtu: number;
+  master?: string;
+  ifalias?: string;
+  linkinfo?: { info_kind?: string; info_data?: { type?: string; multi_queue?: boolean } };
 }
 
-async function linkInfo(name: string): Promise<LinkInfo | null> {
+/** The link's details, or undefined when there is no such link. */
+export async function linkDetails(name: string): Promise<LinkDetails | undefined> {
   const r = await run('ip', ['-j', '-d', 'link', 'show', 'dev', name], { allowFail: true });
-  if (r.code !== 0) return null;
-  const l = (JSON.parse(r.stdout) as { ifalias?: string; linkinfo?: { info_kind?: string } }[])[0];
-  return { kind: l?.linkinfo?.info_kind ?? '', alias: l?.ifalias ?? '' };
+  if (r.code !== 0) return undefined;
+  return (JSON.parse(r.stdout || '[]') as LinkDetails[])[0];
 }
 
 export async function createdByOcinet(name: string): Promise<boolean> {
-  return (await linkInfo(name))?.alias === BRIDGE_ALIAS;
+  return (await linkDetails(name))?.ifalias === BRIDGE_ALIAS;
 }
 
 /** The kernel's connected route for the subnet on the bridge: a file read, no exec. */
@@ -73,9 +78,9 @@ async function ipv4Addresses(dev: string): Promise<string[]> {
 export async function ensureBridge(bridge: string, subnet: string, gateway: string, mtu: number): Promise<boolean> {
   const { prefix } = parseSubnet(subnet);
   const want = `${gateway}/${prefix}`;
-  const info = await linkInfo(bridge);
+  const info = await linkDetails(bridge);
   if (info) {
-    if (info.kind !== 'bridge') throw new OcinetError('ECONFLICT', `${bridge} exists and is not a bridge`);
+    if (info.linkinfo?.info_kind !== 'bridge') throw new OcinetError('ECONFLICT', `${bridge} exists and is not a bridge`);
     const addrs = await ipv4Addresses(bridge);
     if (addrs.length && !addrs.includes(want)) {
       throw new OcinetError('ECONFLICT', `bridge ${bridge} exists with address ${addrs.join(', ')}, not ${want}; pick another --bridge or --subnet`);
@@ -94,6 +99,10 @@ export async function ensureBridge(bridge: string, subnet: string, gateway: stri
   return true;
 }
 
+/** Delete link `name` if it is there (a veth takes its peer along; a TAP goes even while QEMU holds it). */
 export async function deleteLink(name: string): Promise<void> {
-  if (linkExists(name)) await ipBatch([`link del ${name}`], true);
+  if (!linkExists(name)) return;
+  const r = await ipBatch([`link del ${name}`], true);
+  // Lost a race with someone else deleting it: fine. Still there: say why.
+  if (r.code !== 0 && linkExists(name)) throw new OcinetError('EEXEC', `ip link del ${name}: ${r.stderr.trim() || `exit ${r.code}`}`);
 }

@@ -24,10 +24,14 @@ export function tapName(containerId: string): string {
   return 'oct' + shortHash(containerId, 10);
 }
 
-/** A stable, locally administered unicast MAC for a VM sandbox's NIC. */
+/** A stable, locally administered unicast MAC derived from `seed`. */
+function localMac(seed: string): string {
+  return ['02', ...shortHash(seed, 10).match(/../g)!].join(':');
+}
+
+/** A VM sandbox's NIC MAC, stable for its id. */
 export function vmMac(containerId: string): string {
-  const h = shortHash('vm:' + containerId, 10);
-  return ['02', ...h.match(/../g)!].join(':');
+  return localMac('vm:' + containerId);
 }
 
 /** Per-container DNAT chain (iptables chain names are at most 28 chars). */
@@ -37,8 +41,7 @@ export function dnatChain(containerId: string): string {
 
 /** A stable, locally administered MAC for a bridge, so it does not change as ports join. */
 export function bridgeMac(bridge: string): string {
-  const h = shortHash('bridge:' + bridge, 10);
-  return ['02', ...h.match(/../g)!].join(':');
+  return localMac('bridge:' + bridge);
 }
 
 const IFNAME = /^[A-Za-z][A-Za-z0-9_.-]{0,14}$/;

@@ -4,9 +4,8 @@
  * than one queue pair. Kata's documents expect the TAP to exist already; such a
  * TAP is reused, and only a TAP ocinet created is ever deleted.
  */
-import { linkExists } from './bridge.js';
+import { deleteLink, linkDetails, linkExists } from './bridge.js';
 import { OcinetError } from './errors.js';
-import { run } from './exec.js';
 import { ipBatch } from './netns.js';
 
 export interface TapOptions {
@@ -25,19 +24,6 @@ export interface TapResult {
   attached?: boolean;
 }
 
-interface TapLink {
-  ifname: string;
-  mtu: number;
-  master?: string;
-  linkinfo?: { info_kind?: string; info_data?: { type?: string; multi_queue?: boolean } };
-}
-
-async function tapInfo(name: string): Promise<TapLink | undefined> {
-  const r = await run('ip', ['-j', '-d', 'link', 'show', 'dev', name], { allowFail: true });
-  if (r.code !== 0) return undefined;
-  return (JSON.parse(r.stdout || '[]') as TapLink[])[0];
-}
-
 /**
  * Create TAP `name` (mode tap, multi_queue when queues > 1), set its MTU,
  * attach it to the bridge and bring it up; or reuse an existing TAP with the
@@ -47,7 +33,7 @@ export async function ensureTap(name: string, o: TapOptions): Promise<TapResult>
   const multi = o.queues > 1;
   if (o.bridge && !linkExists(o.bridge)) throw new OcinetError('ENOTFOUND', `bridge '${o.bridge}' does not exist`);
   if (linkExists(name)) {
-    const l = await tapInfo(name);
+    const l = await linkDetails(name);
     const kind = l?.linkinfo?.info_kind;
     const type = l?.linkinfo?.info_data?.type;
     if (!l || kind !== 'tun' || type !== 'tap') {
@@ -77,18 +63,10 @@ export async function ensureTap(name: string, o: TapOptions): Promise<TapResult>
   try {
     await ipBatch([`link set ${name} mtu ${o.mtu}${o.bridge ? ` master ${o.bridge}` : ''} up`]);
   } catch (e) {
-    await deleteTap(name).catch(() => undefined);
+    await deleteLink(name).catch(() => undefined);
     throw e;
   }
   return { created: true };
-}
-
-/** Delete TAP `name` if it is there (a TAP QEMU still holds goes too). */
-export async function deleteTap(name: string): Promise<void> {
-  if (!linkExists(name)) return;
-  const r = await run('ip', ['link', 'del', 'dev', name], { allowFail: true });
-  // Lost a race with someone else deleting it: fine.
-  if (r.code !== 0 && linkExists(name)) throw new OcinetError('EEXEC', `ip link del ${name}: ${r.stderr.trim()}`);
 }
 
 /** Undo what ensureTap did to a TAP it reused: MTU back, off the bridge it attached. */

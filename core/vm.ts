@@ -14,12 +14,12 @@
  * device `nic-NAME`, chardev `char-NAME` (kata names are valid QEMU ids).
  */
 import { existsSync, statSync } from 'node:fs';
-import { linkExists } from './bridge.js';
+import { deleteLink, linkExists } from './bridge.js';
 import { OcinetError } from './errors.js';
 import type { AddedIface, IfaceInput } from './kata-network.js';
 import { QgaClient, type GuestNetworkInterface } from './qga.js';
 import { QmpClient, QmpCommandError, type JsonObject } from './qmp.js';
-import { deleteTap, ensureTap, restoreTap, type TapResult } from './tap.js';
+import { ensureTap, restoreTap, type TapResult } from './tap.js';
 
 export interface VmSockets {
   qmp: string;
@@ -215,7 +215,7 @@ async function rollback(qmp: QmpClient, a: VmAddedIface, done: Done): Promise<st
   if (done.chardev) await step(`chardev-remove ${ids.chardev}`, () => qmpIgnoreMissing(qmp, 'chardev-remove', { id: ids.chardev }));
   if (done.tap) {
     const tap = done.tap;
-    await step(`TAP ${a.device}`, () => (tap.created ? deleteTap(a.device) : restoreTap(a.device, tap)));
+    await step(`TAP ${a.device}`, () => (tap.created ? deleteLink(a.device) : restoreTap(a.device, tap)));
   }
   return left;
 }
@@ -331,7 +331,7 @@ export async function vmAddIface(vm: VmSockets, input: IfaceInput, o: VmAddOptio
 
 async function removeHostSide(a: AddedIface & { createdTap?: boolean; tapAttached?: boolean }): Promise<void> {
   if (a.linkType === 'vhost-user') return;
-  if (a.createdTap) await deleteTap(a.device);
+  if (a.createdTap) await deleteLink(a.device);
   else await restoreTap(a.device, { created: false, ...(a.origMtu !== undefined && { origMtu: a.origMtu }), ...(a.tapAttached && { attached: true }) });
 }
 

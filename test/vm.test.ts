@@ -14,7 +14,8 @@ import { isOcinetError } from '../core/errors.js';
 import type { IfaceInput } from '../core/kata-network.js';
 import { QgaClient } from '../core/qga.js';
 import { QmpClient } from '../core/qmp.js';
-import { deleteTap, ensureTap } from '../core/tap.js';
+import { ensureTap } from '../core/tap.js';
+import { deleteLink } from '../core/bridge.js';
 import { guestIpBatch, guestLinks, guestRoutes, vmAddIface, vmAlive, vmDelIface, type VmSockets } from '../core/vm.js';
 import { ROOT, sleep, tempDir } from './lib/env.js';
 
@@ -333,7 +334,7 @@ t.test('failures: clear errors, nothing left on the host', async (t) => {
     const gone = { qmp: join(DIR, 'killed/qmp.sock'), qga: join(DIR, 'killed/qga.sock') };
     await ensureTap('tap-g1', { queues: 0, mtu: 1500, bridge: BRIDGE });
     await ensureTap('tap-g2', { queues: 0, mtu: 1500 });
-    t.teardown(() => deleteTap('tap-g2'));
+    t.teardown(() => deleteLink('tap-g2'));
     const base = { name: 'eth-g', hwAddr: '02:42:20:6f:a3:90', mtu: 1500, kind: 'tap' as const, queues: 0, linkType: 'tap' };
     await vmDelIface(gone, { ...base, device: 'tap-g1', createdTap: true }, {});
     t.notOk(hostHas('tap-g1'), 'created TAP removed');
