@@ -12,7 +12,7 @@ import type { NetworkOptions } from './sandbox.js';
 import { DEFAULT_STATE_DIR, type PortMapping } from './store.js';
 import { parseIfaces, parseRoutes, type IfaceInput, type RouteSpec } from './kata-network.js';
 import { parseJson } from './validate.js';
-import { parseRestore } from './ipvs.js';
+import { parseRestore, type RestoreSet } from './ipvs.js';
 
 export const DEFAULTS = {
   bridge: 'ocinet0',
@@ -56,8 +56,8 @@ export interface HookConfig extends NetworkOptions {
   routes: RouteSpec[];
   mode: 'veth' | 'tap';
   vm?: { qmp?: string; qga?: string };
-  /** IPVS rules in ipvsadm restore format, validated. */
-  ipvs?: string;
+  /** IPVS rules from io.ocinet.ipvs, validated. */
+  ipvs?: RestoreSet;
 }
 
 function jsonAnnotation(annotations: Record<string, string>, key: string): unknown {
@@ -122,8 +122,7 @@ export function resolveConfig(flags: HookFlags, annotations: Record<string, stri
   if (vm.qmp || vm.qga) cfg.vm = vm;
   const ipvs = annotations[ANNOTATIONS.ipvs];
   if (ipvs !== undefined) {
-    parseRestore(ipvs, `annotation ${ANNOTATIONS.ipvs}`);
-    cfg.ipvs = ipvs;
+    cfg.ipvs = parseRestore(ipvs, `annotation ${ANNOTATIONS.ipvs}`);
   }
   if (ip !== undefined) cfg.ip = ip;
   return cfg;

@@ -149,8 +149,15 @@ export function parseParameters(text: string): IpvsRule {
   return parseRule(tokens(text));
 }
 
-/** A restore file: only -A/-a lines, each validated; returns the normalised text and warnings. */
-export function parseRestore(text: string, where = 'restore input'): { rules: IpvsRule[]; text: string; warnings: string[] } {
+/** A validated restore file: its rules, the normalised text for ipvsadm, and warnings. */
+export interface RestoreSet {
+  rules: IpvsRule[];
+  text: string;
+  warnings: string[];
+}
+
+/** A restore file: only -A/-a lines, each validated. */
+export function parseRestore(text: string, where = 'restore input'): RestoreSet {
   const rules: IpvsRule[] = [];
   text.split('\n').forEach((line, n) => {
     if (line.trim() === '' || line.trim().startsWith('#')) return;
@@ -236,21 +243,21 @@ async function recordCount(t: Target, stateDir: string, n: number): Promise<void
 /** One ipvsadm command. Returns ipvsadm's output (the listing for -L). */
 export async function ipvsadm(t: Target, rule: IpvsRule, stateDir: string): Promise<string> {
   return withLock(stateDir, async () => {
-    const adds = rule.command === 'add-service' || rule.command === 'add-server';
-    const mutates = rule.command !== 'list';
     // The kernel's count, not only ours: it cannot drift from what is really there.
-    const before = adds || mutates ? await countRules(t) : 0;
-    if (adds && before >= MAX_RULES) throw new OcinetError('ECONFLICT', `rule limit ${MAX_RULES} reached: the sandbox has ${before} rules`);
+    if (rule.command === 'add-service' || rule.command === 'add-server') {
+      const before = await countRules(t);
+      if (before >= MAX_RULES) throw new OcinetError('ECONFLICT', `rule limit ${MAX_RULES} reached: the sandbox has ${before} rules`);
+    }
     const r = await runIn(t, 'ipvsadm', rule.argv);
     if (r.code !== 0) throw failed('ipvsadm', r);
-    if (mutates && rule.command !== 'set') await recordCount(t, stateDir, await countRules(t));
+    // list and --set leave the table as it is; the rest change what it holds.
+    if (rule.command !== 'list' && rule.command !== 'set') await recordCount(t, stateDir, await countRules(t));
     return r.stdout;
   });
 }
 
 /** Batch restore: only into an empty table, within the limit, in one exec. */
-export async function ipvsRestore(t: Target, text: string, stateDir: string): Promise<void> {
-  const parsed = parseRestore(text);
+export async function ipvsRestore(t: Target, parsed: RestoreSet, stateDir: string): Promise<void> {
   await withLock(stateDir, async () => {
     const before = await countRules(t);
     if (before > 0) throw new OcinetError('ECONFLICT', `restore refused: the sandbox already has ${before} rules (clear them first)`);

@@ -44,10 +44,9 @@ export async function ipvsCommand(argv: string[]): Promise<number> {
       }
       if (flags.restore !== undefined) {
         if (flags.restore !== '-') throw new OcinetError('EINPUT', `--restore takes '-' (rules on stdin), got '${flags.restore}'`);
-        const text = readFileSync(0, 'utf8');
-        const { warnings } = parseRestore(text); // validate before finding the sandbox
-        for (const w of warnings) process.stderr.write(`ocinet ipvs: warning: ${w}\n`);
-        await ipvsRestore(await targetFrom(flags, id), text, stateDir);
+        const rules = parseRestore(readFileSync(0, 'utf8')); // validate before finding the sandbox
+        for (const w of rules.warnings) process.stderr.write(`ocinet ipvs: warning: ${w}\n`);
+        await ipvsRestore(await targetFrom(flags, id), rules, stateDir);
         return 0;
       }
       const rule = parseParameters(flags.parameters!);
