@@ -23,6 +23,7 @@ function tryBind(name: string): Promise<Server | null> {
   });
 }
 
+/** The lock's name; creates the state directory, which every locked step writes into. */
 export function lockName(stateDir: string): string {
   mkdirSync(stateDir, { recursive: true, mode: 0o700 });
   return '\0ocinet-lock:' + realpathSync(stateDir);

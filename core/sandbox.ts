@@ -17,15 +17,14 @@ import { containerNetns, ipBatch, ipBatchIn, netnsId, pidNetnsPath } from './net
 import type { OpLog } from './log.js';
 import { checkPortConflicts, publishScript, unpublishScript } from './portmap.js';
 import { bridgeHasSubnetRoute, createdByOcinet, deleteLink, ensureBridge, linkExists } from './bridge.js';
-import { ensureStateDir, loadDb, saveDb, type ContainerRecord, type Db, type PortMapping } from './store.js';
+import { loadDb, saveDb, type ContainerRecord, type Db, type NetworkRecord, type PortMapping } from './store.js';
 import { enableForwarding } from './sysctl.js';
-import { ipvsadm, ipvsRestore, parseParameters } from './ipvs.js';
+import { ipvsadm, ipvsRestore, parseParameters, type RestoreSet } from './ipvs.js';
 import { addIface, addRoutes, loadRecord, releaseSandbox, targetKey, vmTarget, type AddedIface, type IfaceInput, type RouteSpec, type Target } from './kata-network.js';
 import { guestIpBatch, vmDelIface, vmAddIface, type VmSockets } from './vm.js';
-import { deleteTap } from './tap.js';
 import { defaultRoute } from './route.js';
 import { existsSync } from 'node:fs';
-import { containerLines, hostLines } from './veth.js';
+import { containerLines, hostLines, type VethPlan } from './veth.js';
 
 export interface NetworkOptions {
   stateDir: string;
@@ -56,7 +55,7 @@ export interface SetupRequest extends NetworkOptions {
   mode?: 'veth' | 'tap';
   vm?: { qmp?: string; qga?: string };
   /** IPVS rules to restore once the network is up (io.ocinet.ipvs). */
-  ipvs?: string;
+  ipvs?: RestoreSet;
 }
 
 /**
@@ -108,41 +107,82 @@ function resultOf(r: ContainerRecord, gateway: string): SetupResult {
   return out;
 }
 
-/** Under the lock: make sure the bridge and its rules exist; returns the network record. */
-async function ensureNetwork(db: Db, o: NetworkOptions, gateway: string): Promise<Db['networks'][string]> {
+/** Under the lock: the network's record, known or new (nothing touched yet). */
+function networkRecord(db: Db, o: NetworkOptions, gateway: string): NetworkRecord {
   const known = db.networks[o.bridge];
   if (known && known.subnet !== o.subnet) {
     throw new OcinetError('ECONFLICT', `bridge ${o.bridge} is in use by ocinet with subnet ${known.subnet}, not ${o.subnet}`);
   }
+  return known ?? { bridge: o.bridge, subnet: o.subnet, gateway, createdBridge: false };
+}
+
+/**
+ * Under the lock, once the address is chosen: make sure the bridge and its
+ * rules exist, and record the network. What this call made is undone if it fails.
+ */
+async function ensureNetwork(db: Db, net: NetworkRecord, o: NetworkOptions): Promise<void> {
+  const known = db.networks[o.bridge] === net;
   if (known && linkExists(o.bridge) && bridgeHasSubnetRoute(o.bridge, o.subnet)) {
     enableForwarding(o.bridge);
-    return known;
+    return;
   }
-  const created = await ensureBridge(o.bridge, o.subnet, gateway, o.mtu);
+  const created = await ensureBridge(o.bridge, o.subnet, net.gateway, o.mtu);
   try {
     enableForwarding(o.bridge);
     await installNetworkRules(o.bridge, o.subnet);
   } catch (e) {
+    // iptables-restore commits table by table: take back whatever got in.
+    const others = Object.keys(db.networks).some((b) => b !== o.bridge);
+    await removeNetworkRules(o.bridge, !others).catch(() => undefined);
     if (created) await deleteLink(o.bridge);
     throw e;
   }
-  const net = {
-    bridge: o.bridge,
-    subnet: o.subnet,
-    gateway,
-    createdBridge: Boolean(known?.createdBridge) || created || (await createdByOcinet(o.bridge)),
-    ...(known?.lastIp ? { lastIp: known.lastIp } : {}),
-  };
+  net.createdBridge = net.createdBridge || created || (await createdByOcinet(o.bridge));
   db.networks[o.bridge] = net;
-  return net;
 }
 
-function ipvsAnnotationError(e: unknown): never {
-  throw new OcinetError(isOcinetError(e) ? e.code : 'EEXEC', `annotation io.ocinet.ipvs: ${errorLine(e)}`);
+/** Under the lock: conflicts, address, bridge and rules, and the record holding them. */
+async function claim(
+  db: Db, req: SetupRequest, prefix: number, gateway: string, kind: Pick<ContainerRecord, 'mode' | 'hostVeth' | 'pid' | 'netns' | 'vm'>,
+): Promise<ContainerRecord> {
+  checkPortConflicts(req.ports, db, req.id);
+  const net = networkRecord(db, req, gateway);
+  const ip = allocate(db, net, req.id, req.ip); // before the bridge: a refused address changes nothing
+  await ensureNetwork(db, net, req);
+  return recordLease(db, req, ip, prefix, kind);
+}
+
+/** The annotations' extra interfaces, routes and IPVS rules, once the main NIC is up (both modes). */
+async function addExtras(rec: ContainerRecord, req: SetupRequest): Promise<void> {
+  const t = targetOf(rec);
+  if (!t) return;
+  for (const i of req.interfaces ?? []) await addIface(t, i, { stateDir: req.stateDir, reserved: reservedLink(req.stateDir) });
+  if (req.routes?.length) await addRoutes(t, req.routes, req.stateDir);
+  if (req.ipvs) {
+    await ipvsRestore(t, req.ipvs, req.stateDir).catch((e: unknown) => {
+      throw new OcinetError(isOcinetError(e) ? e.code : 'EEXEC', `annotation io.ocinet.ipvs: ${errorLine(e)}`);
+    });
+  }
 }
 
 function assertNew(db: Db, id: string): void {
   if (db.containers[id]) throw new OcinetError('ECONFLICT', `container ${id} already has a network from ocinet (run teardown first)`);
+}
+
+/**
+ * The early attempt at the host side of the veth: true when it made the pair.
+ * When a later line failed (the bridge went meanwhile), the pair it did make is
+ * removed at once; when the first failed, nothing was made, and a link of that
+ * name, if any, belongs to someone else (a record with this id): left alone.
+ */
+async function makeVeth(plan: VethPlan): Promise<boolean> {
+  try {
+    await ipBatch(hostLines(plan));
+    return true;
+  } catch (e) {
+    if (/Command failed -:([2-9]|\d\d)$/.test(errorLine(e))) await deleteLink(plan.hostVeth).catch(() => undefined);
+    return false;
+  }
 }
 
 /** Write the record that holds a new container's lease and ports (under the lock). */
@@ -167,14 +207,13 @@ export async function setupContainer(req: SetupRequest, log?: OpLog): Promise<Se
   const netns = containerNetns(req.pid);
   const sn = parseSubnet(req.subnet);
   const gateway = intToIp(gatewayOf(sn));
-  ensureStateDir(req.stateDir);
   log?.step('check');
 
   const plan = { hostVeth: hostVethName(req.id), iface: req.iface, mtu: req.mtu, pid: req.pid, bridge: req.bridge };
   // The veth pair does not depend on the address: when the bridge is already
   // there, make it while the lock is taken and the address chosen. A veth made
   // here is removed again if the locked phase refuses the container.
-  const early = linkExists(req.bridge) ? ipBatch(hostLines(plan)).then(() => true, () => false) : Promise.resolve(false);
+  const early = linkExists(req.bridge) ? makeVeth(plan) : Promise.resolve(false);
   const dropEarly = async (): Promise<void> => {
     if (await early) await deleteLink(plan.hostVeth);
   };
@@ -205,9 +244,7 @@ export async function setupContainer(req: SetupRequest, log?: OpLog): Promise<Se
         saveDb(req.stateDir, db);
         return shared;
       }
-      checkPortConflicts(req.ports, db, req.id);
-      const net = await ensureNetwork(db, req, gateway);
-      return recordLease(db, req, allocate(db, net, req.id, req.ip), sn.prefix, { mode: 'veth', hostVeth: plan.hostVeth, pid: req.pid, netns });
+      return claim(db, req, sn.prefix, gateway, { mode: 'veth', hostVeth: plan.hostVeth, pid: req.pid, netns });
     });
   } catch (e) {
     await dropEarly();
@@ -224,9 +261,7 @@ export async function setupContainer(req: SetupRequest, log?: OpLog): Promise<Se
     // The early attempt failed or did not run (no bridge yet, or it went meanwhile): now it is there.
     const links = early
       .then(async (made) => {
-        if (made) return;
-        await deleteLink(plan.hostVeth);
-        await ipBatch(hostLines(plan));
+        if (!made) await ipBatch(hostLines(plan));
       })
       .then(() => log?.step('host'))
       .then(() => ipBatchIn(pidNetnsPath(req.pid), containerLines(req.iface, ip, sn.prefix, gateway)))
@@ -235,13 +270,8 @@ export async function setupContainer(req: SetupRequest, log?: OpLog): Promise<Se
     const fw = req.ports.length ? restore(publishScript(req.id, rec.ip!, req.subnet, req.ports)) : Promise.resolve(true);
     const done = await Promise.allSettled([links, fw]);
     for (const d of done) if (d.status === 'rejected') throw d.reason;
-    const t = targetOf(rec);
-    if (t) {
-      for (const i of req.interfaces ?? []) await addIface(t, i, { stateDir: req.stateDir, reserved: reservedLink(req.stateDir) });
-      if (req.routes?.length) await addRoutes(t, req.routes, req.stateDir);
-      if (req.ipvs) await ipvsRestore(t, req.ipvs, req.stateDir).catch(ipvsAnnotationError);
-      log?.step('extra');
-    }
+    await addExtras(rec, req);
+    log?.step('extra');
     // Stale UDP conntrack entries would keep sending a published port's traffic elsewhere.
     for (const p of req.ports.filter((p) => p.proto === 'udp')) {
       await run('conntrack', ['-D', '-p', 'udp', '--dport', String(p.hostPort)], { allowFail: true });
@@ -263,37 +293,22 @@ async function setupVm(req: SetupRequest, log?: OpLog): Promise<SetupResult> {
   const vm = vmSockets(req.id, req.vm);
   const sn = parseSubnet(req.subnet);
   const gateway = intToIp(gatewayOf(sn));
-  ensureStateDir(req.stateDir);
   log?.step('check');
   const rec = await withLock(req.stateDir, async () => {
     const db = loadDb(req.stateDir);
     assertNew(db, req.id);
-    checkPortConflicts(req.ports, db, req.id);
-    const net = await ensureNetwork(db, req, gateway);
-    const ip = allocate(db, net, req.id, req.ip);
-    return recordLease(db, req, ip, sn.prefix, { mode: 'tap', hostVeth: tapName(req.id), vm, ...(req.pid ? { pid: req.pid } : {}) });
+    return claim(db, req, sn.prefix, gateway, { mode: 'tap', hostVeth: tapName(req.id), vm, ...(req.pid ? { pid: req.pid } : {}) });
   });
   log?.step('ipam');
   try {
     const fw = req.ports.length ? restore(publishScript(req.id, rec.ip!, req.subnet, req.ports)) : Promise.resolve(true);
-    const nic = { device: rec.hostVeth!, name: req.iface, IPAddresses: [{ address: rec.ip!, mask: String(sn.prefix) }], hwAddr: vmMac(req.id), mtu: req.mtu, queues: 0 };
-    const added = await vmAddIface(vm, nic, { bridge: req.bridge });
-    await withLock(req.stateDir, () => {
-      const db = loadDb(req.stateDir);
-      const r = db.containers[req.id];
-      if (r) r.vmIface = added as unknown as Record<string, unknown>; // kept verbatim to unplug it later
-      saveDb(req.stateDir, db);
-    });
+    const nic = vmNicOf(rec);
+    await vmAddIface(vm, { ...nic, IPAddresses: [{ address: rec.ip!, mask: String(sn.prefix) }] }, { bridge: req.bridge });
     log?.step('hotplug');
     await guestIpBatch(vm, [defaultRoute(gateway, req.iface)]);
     log?.step('guest');
     await fw;
-    const t = targetOf(rec);
-    if (t) {
-      for (const i of req.interfaces ?? []) await addIface(t, i, { stateDir: req.stateDir, reserved: reservedLink(req.stateDir) });
-      if (req.routes?.length) await addRoutes(t, req.routes, req.stateDir);
-      if (req.ipvs) await ipvsRestore(t, req.ipvs, req.stateDir).catch(ipvsAnnotationError);
-    }
+    await addExtras(rec, req);
   } catch (e) {
     await teardownContainer(req.id, req).catch(() => undefined);
     throw e;
@@ -301,14 +316,21 @@ async function setupVm(req: SetupRequest, log?: OpLog): Promise<SetupResult> {
   return resultOf(rec, gateway);
 }
 
-/** Unplug a VM sandbox's NIC (when QEMU is still there) and remove the TAP ocinet made. */
+/**
+ * A TAP-mode sandbox's NIC, from its record: QEMU's ids follow from the name,
+ * the TAP's name (oct + hash of the id) is ocinet's, so it is ours to delete.
+ */
+function vmNicOf(r: ContainerRecord): AddedIface & { createdTap: boolean } {
+  return { device: r.hostVeth!, name: r.iface!, hwAddr: vmMac(r.id), mtu: r.mtu!, kind: 'tap', queues: 0, linkType: 'tap', createdTap: true };
+}
+
+/** Unplug a VM sandbox's NIC (when QEMU is still there) and remove its TAP. */
 async function unplugVm(rec: ContainerRecord): Promise<void> {
-  const added = rec.vmIface as unknown as (AddedIface & { createdTap?: boolean }) | undefined;
   try {
-    if (added && rec.vm) await vmDelIface(rec.vm, added);
+    if (rec.vm) await vmDelIface(rec.vm, vmNicOf(rec));
   } finally {
-    // Even when the guest does not let go, the host side goes: the TAP is ours.
-    if (rec.hostVeth && (!added || added.createdTap !== false)) await deleteTap(rec.hostVeth);
+    // Even when the guest does not let go, the host side goes.
+    if (rec.hostVeth) await deleteLink(rec.hostVeth);
   }
 }
 
@@ -330,7 +352,6 @@ async function unpublish(r: ContainerRecord): Promise<void> {
 }
 
 export async function teardownContainer(id: string, o: Omit<NetworkOptions, 'iface' | 'mtu' | 'subnet'>, log?: OpLog): Promise<TeardownResult> {
-  ensureStateDir(o.stateDir);
   const { rec, heir } = await withLock(o.stateDir, () => {
     const db = loadDb(o.stateDir);
     const rec = db.containers[id];
@@ -348,13 +369,18 @@ export async function teardownContainer(id: string, o: Omit<NetworkOptions, 'ifa
   });
   log?.step('lookup');
   if (heir) return { id, removed: true, bridgeRemoved: false };
+  let extrasError: unknown;
 
   if (rec?.mode === 'veth' || rec?.mode === 'tap') {
     const t = targetOf(rec);
     if (t) {
       // A VM outlives its network: take back the IPVS rules given to it.
       if (t.vm && loadRecord(o.stateDir, t).ipvsRules) await ipvsadm(t, parseParameters('--clear'), o.stateDir).catch(() => undefined);
-      await releaseSandbox(o.stateDir, t); // interfaces and routes added through kata-network
+      // Interfaces added through kata-network. One that will not go must not keep
+      // the container's own network and lease: report it after the rest is done.
+      await releaseSandbox(o.stateDir, t).catch((e: unknown) => {
+        extrasError = e;
+      });
     }
     // Independent kernel objects: remove them side by side.
     const link = rec.mode === 'tap' ? unplugVm(rec) : rec.hostVeth ? deleteLink(rec.hostVeth) : undefined;
@@ -377,6 +403,7 @@ export async function teardownContainer(id: string, o: Omit<NetworkOptions, 'ifa
     return removed;
   });
   log?.step('release');
+  if (extrasError) throw extrasError;
   return { id, removed: Boolean(rec), bridgeRemoved };
 }
 

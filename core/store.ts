@@ -29,9 +29,8 @@ export interface ContainerRecord {
   id: string;
   /** veth: ocinet made eth0; shared: joined a netns another record owns; tap: a VM's hot-plugged NIC. */
   mode: 'veth' | 'shared' | 'tap';
-  /** tap mode: the VM's QEMU sockets, and the NIC as added (to unplug it). */
+  /** tap mode: the VM's QEMU sockets. */
   vm?: { qmp: string; qga: string };
-  vmIface?: Record<string, unknown>;
   bridge: string;
   ip?: string;
   prefix?: number;

@@ -86,6 +86,19 @@ t.test('bad input: one clear line, exit non-zero, nothing changed', async (t) =>
   cleanup(dir);
 });
 
+t.test('a refused first container leaves no bridge or rules behind', async (t) => {
+  const dir = tempDir('first');
+  const sb = await sandbox();
+  const before = await snapshot(dir);
+  for (const [what, args] of [['static address outside the subnet', ['--ip', '10.9.9.9']], ['static gateway address', ['--ip', '10.213.0.1']]] as const) {
+    const r = await hook(['--state-dir', dir, ...SUBNET, ...args], state('first', 'creating', sb.pid));
+    t.not(r.exitCode, 0, `${what}: refused`);
+    t.equal(await snapshot(dir), before, `${what}: no bridge, rules or lease made`);
+  }
+  await sb.kill();
+  cleanup(dir);
+});
+
 t.test('bridge that exists with another address is refused, untouched', async (t) => {
   const dir = tempDir('foreign');
   await sh('ip', ['link', 'add', 'ocforeign', 'type', 'bridge']);
