@@ -5,6 +5,7 @@
  */
 import { existsSync, readdirSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
+import { errorLine } from './errors.js';
 import { purge, save } from './iptables.js';
 import { deleteLinks, listLinks } from './links.js';
 import { withLock } from './lock.js';
@@ -21,6 +22,8 @@ export interface GcReport {
   bridges: string[];
   tempFiles: string[];
   sandboxes: string[];
+  /** What could not be removed, and why (gc goes on with the rest). */
+  errors: string[];
 }
 
 export function isAlive(c: ContainerRecord): boolean {
@@ -39,7 +42,7 @@ function pidAlive(pid: number): boolean {
 
 export async function gc(stateDir: string): Promise<GcReport> {
   ensureStateDir(stateDir);
-  const report: GcReport = { containers: [], links: [], chains: [], bridges: [], tempFiles: [], sandboxes: [] };
+  const report: GcReport = { containers: [], links: [], chains: [], bridges: [], tempFiles: [], sandboxes: [], errors: [] };
   for (const c of Object.values(loadDb(stateDir).containers)) {
     if (isAlive(c)) continue;
     await teardownContainer(c.id, { stateDir, bridge: c.bridge, keepBridge: false });
@@ -74,8 +77,13 @@ export async function gc(stateDir: string): Promise<GcReport> {
   // kata-network records of sandboxes whose namespace is gone (moved devices come home).
   for (const r of allRecords(stateDir)) {
     if (r.vm ? existsSync(r.vm.qmp) : netnsId(r.nsPath) === r.nsId) continue;
-    await releaseSandbox(stateDir, { key: r.key, nsPath: r.nsPath, nsId: r.nsId, ...(r.vm ? { vm: r.vm } : {}) });
-    report.sandboxes.push(r.containerId ?? r.key);
+    const name = r.containerId ?? r.key;
+    try {
+      await releaseSandbox(stateDir, { key: r.key, nsPath: r.nsPath, nsId: r.nsId, ...(r.vm ? { vm: r.vm } : {}) });
+      report.sandboxes.push(name);
+    } catch (e) {
+      report.errors.push(`sandbox ${name}: ${errorLine(e)}`);
+    }
   }
   for (const f of readdirSync(stateDir)) {
     const m = /^state\.json\.(\d+)\.tmp$/.exec(f);

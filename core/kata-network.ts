@@ -8,14 +8,14 @@
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ipToInt, isIPv4, maskOf, intToIp } from './cidr.js';
-import { OcinetError } from './errors.js';
+import { errorLine, OcinetError } from './errors.js';
 import { run } from './exec.js';
 import { validateKataIface, validateKataIfaceName, validateKataIfaces, validateKataRoute } from './generated/validators.js';
-import { linkExists } from './bridge.js';
+import { linkDetails, linkExists } from './bridge.js';
 import { withLock } from './lock.js';
 import { ipBatch, ipBatchIn, netnsId } from './netns.js';
 import { check } from './validate.js';
-import { guestIpBatch, guestLinks, guestRoutes, vmAddIface, vmDelIface, type VmSockets } from './vm.js';
+import { guestIpBatch, guestLinks, guestRoutes, vmAddIface, vmDelIface, type GuestLink, type GuestRoute, type VmSockets } from './vm.js';
 import { shortHash } from './names.js';
 
 // ---- contract: input and output shapes ----
@@ -224,23 +224,14 @@ export function targetKey(nsId: string): string {
 
 // ---- kernel views of a container sandbox ----
 
-interface IpLink {
-  ifname: string;
-  address?: string;
-  mtu: number;
-  addr_info?: { family: string; local: string; prefixlen: number }[];
-}
+// `ip -j` shapes, the same in a container and in a guest.
+type IpLink = GuestLink;
+type IpRoute = GuestRoute;
 
 async function linksIn(t: Target): Promise<IpLink[]> {
   if (t.vm) return guestLinks(t.vm);
   const r = await run('nsenter', [`--net=${t.nsPath}`, '--', 'ip', '-j', 'addr', 'show']);
   return JSON.parse(r.stdout || '[]') as IpLink[];
-}
-
-interface IpRoute {
-  dst: string;
-  gateway?: string;
-  dev?: string;
 }
 
 async function routesIn(t: Target): Promise<IpRoute[]> {
@@ -307,8 +298,7 @@ export async function addIface(t: Target, input: IfaceInput, o: AddOptions): Pro
       a.prefix = Number(ip.mask);
     }
     if (linkExists(input.device)) {
-      const r = await run('ip', ['-j', 'link', 'show', 'dev', input.device]);
-      const l = (JSON.parse(r.stdout) as IpLink[])[0];
+      const l = await linkDetails(input.device);
       a.kind = 'moved';
       if (l?.address) a.origMac = l.address;
       if (l?.mtu) a.origMtu = l.mtu;
@@ -447,11 +437,27 @@ export async function delRoutes(t: Target, routes: RouteSpec[], stateDir: string
   });
 }
 
-/** Undo every interface added to a sandbox and forget it (container teardown, gc). Takes the lock. */
+/**
+ * Undo every interface added to a sandbox and forget its record (container
+ * teardown, gc). Takes the lock. An interface that cannot be undone stays in
+ * the record, for gc to try again, and is named in the error thrown.
+ */
 export async function releaseSandbox(stateDir: string, t: Target): Promise<void> {
+  // Most sandboxes never had kata-network changes: no record, no lock to take.
+  if (!existsSync(join(recordDir(stateDir), `${t.key}.json`))) return;
   await withLock(stateDir, async () => {
     const rec = loadRecord(stateDir, t);
-    for (const a of [...rec.ifaces].reverse()) await undoIface(t, a).catch(() => undefined);
-    saveRecord(stateDir, { ...rec, ifaces: [], routes: [], ipvsRules: 0 });
+    const kept: AddedIface[] = [];
+    const why: string[] = [];
+    for (const a of [...rec.ifaces].reverse()) {
+      try {
+        await undoIface(t, a);
+      } catch (e) {
+        kept.push(a);
+        why.push(`${a.name} (${a.device}): ${errorLine(e)}`);
+      }
+    }
+    saveRecord(stateDir, { ...rec, ifaces: kept, routes: [], ipvsRules: 0 });
+    if (why.length) throw new OcinetError('EEXEC', `could not remove interface ${why.join('; ')}; kept for 'ocinet gc'`);
   });
 }

@@ -90,7 +90,8 @@ async function main(argv: string[]): Promise<number> {
           `containers: ${n(r.containers)}\nlinks: ${n(r.links)}\nchains: ${n(r.chains)}\nbridges: ${n(r.bridges)}\ntemp files: ${n(r.tempFiles)}\nsandbox records: ${n(r.sandboxes)}\n`,
         );
       }
-      return 0;
+      for (const e of r.errors) process.stderr.write(`ocinet gc: ${e}\n`);
+      return r.errors.length ? 1 : 0;
     }
     case 'doctor': {
       const checks = await doctor(stateDir);
