@@ -6,9 +6,11 @@
 //           through ONE agent guest-exec (file as input-data): the floor
 //   (b)     one agent guest-exec per rule, timed over a few hundred rules and
 //           extrapolated to 20000: what adding rules one by one costs
-// Targets: ocinet/(a) <= 1.1, (b)/ocinet >= 20. Between runs the table is
-// cleared with `ocinet ipvs ipvsadm --parameters --clear` (untimed), and every
-// run is checked to have really loaded its rules (line count of /proc/net/ip_vs).
+// Targets: ocinet/(a) <= 1.1, (b)/ocinet >= 20. Every timed run starts in a
+// freshly booted guest (untimed): after a clear the kernel keeps deleted real
+// servers in its dest trash for ~2 min and every add scans it, so runs after
+// clears would depend on how many came before. Every run is checked to have
+// really loaded its rules (line count of /proc/net/ip_vs).
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
@@ -151,18 +153,36 @@ async function main() {
   const started = performance.now();
   const load0 = loadavg()[0];
 
-  progress('booting the test guest');
-  const boot = spawnSync('bash', [join(ROOT, 'build/guest/boot-guest.sh'), GUEST], { stdio: ['ignore', 'ignore', 'pipe'], timeout: 180_000 });
-  if (boot.status !== 0) throw new Error(`boot-guest.sh FAILED: ${String(boot.stderr).trim().slice(-500)}`);
-  cleanups.push(() => { try { process.kill(Number(readFileSync(join(GUEST, 'qemu.pid'), 'utf8')), 'SIGKILL'); } catch {} });
   // A NIC on 172.16.0.0/15: the guest needs a route to the real servers (172.17.x), else "Invalid operation".
   for (const args of [['link', 'add', BRIDGE, 'type', 'bridge'], ['addr', 'add', '172.16.0.1/15', 'dev', BRIDGE], ['link', 'set', BRIDGE, 'up']]) {
     must(await run('ip', args), `ip ${args.join(' ')}`);
   }
   cleanups.push(async () => { await run('ip', ['link', 'del', BRIDGE]); });
   const iface = '{"device":"tap-ipvsb","name":"eth-ipvs","IPAddresses":[{"address":"172.16.0.3","mask":"15"}],"hwAddr":"02:42:20:6f:a3:72","mtu":1500}';
-  must(await run(CLI, ['network', 'add-iface', ...SB, '--bridge', BRIDGE, '-'], { input: iface }), 'ocinet network add-iface');
-  await expectRules(0, 'fresh guest');
+  let qemuPid = 0;
+  const killQemu = async () => {
+    if (!qemuPid) return;
+    try { process.kill(qemuPid, 'SIGKILL'); } catch {}
+    for (let i = 0; i < 100; i++) {
+      try { process.kill(qemuPid, 0); } catch { break; }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    qemuPid = 0;
+  };
+  cleanups.push(killQemu);
+  // Untimed: the same guest sockets, a new kernel with an empty IPVS table and trash.
+  const freshGuest = async () => {
+    if (qemuPid) {
+      must(await run(CLI, ['network', 'del-iface', ...SB, '-'], { input: iface }), 'ocinet network del-iface');
+      await killQemu();
+    }
+    progress('booting a fresh test guest');
+    const boot = spawnSync('bash', [join(ROOT, 'build/guest/boot-guest.sh'), GUEST], { stdio: ['ignore', 'ignore', 'pipe'], timeout: 180_000 });
+    if (boot.status !== 0) throw new Error(`boot-guest.sh FAILED: ${String(boot.stderr).trim().slice(-500)}`);
+    qemuPid = Number(readFileSync(join(GUEST, 'qemu.pid'), 'utf8'));
+    must(await run(CLI, ['network', 'add-iface', ...SB, '--bridge', BRIDGE, '-'], { input: iface }), 'ocinet network add-iface');
+    await expectRules(0, 'fresh guest');
+  };
 
   const t = { ocinet: [], direct: [], oneByOneMs: null, cliOneByOneMs: null };
   const tasks = {
@@ -184,29 +204,18 @@ async function main() {
       t.direct.push(ms);
     },
   };
-  // Warm-up, untimed: after a clear the kernel keeps the deleted real servers in
-  // its dest trash (about 2 min) and every add scans it, so a restore into a
-  // table that was just cleared is much slower than one into a fresh guest's
-  // (about 15 s against 30 s here). One restore + clear first puts every timed
-  // run, both sides, in that same after-clear state.
-  progress('warm-up restore');
-  await withAgent(async (a) => {
-    const r = await a.exec('/usr/sbin/ipvsadm', ['--restore'], FILE);
-    if (r.code !== 0) throw new Error(`warm-up ipvsadm --restore FAILED: ${r.stderr.trim().slice(0, 300)}`);
-  });
-  await expectRules(RULES, 'after warm-up restore');
-  await clear();
   const order = Object.keys(tasks);
   for (let i = 0; i < ROUNDS; i++) {
     // Alternate who goes first.
     for (let j = 0; j < order.length; j++) {
       const k = order[(i + j) % order.length];
+      await freshGuest();
       progress(`round ${i + 1}/${ROUNDS}: ${k} restore of ${RULES} rules`);
       await tasks[k]();
-      await clear();
     }
   }
 
+  await freshGuest();
   // (b) one ipvsadm per rule through one agent connection (the cheapest way to go rule by rule).
   progress(`(b): ${ONE_BY_ONE} rules one agent exec each`);
   t.oneByOneMs = await withAgent(async (a) => {
