@@ -86,7 +86,8 @@ async function withQga<T>(vm: VmSockets, fn: (qga: QgaClient) => Promise<T>): Pr
 
 /** connectUnix's wording for a socket with no QEMU behind it. */
 function qemuGone(e: unknown, path: string): boolean {
-  return !existsSync(path) || (e instanceof Error && /no such socket|refused/.test(e.message));
+  // A QEMU killed a moment ago can still accept and then reset the connection.
+  return !existsSync(path) || (e instanceof Error && /no such socket|refused|QEMU exited/.test(e.message));
 }
 
 // ---- PCI address ----
