@@ -8,6 +8,7 @@ export type ErrorCode =
   | 'EEXEC' // an external program failed
   | 'ELOCK' // could not take the state lock in time
   | 'ESTATE' // the state file is unreadable
+  | 'EDAMAGED' // the state file cannot be parsed (rebuilt from the kernel's objects)
   | 'EKERNEL'; // the kernel lacks something we need
 
 export class OcinetError extends Error {

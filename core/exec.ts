@@ -3,7 +3,7 @@
  * array. Programs are resolved to absolute paths ourselves, because runc's
  * `"env": []` hands hooks an environment without PATH.
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { accessSync, constants } from 'node:fs';
 import { OcinetError } from './errors.js';
 
@@ -37,6 +37,24 @@ export function hasProgram(program: string): boolean {
   }
 }
 
+/**
+ * Descriptors every child gets after stdin/out/err, so a path such as
+ * `/proc/self/fd/3` names in the child what the descriptor names here (a
+ * container's network namespace opened once). A freed slot stays 'ignore',
+ * so the numbers handed out never shift.
+ */
+const inherited: (number | 'ignore')[] = [];
+
+/** Hand `fd` to every child from now on; returns the number it has there. */
+export function inheritFd(fd: number): number {
+  inherited.push(fd);
+  return 2 + inherited.length;
+}
+
+export function stopInheriting(childFd: number): void {
+  if (inherited[childFd - 3] !== undefined) inherited[childFd - 3] = 'ignore';
+}
+
 export interface RunOptions {
   /** Written to the program's stdin, then stdin is closed. */
   input?: string;
@@ -58,7 +76,7 @@ const CHILD_ENV = { PATH: SEARCH_DIRS.join(':'), LC_ALL: 'C' };
 export function run(program: string, args: readonly string[], opts: RunOptions = {}): Promise<RunResult> {
   const file = which(program);
   return new Promise((resolve, reject) => {
-    const child = spawn(file, args, { env: CHILD_ENV, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(file, args, { env: CHILD_ENV, stdio: ['pipe', 'pipe', 'pipe', ...inherited] }) as ChildProcessWithoutNullStreams;
     const out: Buffer[] = [];
     const err: Buffer[] = [];
     let timedOut = false;

@@ -1,19 +1,26 @@
 /**
- * Garbage collection: the crash and reboot case. Containers whose network
- * namespace is gone are torn down; veths, DNAT chains and bridges ocinet made
- * that no record owns are removed; temp files of dead writers are deleted.
+ * Garbage collection: the crash and reboot case. Every record is asked
+ * whether it is alive, through the same reclaim code a setup uses for the
+ * dead records in its way; veths, ports chains and bridges ocinet made that
+ * no record owns are removed; temp files of dead writers are deleted. A state
+ * file damaged beyond reading is rebuilt from the kernel first.
  */
 import { existsSync, readdirSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
+import { BRIDGE_ALIAS } from './bridge.js';
 import { errorLine } from './errors.js';
 import { purge, save } from './iptables.js';
+import { allRecords, releaseSandbox } from './kata-network.js';
 import { deleteLinks, listLinks } from './links.js';
 import { withLock } from './lock.js';
-import { BRIDGE_ALIAS } from './bridge.js';
-import { netnsId, pidNetnsPath } from './netns.js';
-import { removeNetwork, teardownContainer } from './sandbox.js';
-import { allRecords, releaseSandbox } from './kata-network.js';
-import { ensureStateDir, loadDb, saveDb, type ContainerRecord } from './store.js';
+import type { OpLog } from './log.js';
+import { netnsId } from './netns.js';
+import { Reclaimer } from './reclaim.js';
+import { loadForChange } from './recover.js';
+import { removeNetwork } from './sandbox.js';
+import { ensureStateDir, saveDb } from './store.js';
+
+export { isAlive } from './reclaim.js';
 
 export interface GcReport {
   containers: string[];
@@ -26,11 +33,6 @@ export interface GcReport {
   errors: string[];
 }
 
-export function isAlive(c: ContainerRecord): boolean {
-  if (c.mode === 'tap') return Boolean(c.vm && existsSync(c.vm.qmp)); // a VM lives as long as its QEMU
-  return Boolean(c.pid && c.netns && netnsId(pidNetnsPath(c.pid)) === c.netns);
-}
-
 function pidAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
@@ -40,16 +42,20 @@ function pidAlive(pid: number): boolean {
   }
 }
 
-export async function gc(stateDir: string): Promise<GcReport> {
+export async function gc(stateDir: string, log?: OpLog): Promise<GcReport> {
   ensureStateDir(stateDir);
   const report: GcReport = { containers: [], links: [], chains: [], bridges: [], tempFiles: [], sandboxes: [], errors: [] };
-  for (const c of Object.values(loadDb(stateDir).containers)) {
-    if (isAlive(c)) continue;
-    await teardownContainer(c.id, { stateDir, bridge: c.bridge, keepBridge: false });
-    report.containers.push(c.id);
-  }
   await withLock(stateDir, async () => {
-    const db = loadDb(stateDir);
+    const db = await loadForChange(stateDir, log);
+    const reclaim = new Reclaimer(db, stateDir, 'gc', log);
+    for (const c of Object.values(db.containers)) {
+      if (db.containers[c.id] === c) reclaim.blocks(c, c.damaged ? `damaged record: ${c.damaged}` : 'its process or network namespace is gone');
+    }
+    for (const r of await reclaim.finish()) {
+      report.containers.push(r.id);
+      if (r.error) report.errors.push(`container ${r.id}: ${r.error}`);
+    }
+
     const records = Object.values(db.containers);
     const links = await listLinks();
     const owned = new Set(records.map((c) => c.hostVeth));
@@ -74,7 +80,7 @@ export async function gc(stateDir: string): Promise<GcReport> {
     }
     saveDb(stateDir, db);
   });
-  // kata-network records of sandboxes whose namespace is gone (moved devices come home).
+  // kata-network records of sandboxes whose namespace (or QEMU) is gone: moved devices come home.
   for (const r of allRecords(stateDir)) {
     if (r.vm ? existsSync(r.vm.qmp) : netnsId(r.nsPath) === r.nsId) continue;
     const name = r.containerId ?? r.key;

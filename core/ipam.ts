@@ -6,30 +6,56 @@
  */
 import { contains, hostRange, intToIp, ipToInt, isIPv4, parseSubnet } from './cidr.js';
 import { OcinetError } from './errors.js';
-import type { Db, NetworkRecord } from './store.js';
+import type { ContainerRecord, Db, NetworkRecord } from './store.js';
 
-export function leasedBy(db: Db, bridge: string): Map<number, string> {
-  const used = new Map<number, string>();
+/**
+ * Asked of a record that stands in the way: true when it really does (it is
+ * alive); false when it was dead and has been taken out of the state.
+ */
+export type Blocks = (c: ContainerRecord, why: string) => boolean;
+const always: Blocks = () => true;
+
+export function leasedBy(db: Db, bridge: string): Map<number, ContainerRecord> {
+  const used = new Map<number, ContainerRecord>();
   for (const c of Object.values(db.containers)) {
-    if (c.bridge === bridge && c.ip && c.mode !== 'shared') used.set(ipToInt(c.ip), c.id);
+    if (c.bridge === bridge && c.ip && c.mode !== 'shared') used.set(ipToInt(c.ip), c);
   }
   return used;
 }
 
-/** Pick an address for `id` on `net`: the requested static one, or the next free one. */
-export function allocate(db: Db, net: NetworkRecord, id: string, requested?: string): string {
+/**
+ * Pick an address for `id` on `net`: the requested static one, or the next
+ * free one. Dead leases do not count where they are in the way (the static
+ * address, a full pool); elsewhere they are skipped and left to gc.
+ */
+export function allocate(db: Db, net: NetworkRecord, id: string, requested?: string, blocks: Blocks = always): string {
   const sn = parseSubnet(net.subnet);
   const { first, last } = hostRange(sn);
-  const used = leasedBy(db, net.bridge);
+  let used = leasedBy(db, net.bridge);
   if (requested !== undefined) {
     if (!isIPv4(requested)) throw new OcinetError('EINPUT', `static address '${requested}' is not an IPv4 address`);
     const n = ipToInt(requested);
     if (!contains(sn, n)) throw new OcinetError('EINPUT', `static address ${requested} is outside subnet ${net.subnet}`);
     if (n < first || n > last) throw new OcinetError('EINPUT', `static address ${requested} is the network, gateway or broadcast address of ${net.subnet}`);
     const owner = used.get(n);
-    if (owner !== undefined && owner !== id) throw new OcinetError('ECONFLICT', `static address ${requested} is already leased to container ${owner}`);
+    if (owner && owner.id !== id && blocks(owner, `static address ${requested} asked by ${id}`)) {
+      throw new OcinetError('ECONFLICT', `static address ${requested} is already leased to container ${owner.id}`);
+    }
     return requested;
   }
+  const next = nextFree(net, used, first, last);
+  if (next !== null) return next;
+  // Full: the dead leases are in the way now.
+  const dead = [...used.values()].filter((c) => !blocks(c, `address pool ${net.subnet} full at ${id}'s setup`));
+  if (dead.length) {
+    used = leasedBy(db, net.bridge);
+    const again = nextFree(net, used, first, last);
+    if (again !== null) return again;
+  }
+  throw new OcinetError('EEXHAUSTED', `no free address left in ${net.subnet} (${last - first + 1} addresses, all leased)`);
+}
+
+function nextFree(net: NetworkRecord, used: Map<number, unknown>, first: number, last: number): string | null {
   const size = last - first + 1;
   const lastIp = net.lastIp && isIPv4(net.lastIp) ? ipToInt(net.lastIp) : first - 1;
   const start = lastIp >= first && lastIp <= last ? lastIp + 1 : first;
@@ -40,5 +66,5 @@ export function allocate(db: Db, net: NetworkRecord, id: string, requested?: str
       return net.lastIp;
     }
   }
-  throw new OcinetError('EEXHAUSTED', `no free address left in ${net.subnet} (${size} addresses, all leased)`);
+  return null;
 }

@@ -206,7 +206,9 @@ export function saveRecord(stateDir: string, r: SandboxRecord): void {
     if (existsSync(p)) unlinkSync(p);
     return;
   }
-  writeFileSync(`${p}.tmp`, JSON.stringify(r));
+  // A setup reaches the namespace through a descriptor of its own (/proc/self/fd/N): store a path others can open.
+  const stored = r.nsPath.startsWith('/proc/self/') && r.pid ? { ...r, nsPath: `/proc/${r.pid}/ns/net` } : r;
+  writeFileSync(`${p}.tmp`, JSON.stringify(stored));
   renameSync(`${p}.tmp`, p);
 }
 
@@ -444,20 +446,28 @@ export async function delRoutes(t: Target, routes: RouteSpec[], stateDir: string
  */
 export async function releaseSandbox(stateDir: string, t: Target): Promise<void> {
   // Most sandboxes never had kata-network changes: no record, no lock to take.
-  if (!existsSync(join(recordDir(stateDir), `${t.key}.json`))) return;
-  await withLock(stateDir, async () => {
-    const rec = loadRecord(stateDir, t);
-    const kept: AddedIface[] = [];
-    const why: string[] = [];
-    for (const a of [...rec.ifaces].reverse()) {
-      try {
-        await undoIface(t, a);
-      } catch (e) {
-        kept.push(a);
-        why.push(`${a.name} (${a.device}): ${errorLine(e)}`);
-      }
+  if (!hasRecord(stateDir, t)) return;
+  await withLock(stateDir, () => releaseSandboxLocked(stateDir, t));
+}
+
+export function hasRecord(stateDir: string, t: Target): boolean {
+  return existsSync(join(recordDir(stateDir), `${t.key}.json`));
+}
+
+/** releaseSandbox for a caller that holds the state lock (reclaim, gc). */
+export async function releaseSandboxLocked(stateDir: string, t: Target): Promise<void> {
+  if (!hasRecord(stateDir, t)) return;
+  const rec = loadRecord(stateDir, t);
+  const kept: AddedIface[] = [];
+  const why: string[] = [];
+  for (const a of [...rec.ifaces].reverse()) {
+    try {
+      await undoIface(t, a);
+    } catch (e) {
+      kept.push(a);
+      why.push(`${a.name} (${a.device}): ${errorLine(e)}`);
     }
-    saveRecord(stateDir, { ...rec, ifaces: kept, routes: [], ipvsRules: 0 });
-    if (why.length) throw new OcinetError('EEXEC', `could not remove interface ${why.join('; ')}; kept for 'ocinet gc'`);
-  });
+  }
+  saveRecord(stateDir, { ...rec, ifaces: kept, routes: [], ipvsRules: 0 });
+  if (why.length) throw new OcinetError('EEXEC', `could not remove interface ${why.join('; ')}; kept for 'ocinet gc'`);
 }

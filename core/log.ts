@@ -15,7 +15,17 @@ export class OpLog {
   private readonly steps: Record<string, number> = {};
   private readonly t0 = performance.now();
   private last = this.t0;
-  constructor(private readonly file: string | null) {}
+  constructor(
+    private readonly file: string | null,
+    /** Where warnings go besides the log (the hook: one stderr line each). */
+    private readonly onWarn?: (line: string) => void,
+  ) {}
+
+  /** Something was wrong but repaired (a damaged state file or record): logged and shown. */
+  warn(message: string): void {
+    this.write({ op: 'warning', ok: true, warning: message });
+    this.onWarn?.(message);
+  }
 
   /** Record how long the step that just finished took. */
   step(name: string): void {

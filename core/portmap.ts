@@ -8,6 +8,7 @@ import { OcinetError } from './errors.js';
 import { RestoreScript, type Rule } from './iptables.js';
 import { DNAT_CHAIN, MASQ_MARK } from './masquerade.js';
 import { dnatChain } from './names.js';
+import type { Blocks } from './ipam.js';
 import type { Db, PortMapping } from './store.js';
 
 const SPEC = /^(\d{1,5}):(\d{1,5})(?:\/(tcp|udp))?$/;
@@ -29,8 +30,8 @@ export function parsePortList(list: string, where: string): PortMapping[] {
   return list.split(',').map((s) => parsePort(s, where));
 }
 
-/** Reject a host port asked twice, or already published by another container. */
-export function checkPortConflicts(ports: PortMapping[], db: Db, id: string): void {
+/** Reject a host port asked twice, or already published by another (live) container. */
+export function checkPortConflicts(ports: PortMapping[], db: Db, id: string, blocks: Blocks = () => true): void {
   const seen = new Set<string>();
   for (const p of ports) {
     const key = `${p.hostPort}/${p.proto}`;
@@ -39,10 +40,9 @@ export function checkPortConflicts(ports: PortMapping[], db: Db, id: string): vo
   }
   for (const c of Object.values(db.containers)) {
     if (c.id === id) continue;
-    for (const p of c.ports) {
-      if (seen.has(`${p.hostPort}/${p.proto}`)) {
-        throw new OcinetError('ECONFLICT', `host port ${p.hostPort}/${p.proto} is already published by container ${c.id}`);
-      }
+    const hit = c.ports.find((p) => seen.has(`${p.hostPort}/${p.proto}`));
+    if (hit && blocks(c, `host port ${hit.hostPort}/${hit.proto} asked by ${id}`)) {
+      throw new OcinetError('ECONFLICT', `host port ${hit.hostPort}/${hit.proto} is already published by container ${c.id}`);
     }
   }
 }

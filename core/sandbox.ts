@@ -1,30 +1,36 @@
 /**
  * A container sandbox's network: setup and teardown, as the hook runs them.
- * Setup decides and records under the state lock (address, ports, bridge),
- * then does the kernel work unlocked in as few execs as possible; any failure
- * tears down what was recorded. Teardown is keyed by container id and is
- * idempotent: it removes what exists and forgets the record last.
+ * Setup opens the container's network namespace once, then decides and
+ * records under the state lock (address, ports, bridge), reclaiming dead
+ * records that stand in its way, then does the kernel work unlocked in as few
+ * execs as possible; any failure tears down what was recorded. Teardown is
+ * keyed by container id, acts only on a record its own container made, is
+ * idempotent, and forgets the record last.
  */
+import { existsSync } from 'node:fs';
+import { bridgeHasSubnetRoute, createdByOcinet, deleteLink, ensureBridge, linkExists } from './bridge.js';
 import { gatewayOf, intToIp, parseSubnet } from './cidr.js';
+import { removeObjects, targetOf, vmNicOf } from './container-objects.js';
 import { errorLine, isOcinetError, OcinetError } from './errors.js';
 import { run } from './exec.js';
 import { allocate } from './ipam.js';
-import { purge, restore } from './iptables.js';
+import { restore } from './iptables.js';
+import { ipvsRestore, type RestoreSet } from './ipvs.js';
+import { addIface, addRoutes, type IfaceInput, type RouteSpec } from './kata-network.js';
 import { withLock } from './lock.js';
-import { installNetworkRules, removeNetworkRules } from './masquerade.js';
-import { dnatChain, hostVethName, tapName, vmMac } from './names.js';
-import { containerNetns, ipBatch, ipBatchIn, netnsId, pidNetnsPath } from './netns.js';
 import type { OpLog } from './log.js';
-import { checkPortConflicts, publishScript, unpublishScript } from './portmap.js';
-import { bridgeHasSubnetRoute, createdByOcinet, deleteLink, ensureBridge, linkExists } from './bridge.js';
-import { loadDb, saveDb, type ContainerRecord, type Db, type NetworkRecord, type PortMapping } from './store.js';
-import { enableForwarding } from './sysctl.js';
-import { ipvsadm, ipvsRestore, parseParameters, type RestoreSet } from './ipvs.js';
-import { addIface, addRoutes, loadRecord, releaseSandbox, targetKey, vmTarget, type AddedIface, type IfaceInput, type RouteSpec, type Target } from './kata-network.js';
-import { guestIpBatch, vmDelIface, vmAddIface, type VmSockets } from './vm.js';
+import { installNetworkRules, removeNetworkRules } from './masquerade.js';
+import { dnatChain, hostVethName, tapName } from './names.js';
+import { ipBatch, ipBatchIn, openContainerNetns, type NetnsHandle } from './netns.js';
+import { checkPortConflicts, publishScript } from './portmap.js';
+import { socketOwner, startTime } from './proc.js';
+import { forget, isAlive, Reclaimer } from './reclaim.js';
+import { loadForChange } from './recover.js';
 import { defaultRoute } from './route.js';
-import { existsSync } from 'node:fs';
-import { containerLines, hostLines, type VethPlan } from './veth.js';
+import { loadDb, recoveredRecord, saveDb, type ContainerRecord, type Db, type NetworkRecord, type PortMapping } from './store.js';
+import { enableForwarding } from './sysctl.js';
+import { containerLines, hostLines, reattachLines, type VethPlan } from './veth.js';
+import { guestIpBatch, vmAddIface, type VmSockets } from './vm.js';
 
 export interface NetworkOptions {
   stateDir: string;
@@ -40,6 +46,8 @@ export interface NetworkOptions {
 export interface SetupRequest extends NetworkOptions {
   id: string;
   pid: number;
+  /** The runtime's bundle path, recorded so that teardown acts only for this container. */
+  bundle?: string;
   ports: PortMapping[];
   ip?: string;
   /**
@@ -79,13 +87,7 @@ function vmSockets(id: string, given: { qmp?: string; qga?: string } | undefined
 
 /** Host links no kata-network add-iface may take: ocinet's bridges and the hook's veth ends. */
 export function reservedLink(stateDir: string): (name: string) => boolean {
-  return (name) => /^ocv[0-9a-f]{10}$/.test(name) || name in loadDb(stateDir).networks;
-}
-
-function targetOf(r: ContainerRecord): Target | null {
-  if (r.mode === 'tap') return r.vm ? vmTarget(r.vm, r.id) : null;
-  if (!r.netns || !r.pid) return null;
-  return { key: targetKey(r.netns), nsPath: pidNetnsPath(r.pid), nsId: r.netns, containerId: r.id, pid: r.pid };
+  return (name) => /^oc[vt][0-9a-f]{10}$/.test(name) || name in loadDb(stateDir).networks;
 }
 
 export interface SetupResult {
@@ -118,7 +120,9 @@ function networkRecord(db: Db, o: NetworkOptions, gateway: string): NetworkRecor
 
 /**
  * Under the lock, once the address is chosen: make sure the bridge and its
- * rules exist, and record the network. What this call made is undone if it fails.
+ * rules exist, and record the network. A bridge deleted behind ocinet's back
+ * is made again and the running containers' veths are attached to it again.
+ * What this call made is undone if it fails.
  */
 async function ensureNetwork(db: Db, net: NetworkRecord, o: NetworkOptions): Promise<void> {
   const known = db.networks[o.bridge] === net;
@@ -139,22 +143,26 @@ async function ensureNetwork(db: Db, net: NetworkRecord, o: NetworkOptions): Pro
   }
   net.createdBridge = net.createdBridge || created || (await createdByOcinet(o.bridge));
   db.networks[o.bridge] = net;
+  if (created && known) {
+    const running = Object.values(db.containers).filter((c) => c.bridge === o.bridge && c.mode === 'veth' && c.hostVeth && linkExists(c.hostVeth));
+    await ipBatch(running.flatMap((c) => reattachLines(c.hostVeth!, o.bridge)), true);
+  }
 }
 
 /** Under the lock: conflicts, address, bridge and rules, and the record holding them. */
-async function claim(
-  db: Db, req: SetupRequest, prefix: number, gateway: string, kind: Pick<ContainerRecord, 'mode' | 'hostVeth' | 'pid' | 'netns' | 'vm'>,
-): Promise<ContainerRecord> {
-  checkPortConflicts(req.ports, db, req.id);
+async function claim(db: Db, req: SetupRequest, prefix: number, gateway: string, kind: RecordKind, reclaim: Reclaimer): Promise<ContainerRecord> {
+  const blocks = reclaim.blocks.bind(reclaim);
+  checkPortConflicts(req.ports, db, req.id, blocks);
   const net = networkRecord(db, req, gateway);
-  const ip = allocate(db, net, req.id, req.ip); // before the bridge: a refused address changes nothing
+  const ip = allocate(db, net, req.id, req.ip, blocks); // before the bridge: a refused address changes nothing
+  await reclaim.finish(); // the dead records' rules go before this container's come
   await ensureNetwork(db, net, req);
   return recordLease(db, req, ip, prefix, kind);
 }
 
 /** The annotations' extra interfaces, routes and IPVS rules, once the main NIC is up (both modes). */
-async function addExtras(rec: ContainerRecord, req: SetupRequest): Promise<void> {
-  const t = targetOf(rec);
+async function addExtras(rec: ContainerRecord, req: SetupRequest, nsPath?: string): Promise<void> {
+  const t = targetOf(rec, nsPath);
   if (!t) return;
   for (const i of req.interfaces ?? []) await addIface(t, i, { stateDir: req.stateDir, reserved: reservedLink(req.stateDir) });
   if (req.routes?.length) await addRoutes(t, req.routes, req.stateDir);
@@ -165,8 +173,34 @@ async function addExtras(rec: ContainerRecord, req: SetupRequest): Promise<void>
   }
 }
 
-function assertNew(db: Db, id: string): void {
-  if (db.containers[id]) throw new OcinetError('ECONFLICT', `container ${id} already has a network from ocinet (run teardown first)`);
+/** The same id set up again: refused while its record is alive, reclaimed when it is dead. */
+function assertNew(db: Db, id: string, reclaim: Reclaimer): void {
+  const same = db.containers[id];
+  if (same && reclaim.blocks(same, `container id ${id} set up again`)) {
+    throw new OcinetError('ECONFLICT', `container ${id} already has a network from ocinet (run teardown first)`);
+  }
+}
+
+/**
+ * The state lock around a setup's decisions, with a Reclaimer for the dead
+ * records they meet. Reclaimed records leave the state even when the setup
+ * is refused: they were dead either way.
+ */
+function decide<T>(req: SetupRequest, log: OpLog | undefined, fn: (db: Db, reclaim: Reclaimer) => Promise<T>): Promise<T> {
+  return withLock(req.stateDir, async () => {
+    const db = await loadForChange(req.stateDir, log);
+    const reclaim = new Reclaimer(db, req.stateDir, req.id, log);
+    let saved = false;
+    try {
+      const out = await fn(db, reclaim);
+      saved = true; // fn saves the state it changed
+      return out;
+    } finally {
+      const late = reclaim.pending > 0;
+      if (late) await reclaim.finish();
+      if (reclaim.done.length && (late || !saved)) saveDb(req.stateDir, db);
+    }
+  });
 }
 
 /**
@@ -185,14 +219,15 @@ async function makeVeth(plan: VethPlan): Promise<boolean> {
   }
 }
 
+type RecordKind = Pick<ContainerRecord, 'mode' | 'hostVeth' | 'pid' | 'start' | 'netns' | 'vm'>;
+
 /** Write the record that holds a new container's lease and ports (under the lock). */
-function recordLease(
-  db: Db, req: SetupRequest, ip: string, prefix: number, kind: Pick<ContainerRecord, 'mode' | 'hostVeth' | 'pid' | 'netns' | 'vm'>,
-): ContainerRecord {
+function recordLease(db: Db, req: SetupRequest, ip: string, prefix: number, kind: RecordKind): ContainerRecord {
   const r: ContainerRecord = {
     id: req.id, bridge: req.bridge, ip, prefix, iface: req.iface, mtu: req.mtu, ports: req.ports,
     createdAt: new Date().toISOString(), setupPid: process.pid, ...kind,
   };
+  if (req.bundle) r.bundle = req.bundle;
   if (req.ports.length) {
     r.chain = dnatChain(req.id);
     r.tag = req.id;
@@ -204,12 +239,30 @@ function recordLease(
 
 export async function setupContainer(req: SetupRequest, log?: OpLog): Promise<SetupResult> {
   if (req.mode === 'tap') return setupVm(req, log);
-  const netns = containerNetns(req.pid);
+  // The pid is trusted once, here: everything after goes through ns.path.
+  const ns = openContainerNetns(req.pid);
+  try {
+    return await setupVeth(req, ns, log);
+  } finally {
+    ns.close();
+  }
+}
+
+/** The live record owning namespace `nsId`, reclaiming dead ones that claim it (their inode came back). */
+function namespaceOwner(db: Db, nsId: string, id: string, reclaim: Reclaimer): ContainerRecord | undefined {
+  for (;;) {
+    const c = Object.values(db.containers).find((r) => r.netns === nsId && r.mode === 'veth');
+    if (!c) return undefined;
+    if (reclaim.blocks(c, `network namespace ${nsId} is now ${id}'s`)) return c;
+  }
+}
+
+async function setupVeth(req: SetupRequest, ns: NetnsHandle, log?: OpLog): Promise<SetupResult> {
   const sn = parseSubnet(req.subnet);
   const gateway = intToIp(gatewayOf(sn));
   log?.step('check');
 
-  const plan = { hostVeth: hostVethName(req.id), iface: req.iface, mtu: req.mtu, pid: req.pid, bridge: req.bridge };
+  const plan: VethPlan = { hostVeth: hostVethName(req.id), iface: req.iface, mtu: req.mtu, netns: ns.path, bridge: req.bridge };
   // The veth pair does not depend on the address: when the bridge is already
   // there, make it while the lock is taken and the address chosen. A veth made
   // here is removed again if the locked phase refuses the container.
@@ -217,13 +270,15 @@ export async function setupContainer(req: SetupRequest, log?: OpLog): Promise<Se
   const dropEarly = async (): Promise<void> => {
     if (await early) await deleteLink(plan.hostVeth);
   };
+  const identity = { pid: req.pid, start: ns.start, netns: ns.id };
 
   let rec: ContainerRecord;
   try {
-    rec = await withLock(req.stateDir, async () => {
-      const db = loadDb(req.stateDir);
-      assertNew(db, req.id);
-      const owner = Object.values(db.containers).find((c) => c.netns === netns && c.mode === 'veth');
+    rec = await decide(req, log, async (db, reclaim) => {
+      // The lock may have taken a while: the container must still be the process we opened.
+      if (!ns.sameProcess()) throw new OcinetError('ENOTFOUND', `process ${req.pid} exited while the hook waited for the state lock`);
+      assertNew(db, req.id, reclaim);
+      const owner = namespaceOwner(db, ns.id, req.id, reclaim);
       if (owner) {
         // Namespace sharing: the namespace already has our eth0; record, change nothing.
         // Requests of the joiner's own cannot be honoured: say so rather than drop them.
@@ -238,13 +293,15 @@ export async function setupContainer(req: SetupRequest, log?: OpLog): Promise<Se
         }
         const shared: ContainerRecord = {
           id: req.id, mode: 'shared', bridge: owner.bridge, ip: owner.ip!, prefix: owner.prefix!, iface: owner.iface!,
-          ports: [], pid: req.pid, netns, sharedWith: owner.id, createdAt: new Date().toISOString(), setupPid: process.pid,
+          ports: [], ...identity, sharedWith: owner.id, createdAt: new Date().toISOString(), setupPid: process.pid,
+          ...(req.bundle ? { bundle: req.bundle } : {}),
         };
         db.containers[req.id] = shared;
+        await reclaim.finish();
         saveDb(req.stateDir, db);
         return shared;
       }
-      return claim(db, req, sn.prefix, gateway, { mode: 'veth', hostVeth: plan.hostVeth, pid: req.pid, netns });
+      return claim(db, req, sn.prefix, gateway, { mode: 'veth', hostVeth: plan.hostVeth, ...identity }, reclaim);
     });
   } catch (e) {
     await dropEarly();
@@ -264,13 +321,13 @@ export async function setupContainer(req: SetupRequest, log?: OpLog): Promise<Se
         if (!made) await ipBatch(hostLines(plan));
       })
       .then(() => log?.step('host'))
-      .then(() => ipBatchIn(pidNetnsPath(req.pid), containerLines(req.iface, ip, sn.prefix, gateway)))
+      .then(() => ipBatchIn(ns.path, containerLines(req.iface, ip, sn.prefix, gateway)))
       .then(() => log?.step('container'));
     // Firewall rules do not depend on the links: apply them while the links are made.
     const fw = req.ports.length ? restore(publishScript(req.id, rec.ip!, req.subnet, req.ports)) : Promise.resolve(true);
     const done = await Promise.allSettled([links, fw]);
     for (const d of done) if (d.status === 'rejected') throw d.reason;
-    await addExtras(rec, req);
+    await addExtras(rec, req, ns.path);
     log?.step('extra');
     // Stale UDP conntrack entries would keep sending a published port's traffic elsewhere.
     for (const p of req.ports.filter((p) => p.proto === 'udp')) {
@@ -278,10 +335,20 @@ export async function setupContainer(req: SetupRequest, log?: OpLog): Promise<Se
     }
     log?.step('ports');
   } catch (e) {
-    await teardownContainer(req.id, req).catch(() => undefined);
+    await teardownContainer(req.id, req, { bundle: req.bundle }).catch(() => undefined);
     throw e;
   }
   return resultOf(rec, gateway);
+}
+
+/**
+ * The QEMU behind a VM sandbox: the process listening on its QMP socket (in
+ * this namespace), else the state's pid. Named by pid + start time.
+ */
+function qemuIdentity(vm: VmSockets, statePid: number): Pick<ContainerRecord, 'pid' | 'start'> {
+  const pid = socketOwner(vm.qmp) ?? (statePid > 0 ? statePid : null);
+  const start = pid ? startTime(pid) : null;
+  return pid && start !== null ? { pid, start } : {};
 }
 
 /**
@@ -293,11 +360,11 @@ async function setupVm(req: SetupRequest, log?: OpLog): Promise<SetupResult> {
   const vm = vmSockets(req.id, req.vm);
   const sn = parseSubnet(req.subnet);
   const gateway = intToIp(gatewayOf(sn));
+  const qemu = qemuIdentity(vm, req.pid);
   log?.step('check');
-  const rec = await withLock(req.stateDir, async () => {
-    const db = loadDb(req.stateDir);
-    assertNew(db, req.id);
-    return claim(db, req, sn.prefix, gateway, { mode: 'tap', hostVeth: tapName(req.id), vm, ...(req.pid ? { pid: req.pid } : {}) });
+  const rec = await decide(req, log, async (db, reclaim) => {
+    assertNew(db, req.id, reclaim);
+    return claim(db, req, sn.prefix, gateway, { mode: 'tap', hostVeth: tapName(req.id), vm, ...qemu }, reclaim);
   });
   log?.step('ipam');
   try {
@@ -310,100 +377,81 @@ async function setupVm(req: SetupRequest, log?: OpLog): Promise<SetupResult> {
     await fw;
     await addExtras(rec, req);
   } catch (e) {
-    await teardownContainer(req.id, req).catch(() => undefined);
+    await teardownContainer(req.id, req, { bundle: req.bundle }).catch(() => undefined);
     throw e;
   }
   return resultOf(rec, gateway);
-}
-
-/**
- * A TAP-mode sandbox's NIC, from its record: QEMU's ids follow from the name,
- * the TAP's name (oct + hash of the id) is ocinet's, so it is ours to delete.
- */
-function vmNicOf(r: ContainerRecord): AddedIface & { createdTap: boolean } {
-  return { device: r.hostVeth!, name: r.iface!, hwAddr: vmMac(r.id), mtu: r.mtu!, kind: 'tap', queues: 0, linkType: 'tap', createdTap: true };
-}
-
-/** Unplug a VM sandbox's NIC (when QEMU is still there) and remove its TAP. */
-async function unplugVm(rec: ContainerRecord): Promise<void> {
-  try {
-    if (rec.vm) await vmDelIface(rec.vm, vmNicOf(rec));
-  } finally {
-    // Even when the guest does not let go, the host side goes.
-    if (rec.hostVeth) await deleteLink(rec.hostVeth);
-  }
 }
 
 export interface TeardownResult {
   id: string;
   removed: boolean;
   bridgeRemoved: boolean;
+  /** Set when the record under this id belongs to another container (another runtime's): nothing was done. */
+  skipped?: string;
 }
 
-const tagPattern = (tag: string): RegExp => new RegExp(`ocinet:${tag.replace(/[.+]/g, '\\$&')}(?=["\\s]|$)`);
-
-/** Remove a container's ports chain: exactly when we can, by listing when parts are missing. */
-async function unpublish(r: ContainerRecord): Promise<void> {
-  if (!r.chain || !r.tag) return;
-  if (await restore(unpublishScript(r.tag), true)) return;
-  const pat = tagPattern(r.tag);
-  const chain = r.chain;
-  await purge(['nat'], (l) => pat.test(l), (c) => c === chain);
+/** What the runtime's state says of the container being torn down. */
+export interface Requester {
+  bundle?: string;
+  /** 0 or absent at poststop (runc gives none, crun 0). */
+  pid?: number;
 }
 
-export async function teardownContainer(id: string, o: Omit<NetworkOptions, 'iface' | 'mtu' | 'subnet'>, log?: OpLog): Promise<TeardownResult> {
-  const { rec, heir } = await withLock(o.stateDir, () => {
-    const db = loadDb(o.stateDir);
-    const rec = db.containers[id];
+/** Why `rec` is not the record of the container asking, or null when it is. */
+function notOwner(rec: ContainerRecord, who: Requester): string | null {
+  if (who.bundle && rec.bundle && who.bundle !== rec.bundle) return `its record belongs to bundle ${rec.bundle}, not ${who.bundle}`;
+  if (who.pid && rec.pid && rec.mode !== 'tap' && who.pid !== rec.pid) return `its record belongs to process ${rec.pid}, not ${who.pid}`;
+  return null;
+}
+
+export async function teardownContainer(
+  id: string, o: Omit<NetworkOptions, 'iface' | 'mtu' | 'subnet'>, who: Requester = {}, log?: OpLog,
+): Promise<TeardownResult> {
+  const found = await withLock(o.stateDir, async () => {
+    const db = await loadForChange(o.stateDir, log);
+    const rec = db.containers[id] ?? recoveredRecord(db, id);
+    if (!rec) return { rec };
+    const skipped = notOwner(rec, who);
+    if (skipped) return { rec, skipped };
     // A sharer that is still alive inherits the namespace's network instead of losing it.
-    const heir = rec?.mode === 'veth'
-      ? Object.values(db.containers).find((c) => c.sharedWith === id && c.pid && netnsId(pidNetnsPath(c.pid)) === rec.netns)
-      : undefined;
-    if (rec && heir) {
-      db.containers[heir.id] = { ...rec, id: heir.id, pid: heir.pid!, createdAt: heir.createdAt, setupPid: heir.setupPid };
-      for (const c of Object.values(db.containers)) if (c.sharedWith === id) c.sharedWith = heir.id;
-      delete db.containers[id];
+    const copy = { ...rec };
+    if (!forget(db, copy)) {
       saveDb(o.stateDir, db);
+      return { rec, handedOver: true };
     }
-    return { rec, heir };
+    return { rec };
   });
   log?.step('lookup');
-  if (heir) return { id, removed: true, bridgeRemoved: false };
-  let extrasError: unknown;
-
-  if (rec?.mode === 'veth' || rec?.mode === 'tap') {
-    const t = targetOf(rec);
-    if (t) {
-      // A VM outlives its network: take back the IPVS rules given to it.
-      if (t.vm && loadRecord(o.stateDir, t).ipvsRules) await ipvsadm(t, parseParameters('--clear'), o.stateDir).catch(() => undefined);
-      // Interfaces added through kata-network. One that will not go must not keep
-      // the container's own network and lease: report it after the rest is done.
-      await releaseSandbox(o.stateDir, t).catch((e: unknown) => {
-        extrasError = e;
-      });
-    }
-    // Independent kernel objects: remove them side by side.
-    const link = rec.mode === 'tap' ? unplugVm(rec) : rec.hostVeth ? deleteLink(rec.hostVeth) : undefined;
-    const done = await Promise.allSettled([unpublish(rec), link]);
-    for (const d of done) if (d.status === 'rejected') throw d.reason;
+  const { rec } = found;
+  if ('skipped' in found && found.skipped) {
+    log?.write({ op: 'teardown-skipped', id, ok: true, why: found.skipped });
+    return { id, removed: false, bridgeRemoved: false, skipped: found.skipped };
+  }
+  if ('handedOver' in found) return { id, removed: true, bridgeRemoved: false };
+  let extrasError: string | undefined;
+  if (rec) {
+    extrasError = await removeObjects(rec, { stateDir: o.stateDir, locked: false, vmAlive: rec.mode !== 'tap' || isAlive(rec) });
     log?.step('kernel');
-  } else if (!rec) {
+  } else {
     await deleteLink(hostVethName(id)); // a setup killed before it could record anything more
   }
-  const bridge = rec?.bridge ?? o.bridge;
+  const bridge = rec?.bridge || o.bridge;
   const bridgeRemoved = await withLock(o.stateDir, async () => {
-    const db = loadDb(o.stateDir);
-    if (rec) delete db.containers[id];
-    const left = Object.values(db.containers).some((c) => c.bridge === bridge);
+    const db = await loadForChange(o.stateDir, log);
+    const reclaim = new Reclaimer(db, o.stateDir, id, log);
+    // Only the record this teardown removed: a new container of the same id may have come meanwhile.
+    if (rec && db.containers[rec.id]?.createdAt === rec.createdAt) delete db.containers[rec.id];
+    // Dead records on the bridge do not keep it: they are reclaimed here.
+    const left = Object.values(db.containers).some((c) => c.bridge === bridge && reclaim.blocks(c, `bridge ${bridge} kept for it after ${id} left`));
+    await reclaim.finish();
     let removed = false;
-    if (!left && !o.keepBridge) {
-      removed = await removeNetwork(db, bridge);
-    }
-    if (rec || removed) saveDb(o.stateDir, db);
+    if (!left && !o.keepBridge) removed = await removeNetwork(db, bridge);
+    if (rec || removed || reclaim.done.length) saveDb(o.stateDir, db);
     return removed;
   });
   log?.step('release');
-  if (extrasError) throw extrasError;
+  if (extrasError) throw new OcinetError('EEXEC', extrasError);
   return { id, removed: Boolean(rec), bridgeRemoved };
 }
 

@@ -6,6 +6,7 @@
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { OcinetError } from './errors.js';
+import { dnatChain, hostVethName } from './names.js';
 
 export type Proto = 'tcp' | 'udp';
 
@@ -42,8 +43,20 @@ export interface ContainerRecord {
   mtu?: number;
   ports: PortMapping[];
   pid?: number;
+  /**
+   * Start time of `pid` (/proc/PID/stat field 22). With pid and netns it names
+   * the process; the kernel reuses each alone. Absent in older records: then
+   * pid and netns decide.
+   */
+  start?: number;
   /** `dev:inode` of the network namespace, to spot sharing and dead sandboxes. */
   netns?: string;
+  /** The runtime's bundle path: a teardown naming another bundle is another container's. */
+  bundle?: string;
+  /** Rebuilt from kernel objects after the state file was lost; the id may be a stand-in. */
+  recovered?: boolean;
+  /** Why the record was found damaged; it is kept by its id's names for teardown and gc. */
+  damaged?: string;
   sharedWith?: string;
   createdAt: string;
   /** Pid of the hook that wrote the record (a dead one with no network means a crashed setup). */
@@ -58,8 +71,13 @@ export interface Db {
 
 export const DEFAULT_STATE_DIR = '/run/ocinet';
 
+/** A record map with no prototype: ids such as `__proto__` or `constructor` are plain keys. */
+export function dict<T>(): Record<string, T> {
+  return Object.create(null) as Record<string, T>;
+}
+
 export function emptyDb(): Db {
-  return { version: 1, networks: {}, containers: {} };
+  return { version: 1, networks: dict(), containers: dict() };
 }
 
 export function ensureStateDir(dir: string): void {
@@ -70,7 +88,14 @@ export function dbPath(dir: string): string {
   return join(dir, 'state.json');
 }
 
-export function loadDb(dir: string): Db {
+/**
+ * Read the state. A file that cannot be parsed at all is EDAMAGED (the hook
+ * and gc then rebuild it from the kernel's objects, see recover.ts). A record
+ * that is damaged is kept by what its id names (veth, ports chain), marked
+ * `damaged`, so that teardown and gc still remove its objects; `warnings`
+ * says which were repaired.
+ */
+export function loadDb(dir: string, warnings?: string[]): Db {
   let text: string;
   try {
     text = readFileSync(dbPath(dir), 'utf8');
@@ -78,17 +103,88 @@ export function loadDb(dir: string): Db {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return emptyDb();
     throw new OcinetError('ESTATE', `cannot read ${dbPath(dir)}: ${(e as Error).message}`);
   }
-  let db: unknown;
+  let raw: unknown;
   try {
-    db = JSON.parse(text);
-  } catch {
-    throw new OcinetError('ESTATE', `${dbPath(dir)} is not valid JSON (move it away and run 'ocinet gc')`);
+    raw = JSON.parse(text);
+  } catch (e) {
+    throw new OcinetError('EDAMAGED', `state file ${dbPath(dir)} is damaged (${text.trim() === '' ? 'empty' : (e as Error).message})`);
   }
-  const d = db as Partial<Db>;
-  if (d?.version !== 1 || typeof d.networks !== 'object' || typeof d.containers !== 'object' || !d.networks || !d.containers) {
-    throw new OcinetError('ESTATE', `${dbPath(dir)} is not an ocinet state file of version 1`);
+  const d = raw as { version?: unknown; networks?: unknown; containers?: unknown };
+  if (!isObject(d) || d.version !== 1 || !isObject(d.networks) || !isObject(d.containers)) {
+    throw new OcinetError('EDAMAGED', `state file ${dbPath(dir)} is damaged (not an ocinet state of version 1)`);
   }
-  return d as Db;
+  const db = emptyDb();
+  for (const [bridge, n] of Object.entries(d.networks)) {
+    const why = networkProblem(bridge, n);
+    if (why) throw new OcinetError('EDAMAGED', `state file ${dbPath(dir)} is damaged (network '${bridge}': ${why})`);
+    db.networks[bridge] = n as NetworkRecord;
+  }
+  for (const [id, c] of Object.entries(d.containers)) {
+    const why = containerProblem(id, c);
+    if (!why) {
+      const r = c as ContainerRecord;
+      db.containers[id] = Array.isArray(r.ports) ? r : { ...r, ports: [] }; // older records: no ports field
+      continue;
+    }
+    const salvaged = salvage(id, c, why);
+    db.containers[id] = salvaged;
+    warnings?.push(`state file ${dbPath(dir)}: record '${id}' is damaged (${why}); kept by its names for teardown and 'ocinet gc'`);
+  }
+  return db;
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+const IFNAME = /^[A-Za-z][A-Za-z0-9_.-]{0,14}$/;
+const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
+const isPort = (p: unknown): boolean => Number.isInteger(p) && (p as number) >= 1 && (p as number) <= 65535;
+
+function networkProblem(bridge: string, n: unknown): string | null {
+  if (!isObject(n)) return 'not an object';
+  if (n.bridge !== bridge || !IFNAME.test(bridge)) return `field 'bridge' is not '${bridge}'`;
+  if (typeof n.subnet !== 'string' || !/^[\d.]+\/\d{1,2}$/.test(n.subnet)) return `field 'subnet' is not a CIDR`;
+  if (typeof n.gateway !== 'string' || !IPV4.test(n.gateway)) return `field 'gateway' is not an IPv4 address`;
+  return null;
+}
+
+/** What is wrong with a container record, or null. A missing `ports` is repaired, not an error. */
+function containerProblem(id: string, c: unknown): string | null {
+  if (!isObject(c)) return 'not an object';
+  if (c.id !== id) return `field 'id' is not '${id}'`;
+  if (c.mode !== 'veth' && c.mode !== 'shared' && c.mode !== 'tap') return `field 'mode' is not veth, shared or tap`;
+  if (typeof c.bridge !== 'string' || !IFNAME.test(c.bridge)) return `field 'bridge' is not an interface name`;
+  if (c.ip !== undefined && (typeof c.ip !== 'string' || !IPV4.test(c.ip))) return `field 'ip': ${JSON.stringify(c.ip)} is not an IPv4 address`;
+  if (c.prefix !== undefined && !(Number.isInteger(c.prefix) && (c.prefix as number) >= 0 && (c.prefix as number) <= 32)) return `field 'prefix' is not 0-32`;
+  for (const k of ['hostVeth', 'iface'] as const) {
+    if (c[k] !== undefined && (typeof c[k] !== 'string' || !IFNAME.test(c[k] as string))) return `field '${k}' is not an interface name`;
+  }
+  for (const k of ['pid', 'start'] as const) {
+    if (c[k] !== undefined && !(Number.isInteger(c[k]) && (c[k] as number) >= 0)) return `field '${k}' is not a whole number`;
+  }
+  if (c.netns !== undefined && (typeof c.netns !== 'string' || !/^\d+:\d+$/.test(c.netns))) return `field 'netns' is not dev:inode`;
+  if (c.ports !== undefined) {
+    if (!Array.isArray(c.ports)) return `field 'ports' is not a list`;
+    for (const p of c.ports as unknown[]) {
+      if (!isObject(p) || !isPort(p.hostPort) || !isPort(p.containerPort) || (p.proto !== 'tcp' && p.proto !== 'udp')) return `field 'ports' holds a bad mapping`;
+    }
+  }
+  return null;
+}
+
+/**
+ * A damaged record reduced to what its id names: the host veth and the ports
+ * chain. No address (it would be trusted for IPAM), no process: it counts as
+ * dead, so the next setup it stands in the way of, or gc, removes its objects.
+ */
+function salvage(id: string, c: unknown, why: string): ContainerRecord {
+  const o = isObject(c) ? c : {};
+  const bridge = typeof o.bridge === 'string' && IFNAME.test(o.bridge) ? o.bridge : '';
+  return {
+    id, mode: 'veth', bridge, ports: [], hostVeth: hostVethName(id), chain: dnatChain(id), tag: id,
+    createdAt: typeof o.createdAt === 'string' ? o.createdAt : '', setupPid: 0, damaged: why,
+  };
 }
 
 export function saveDb(dir: string, db: Db): void {
@@ -102,8 +198,19 @@ export function saveDb(dir: string, db: Db): void {
 export function findContainer(db: Db, idOrPrefix: string): ContainerRecord {
   const exact = db.containers[idOrPrefix];
   if (exact) return exact;
+  const recovered = recoveredRecord(db, idOrPrefix);
+  if (recovered) return recovered;
   const hits = Object.keys(db.containers).filter((k) => k.startsWith(idOrPrefix));
   if (hits.length === 1) return db.containers[hits[0]!]!;
   if (hits.length > 1) throw new OcinetError('EINPUT', `container id '${idOrPrefix}' is ambiguous (${hits.length} match)`);
   throw new OcinetError('ENOTFOUND', `no container '${idOrPrefix}' in ocinet's state`);
+}
+
+/**
+ * A record rebuilt from kernel objects whose id could not be recovered is
+ * keyed by its veth: the id's veth name finds it again.
+ */
+export function recoveredRecord(db: Db, id: string): ContainerRecord | undefined {
+  const veth = hostVethName(id);
+  return Object.values(db.containers).find((c) => c.recovered && c.hostVeth === veth);
 }

@@ -9,17 +9,25 @@ export interface VethPlan {
   hostVeth: string;
   iface: string;
   mtu: number;
-  pid: number;
+  /** The container's namespace as a path (`/proc/self/fd/N`, opened once), never a pid. */
+  netns: string;
   bridge: string;
 }
 
 /** Host side: one `ip -batch`. */
 export function hostLines(p: VethPlan): string[] {
   return [
-    `link add ${p.hostVeth} mtu ${p.mtu} type veth peer name ${p.iface} mtu ${p.mtu} netns ${p.pid}`,
-    `link set ${p.hostVeth} master ${p.bridge} up`,
+    `link add ${p.hostVeth} mtu ${p.mtu} type veth peer name ${p.iface} mtu ${p.mtu} netns ${p.netns}`,
+    ...reattachLines(p.hostVeth, p.bridge),
+  ];
+}
+
+/** Attach a host veth to the bridge (again, after the bridge was made anew). */
+export function reattachLines(hostVeth: string, bridge: string): string[] {
+  return [
+    `link set ${hostVeth} master ${bridge} up`,
     // Hairpin: a container reaching its own published port comes back through its own port.
-    `link set ${p.hostVeth} type bridge_slave hairpin on`,
+    `link set ${hostVeth} type bridge_slave hairpin on`,
   ];
 }
 

@@ -62,16 +62,17 @@ async function main(argv: string[]): Promise<number> {
   const state = parseState(readFileSync(0, 'utf8'));
   const stage = stageArg ?? stageFromStatus(state);
   const cfg = resolveConfig(flags, stage === 'setup' ? ocinetAnnotations(state) : {}, process.env);
-  const log = new OpLog(cfg.logFile);
+  const log = new OpLog(cfg.logFile, (w) => process.stderr.write(`ocinet-hook: warning: ${w}\n`));
   try {
     if (stage === 'setup') {
       if (!state.pid && cfg.mode === 'veth') throw new OcinetError('EINPUT', `state field 'pid' is required for setup (status '${state.status}')`);
-      const res = await setupContainer({ ...cfg, id: state.id, pid: state.pid ?? 0 }, log);
+      const res = await setupContainer({ ...cfg, id: state.id, pid: state.pid ?? 0, bundle: state.bundle }, log);
       log.write({ op: 'setup', id: state.id, ok: true, ip: res.ip, ports: res.ports.length, shared: res.sharedWith });
       process.stdout.write(JSON.stringify(res) + '\n');
     } else {
-      const res = await teardownContainer(state.id, cfg, log);
-      log.write({ op: 'teardown', id: state.id, ok: true, removed: res.removed, bridgeRemoved: res.bridgeRemoved });
+      // Only the record this container made: another runtime may run one with the same id.
+      const res = await teardownContainer(state.id, cfg, { bundle: state.bundle, ...(state.pid ? { pid: state.pid } : {}) }, log);
+      log.write({ op: 'teardown', id: state.id, ok: true, removed: res.removed, bridgeRemoved: res.bridgeRemoved, ...(res.skipped ? { skipped: res.skipped } : {}) });
     }
   } catch (e) {
     log.write({ op: stage, id: state.id, ok: false, error: errorLine(e), code: isOcinetError(e) ? e.code : 'EUNKNOWN' });

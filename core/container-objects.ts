@@ -1,0 +1,84 @@
+/**
+ * The kernel objects a container record stands for (host veth or VM TAP,
+ * ports chain, kata-network extras) and their removal, shared by teardown,
+ * the reclaim of dead records and gc.
+ */
+import { deleteLink } from './bridge.js';
+import { errorLine } from './errors.js';
+import { purge, restore } from './iptables.js';
+import { ipvsadm, parseParameters } from './ipvs.js';
+import { loadRecord, releaseSandbox, releaseSandboxLocked, targetKey, vmTarget, type AddedIface, type Target } from './kata-network.js';
+import { vmMac } from './names.js';
+import { pidNetnsPath } from './netns.js';
+import { unpublishScript } from './portmap.js';
+import type { ContainerRecord } from './store.js';
+import { vmDelIface } from './vm.js';
+
+/** The kata-network target of a record; `nsPath` overrides the pid's path (setup holds the namespace open). */
+export function targetOf(r: ContainerRecord, nsPath?: string): Target | null {
+  if (r.mode === 'tap') return r.vm ? vmTarget(r.vm, r.id) : null;
+  if (!r.netns || !r.pid) return null;
+  return { key: targetKey(r.netns), nsPath: nsPath ?? pidNetnsPath(r.pid), nsId: r.netns, containerId: r.id, pid: r.pid };
+}
+
+/**
+ * A TAP-mode sandbox's NIC, from its record: QEMU's ids follow from the name,
+ * the TAP's name (oct + hash of the id) is ocinet's, so it is ours to delete.
+ */
+export function vmNicOf(r: ContainerRecord): AddedIface & { createdTap: boolean } {
+  return { device: r.hostVeth!, name: r.iface!, hwAddr: vmMac(r.id), mtu: r.mtu!, kind: 'tap', queues: 0, linkType: 'tap', createdTap: true };
+}
+
+/** Unplug a VM sandbox's NIC (when QEMU is still there) and remove its TAP. */
+async function unplugVm(rec: ContainerRecord, vmAlive: boolean): Promise<void> {
+  try {
+    if (rec.vm && vmAlive) await vmDelIface(rec.vm, vmNicOf(rec));
+  } finally {
+    // Even when the guest does not let go, the host side goes.
+    if (rec.hostVeth) await deleteLink(rec.hostVeth);
+  }
+}
+
+const escapeRe = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+const tagPattern = (tag: string): RegExp => new RegExp(`ocinet:${escapeRe(tag)}(?=["\\s]|$)`);
+
+/** Remove a container's ports chain: exactly when we can, by listing when parts are missing. */
+export async function unpublish(r: ContainerRecord): Promise<void> {
+  if (!r.chain || !r.tag) return;
+  if (await restore(unpublishScript(r.tag), true)) return;
+  const pat = tagPattern(r.tag);
+  const chain = r.chain;
+  await purge(['nat'], (l) => pat.test(l), (c) => c === chain);
+}
+
+export interface RemoveOptions {
+  stateDir: string;
+  /** The caller holds the state lock (reclaim, gc): nothing here may take it again. */
+  locked: boolean;
+  /** False for a reclaimed VM sandbox: its QEMU is gone, talk to nobody. */
+  vmAlive: boolean;
+}
+
+/**
+ * Remove what `rec` made. Interfaces added through kata-network that will not
+ * go do not keep the rest: their error is returned after the rest is done.
+ */
+export async function removeObjects(rec: ContainerRecord, o: RemoveOptions): Promise<string | undefined> {
+  if (rec.mode === 'shared') return undefined;
+  let extrasError: string | undefined;
+  const t = targetOf(rec);
+  if (t) {
+    // A VM outlives its network: take back the IPVS rules given to it.
+    if (t.vm && o.vmAlive && !o.locked && loadRecord(o.stateDir, t).ipvsRules) {
+      await ipvsadm(t, parseParameters('--clear'), o.stateDir).catch(() => undefined);
+    }
+    await (o.locked ? releaseSandboxLocked(o.stateDir, t) : releaseSandbox(o.stateDir, t)).catch((e: unknown) => {
+      extrasError = errorLine(e);
+    });
+  }
+  // Independent kernel objects: remove them side by side.
+  const link = rec.mode === 'tap' ? unplugVm(rec, o.vmAlive) : rec.hostVeth ? deleteLink(rec.hostVeth) : undefined;
+  const done = await Promise.allSettled([unpublish(rec), link]);
+  for (const d of done) if (d.status === 'rejected') throw d.reason;
+  return extrasError;
+}

@@ -1,0 +1,105 @@
+/**
+ * Dead records never decide. A record is alive while its process is the one
+ * that was recorded (pid + start time) and still in the recorded network
+ * namespace; a VM sandbox while its QEMU is. A decision that reads other
+ * records (sharing, ports, a static address, a full pool, the last container
+ * leaving, the same id set up again) asks `blocks()`: a dead record standing
+ * in the way is taken out of the state there and then, under the lock, and
+ * its kernel objects are removed by `finish()` before the lock is released.
+ * gc runs every record through the same code.
+ */
+import { existsSync } from 'node:fs';
+import { removeObjects } from './container-objects.js';
+import { errorLine } from './errors.js';
+import type { OpLog } from './log.js';
+import { netnsId, pidNetnsPath } from './netns.js';
+import { sameProcess } from './proc.js';
+import type { ContainerRecord, Db } from './store.js';
+
+export function isAlive(c: ContainerRecord): boolean {
+  if (c.damaged) return false;
+  if (c.mode === 'tap') {
+    // QEMU named by pid + start time; older records only had the socket.
+    if (c.pid && c.start !== undefined) return sameProcess(c.pid, c.start);
+    return Boolean(c.vm && existsSync(c.vm.qmp));
+  }
+  return Boolean(c.pid && c.netns && sameProcess(c.pid, c.start) && netnsId(pidNetnsPath(c.pid)) === c.netns);
+}
+
+/** A live sharer of `owner`'s namespace that can take the network over, if any. */
+export function heirOf(db: Db, owner: ContainerRecord): ContainerRecord | undefined {
+  if (owner.mode !== 'veth' || !owner.netns) return undefined;
+  return Object.values(db.containers).find((c) => c.sharedWith === owner.id && c.netns === owner.netns && isAlive(c));
+}
+
+/**
+ * Take `rec` out of the state. When a live sharer inherits the network, the
+ * record moves to it and nothing in the kernel is removed (returns false).
+ */
+export function forget(db: Db, rec: ContainerRecord): boolean {
+  delete db.containers[rec.id];
+  const heir = heirOf(db, rec);
+  if (!heir) {
+    for (const c of Object.values(db.containers)) if (c.sharedWith === rec.id) delete c.sharedWith;
+    return true;
+  }
+  const next: ContainerRecord = { ...rec, id: heir.id, createdAt: heir.createdAt, setupPid: heir.setupPid };
+  for (const k of ['pid', 'start', 'bundle'] as const) {
+    if (heir[k] !== undefined) (next as unknown as Record<string, unknown>)[k] = heir[k]; // the heir's own identity
+    else delete next[k];
+  }
+  db.containers[heir.id] = next;
+  for (const c of Object.values(db.containers)) if (c.sharedWith === rec.id) c.sharedWith = heir.id;
+  return false;
+}
+
+export interface Reclaimed {
+  id: string;
+  why: string;
+  /** Kernel objects that would not go (kept out of the state anyway; gc's orphan pass finds them by name). */
+  error?: string;
+}
+
+export class Reclaimer {
+  private readonly queue: { rec: ContainerRecord; why: string; remove: boolean }[] = [];
+  readonly done: Reclaimed[] = [];
+
+  constructor(
+    private readonly db: Db,
+    private readonly stateDir: string,
+    /** Who reclaims: a container id, or 'gc'. */
+    private readonly by: string,
+    private readonly log?: OpLog,
+  ) {}
+
+  /** True when `c` is alive and so really in the way; a dead one is taken out of the state and queued. */
+  blocks(c: ContainerRecord, why: string): boolean {
+    if (this.queue.some((q) => q.rec === c)) return false;
+    if (isAlive(c)) return true;
+    this.queue.push({ rec: c, why, remove: forget(this.db, c) });
+    return false;
+  }
+
+  get pending(): number {
+    return this.queue.length;
+  }
+
+  /** Remove the queued records' kernel objects (caller still holds the lock) and log each. */
+  async finish(): Promise<Reclaimed[]> {
+    const batch = this.queue.splice(0);
+    await Promise.all(
+      batch.map(async ({ rec, why, remove }) => {
+        const r: Reclaimed = { id: rec.id, why };
+        try {
+          const extras = remove ? await removeObjects(rec, { stateDir: this.stateDir, locked: true, vmAlive: false }) : undefined;
+          if (extras) r.error = extras;
+        } catch (e) {
+          r.error = errorLine(e);
+        }
+        this.log?.write({ op: 'reclaim', id: rec.id, by: this.by, why, ok: !r.error, ...(r.error ? { error: r.error } : {}), ...(remove ? {} : { handedOver: true }) });
+        this.done.push(r);
+      }),
+    );
+    return batch.map((b) => this.done.find((d) => d.id === b.rec.id)!);
+  }
+}
