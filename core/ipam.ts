@@ -9,11 +9,12 @@ import { OcinetError } from './errors.js';
 import type { ContainerRecord, Db, NetworkRecord } from './store.js';
 
 /**
- * Asked of a record that stands in the way: true when it really does (it is
- * alive); false when it was dead and has been taken out of the state.
+ * Asked of a record that stands in the way: the live record that really
+ * does (the record itself, or the live sharer that inherited its network),
+ * or null when it was dead and has been taken out of the state.
  */
-export type Blocks = (c: ContainerRecord, why: string) => boolean;
-const always: Blocks = () => true;
+export type Blocks = (c: ContainerRecord, why: string) => ContainerRecord | null;
+const always: Blocks = (c) => c;
 
 export function leasedBy(db: Db, bridge: string): Map<number, ContainerRecord> {
   const used = new Map<number, ContainerRecord>();
@@ -38,15 +39,15 @@ export function allocate(db: Db, net: NetworkRecord, id: string, requested?: str
     if (!contains(sn, n)) throw new OcinetError('EINPUT', `static address ${requested} is outside subnet ${net.subnet}`);
     if (n < first || n > last) throw new OcinetError('EINPUT', `static address ${requested} is the network, gateway or broadcast address of ${net.subnet}`);
     const owner = used.get(n);
-    if (owner && owner.id !== id && blocks(owner, `static address ${requested} asked by ${id}`)) {
-      throw new OcinetError('ECONFLICT', `static address ${requested} is already leased to container ${owner.id}`);
-    }
+    const live = owner && owner.id !== id ? blocks(owner, `static address ${requested} asked by ${id}`) : null;
+    if (live) throw new OcinetError('ECONFLICT', `static address ${requested} is already leased to container ${live.id}`);
     return requested;
   }
   const next = nextFree(net, used, first, last);
   if (next !== null) return next;
   // Full: the dead leases are in the way now.
   const dead = [...used.values()].filter((c) => !blocks(c, `address pool ${net.subnet} full at ${id}'s setup`));
+  // (A dead owner handed over to a live sharer still holds its address: not counted.)
   if (dead.length) {
     used = leasedBy(db, net.bridge);
     const again = nextFree(net, used, first, last);

@@ -31,7 +31,7 @@ export function parsePortList(list: string, where: string): PortMapping[] {
 }
 
 /** Reject a host port asked twice, or already published by another (live) container. */
-export function checkPortConflicts(ports: PortMapping[], db: Db, id: string, blocks: Blocks = () => true): void {
+export function checkPortConflicts(ports: PortMapping[], db: Db, id: string, blocks: Blocks = (c) => c): void {
   const seen = new Set<string>();
   for (const p of ports) {
     const key = `${p.hostPort}/${p.proto}`;
@@ -41,9 +41,8 @@ export function checkPortConflicts(ports: PortMapping[], db: Db, id: string, blo
   for (const c of Object.values(db.containers)) {
     if (c.id === id) continue;
     const hit = c.ports.find((p) => seen.has(`${p.hostPort}/${p.proto}`));
-    if (hit && blocks(c, `host port ${hit.hostPort}/${hit.proto} asked by ${id}`)) {
-      throw new OcinetError('ECONFLICT', `host port ${hit.hostPort}/${hit.proto} is already published by container ${c.id}`);
-    }
+    const live = hit ? blocks(c, `host port ${hit.hostPort}/${hit.proto} asked by ${id}`) : null;
+    if (live) throw new OcinetError('ECONFLICT', `host port ${hit!.hostPort}/${hit!.proto} is already published by container ${live.id}`);
   }
 }
 

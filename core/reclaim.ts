@@ -34,23 +34,25 @@ export function heirOf(db: Db, owner: ContainerRecord): ContainerRecord | undefi
 
 /**
  * Take `rec` out of the state. When a live sharer inherits the network, the
- * record moves to it and nothing in the kernel is removed (returns false).
+ * record moves to it and nothing in the kernel is removed: returns the heir's
+ * new record.
  */
-export function forget(db: Db, rec: ContainerRecord): boolean {
+export function forget(db: Db, rec: ContainerRecord): ContainerRecord | null {
   delete db.containers[rec.id];
   const heir = heirOf(db, rec);
   if (!heir) {
     for (const c of Object.values(db.containers)) if (c.sharedWith === rec.id) delete c.sharedWith;
-    return true;
+    return null;
   }
   const next: ContainerRecord = { ...rec, id: heir.id, createdAt: heir.createdAt, setupPid: heir.setupPid };
   for (const k of ['pid', 'start', 'bundle'] as const) {
     if (heir[k] !== undefined) (next as unknown as Record<string, unknown>)[k] = heir[k]; // the heir's own identity
     else delete next[k];
   }
+  delete next.sharedWith;
   db.containers[heir.id] = next;
   for (const c of Object.values(db.containers)) if (c.sharedWith === rec.id) c.sharedWith = heir.id;
-  return false;
+  return next;
 }
 
 export interface Reclaimed {
@@ -61,7 +63,7 @@ export interface Reclaimed {
 }
 
 export class Reclaimer {
-  private readonly queue: { rec: ContainerRecord; why: string; remove: boolean }[] = [];
+  private readonly queue: { rec: ContainerRecord; why: string; heir: ContainerRecord | null }[] = [];
   readonly done: Reclaimed[] = [];
 
   constructor(
@@ -72,12 +74,18 @@ export class Reclaimer {
     private readonly log?: OpLog,
   ) {}
 
-  /** True when `c` is alive and so really in the way; a dead one is taken out of the state and queued. */
-  blocks(c: ContainerRecord, why: string): boolean {
-    if (this.queue.some((q) => q.rec === c)) return false;
-    if (isAlive(c)) return true;
-    this.queue.push({ rec: c, why, remove: forget(this.db, c) });
-    return false;
+  /**
+   * The live record really in the way: `c` when it is alive, else the live
+   * sharer that inherits its network; null when `c` was dead and nobody
+   * inherits (it is taken out of the state and queued for removal).
+   */
+  blocks(c: ContainerRecord, why: string): ContainerRecord | null {
+    const queued = this.queue.find((q) => q.rec === c);
+    if (queued) return queued.heir;
+    if (isAlive(c)) return c;
+    const heir = forget(this.db, c);
+    this.queue.push({ rec: c, why, heir });
+    return heir;
   }
 
   get pending(): number {
@@ -88,7 +96,8 @@ export class Reclaimer {
   async finish(): Promise<Reclaimed[]> {
     const batch = this.queue.splice(0);
     await Promise.all(
-      batch.map(async ({ rec, why, remove }) => {
+      batch.map(async ({ rec, why, heir }) => {
+        const remove = heir === null;
         const r: Reclaimed = { id: rec.id, why };
         try {
           const extras = remove ? await removeObjects(rec, { stateDir: this.stateDir, locked: true, vmAlive: false }) : undefined;
@@ -96,7 +105,7 @@ export class Reclaimer {
         } catch (e) {
           r.error = errorLine(e);
         }
-        this.log?.write({ op: 'reclaim', id: rec.id, by: this.by, why, ok: !r.error, ...(r.error ? { error: r.error } : {}), ...(remove ? {} : { handedOver: true }) });
+        this.log?.write({ op: 'reclaim', id: rec.id, by: this.by, why, ok: !r.error, ...(r.error ? { error: r.error } : {}), ...(heir ? { handedOverTo: heir.id } : {}) });
         this.done.push(r);
       }),
     );

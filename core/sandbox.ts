@@ -176,7 +176,7 @@ async function addExtras(rec: ContainerRecord, req: SetupRequest, nsPath?: strin
 /** The same id set up again: refused while its record is alive, reclaimed when it is dead. */
 function assertNew(db: Db, id: string, reclaim: Reclaimer): void {
   const same = db.containers[id];
-  if (same && reclaim.blocks(same, `container id ${id} set up again`)) {
+  if (same && reclaim.blocks(same, `container id ${id} set up again`)?.id === id) {
     throw new OcinetError('ECONFLICT', `container ${id} already has a network from ocinet (run teardown first)`);
   }
 }
@@ -253,7 +253,8 @@ function namespaceOwner(db: Db, nsId: string, id: string, reclaim: Reclaimer): C
   for (;;) {
     const c = Object.values(db.containers).find((r) => r.netns === nsId && r.mode === 'veth');
     if (!c) return undefined;
-    if (reclaim.blocks(c, `network namespace ${nsId} is now ${id}'s`)) return c;
+    const live = reclaim.blocks(c, `network namespace ${nsId} is now ${id}'s`);
+    if (live) return live;
   }
 }
 
@@ -415,8 +416,7 @@ export async function teardownContainer(
     const skipped = notOwner(rec, who);
     if (skipped) return { rec, skipped };
     // A sharer that is still alive inherits the namespace's network instead of losing it.
-    const copy = { ...rec };
-    if (!forget(db, copy)) {
+    if (forget(db, { ...rec })) {
       saveDb(o.stateDir, db);
       return { rec, handedOver: true };
     }
@@ -443,7 +443,7 @@ export async function teardownContainer(
     // Only the record this teardown removed: a new container of the same id may have come meanwhile.
     if (rec && db.containers[rec.id]?.createdAt === rec.createdAt) delete db.containers[rec.id];
     // Dead records on the bridge do not keep it: they are reclaimed here.
-    const left = Object.values(db.containers).some((c) => c.bridge === bridge && reclaim.blocks(c, `bridge ${bridge} kept for it after ${id} left`));
+    const left = Object.values(db.containers).some((c) => c.bridge === bridge && reclaim.blocks(c, `bridge ${bridge} kept for it after ${id} left`) !== null);
     await reclaim.finish();
     let removed = false;
     if (!left && !o.keepBridge) removed = await removeNetwork(db, bridge);

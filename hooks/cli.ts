@@ -6,7 +6,9 @@ import { resolveStateDir } from '../core/config.js';
 import { doctor } from '../core/doctor.js';
 import { errorLine, OcinetError } from '../core/errors.js';
 import { gc, isAlive } from '../core/gc.js';
-import { loadDb } from '../core/store.js';
+import { OpLog } from '../core/log.js';
+import { run } from '../core/exec.js';
+import { loadDb, type Db } from '../core/store.js';
 import { parseArgs, type FlagSpec } from './args.js';
 import { networkCommand } from './network-cmd.js';
 import { ipvsCommand } from './ipvs-cmd.js';
@@ -39,6 +41,24 @@ flags:
   --json             machine-readable output
   --version, --help`;
 
+/** The state for reading only: a damaged file is reported, not rebuilt (gc does that). */
+function readState(stateDir: string): Db {
+  try {
+    return loadDb(stateDir);
+  } catch (e) {
+    if (e instanceof OcinetError && e.code === 'EDAMAGED') {
+      throw new OcinetError('EDAMAGED', `${e.message}: run 'ocinet gc' to rebuild it from the kernel's objects`);
+    }
+    throw e;
+  }
+}
+
+async function linkMasters(): Promise<Map<string, string>> {
+  const r = await run('ip', ['-j', 'link', 'show'], { allowFail: true });
+  const links = JSON.parse(r.stdout || '[]') as { ifname: string; master?: string }[];
+  return new Map(links.map((l) => [l.ifname, l.master ?? '']));
+}
+
 function table(rows: string[][]): string {
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
   return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ')).join('\n') + '\n';
@@ -56,33 +76,41 @@ async function main(argv: string[]): Promise<number> {
   const stateDir = resolveStateDir(flags.stateDir, process.env);
   switch (cmd) {
     case 'list': {
-      const db = loadDb(stateDir);
-      const rows = Object.values(db.containers).map((c) => ({
-        id: c.id,
-        mode: c.mode,
-        ip: c.ip ? `${c.ip}/${c.prefix}` : '',
-        bridge: c.bridge,
-        ports: c.ports.map((p) => `${p.hostPort}:${p.containerPort}/${p.proto}`),
-        pid: c.pid ?? null,
-        alive: isAlive(c),
-        ...(c.sharedWith ? { sharedWith: c.sharedWith } : {}),
-      }));
+      const db = readState(stateDir);
+      // The bridge each host veth hangs on: one exec, to show the detached ones.
+      const masters = await linkMasters();
+      const rows = Object.values(db.containers).map((c) => {
+        const alive = isAlive(c);
+        const detached = alive && c.mode === 'veth' && c.hostVeth !== undefined && masters.get(c.hostVeth) !== c.bridge;
+        return {
+          id: c.id,
+          mode: c.mode,
+          ip: c.ip ? `${c.ip}/${c.prefix}` : '',
+          bridge: c.bridge,
+          ports: c.ports.map((p) => `${p.hostPort}:${p.containerPort}/${p.proto}`),
+          pid: c.pid ?? null,
+          alive,
+          ...(c.sharedWith ? { sharedWith: c.sharedWith } : {}),
+          ...(detached ? { detached: true } : {}),
+          ...(c.damaged ? { damaged: c.damaged } : {}),
+          ...(c.recovered ? { recovered: true } : {}),
+        };
+      });
       if (flags.json) process.stdout.write(JSON.stringify(rows, null, 2) + '\n');
       else {
+        const stateOf = (r: (typeof rows)[number]): string =>
+          r.damaged ? 'damaged' : (r.alive ? 'running' : 'gone') + (r.detached ? ' (detached from bridge)' : '') + (r.sharedWith ? ` (shares ${r.sharedWith})` : '');
         process.stdout.write(
           table([
             ['ID', 'ADDRESS', 'BRIDGE', 'PORTS', 'PID', 'STATE'],
-            ...rows.map((r) => [
-              r.id, r.ip, r.bridge, r.ports.join(',') || '-', String(r.pid ?? '-'),
-              (r.alive ? 'running' : 'gone') + (r.sharedWith ? ` (shares ${r.sharedWith})` : ''),
-            ]),
+            ...rows.map((r) => [r.id, r.ip, r.bridge, r.ports.join(',') || '-', String(r.pid ?? '-'), stateOf(r)]),
           ]),
         );
       }
       return 0;
     }
     case 'gc': {
-      const r = await gc(stateDir);
+      const r = await gc(stateDir, new OpLog(`${stateDir}/ocinet.log`, (w) => process.stderr.write(`ocinet gc: warning: ${w}\n`)));
       if (flags.json) process.stdout.write(JSON.stringify(r, null, 2) + '\n');
       else {
         const n = (xs: string[]): string => (xs.length ? xs.join(', ') : 'none');
