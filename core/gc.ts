@@ -5,16 +5,15 @@
  * no record owns are removed; temp files of dead writers are deleted. A state
  * file damaged beyond reading is rebuilt from the kernel first.
  */
-import { existsSync, readdirSync, unlinkSync } from 'node:fs';
+import { readdirSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { BRIDGE_ALIAS } from './bridge.js';
 import { errorLine } from './errors.js';
 import { purge, save } from './iptables.js';
-import { allRecords, releaseSandbox } from './kata-network.js';
+import { allRecords, recordTarget, releaseSandbox, sandboxAlive } from './kata-network.js';
 import { deleteLinks, listLinks } from './links.js';
 import { withLock } from './lock.js';
 import type { OpLog } from './log.js';
-import { netnsId } from './netns.js';
 import { Reclaimer } from './reclaim.js';
 import { loadForChange } from './recover.js';
 import { removeNetwork } from './sandbox.js';
@@ -82,10 +81,10 @@ export async function gc(stateDir: string, log?: OpLog): Promise<GcReport> {
   });
   // kata-network records of sandboxes whose namespace (or QEMU) is gone: moved devices come home.
   for (const r of allRecords(stateDir)) {
-    if (r.vm ? existsSync(r.vm.qmp) : netnsId(r.nsPath) === r.nsId) continue;
+    if (sandboxAlive(r)) continue;
     const name = r.containerId ?? r.key;
     try {
-      await releaseSandbox(stateDir, { key: r.key, nsPath: r.nsPath, nsId: r.nsId, ...(r.vm ? { vm: r.vm } : {}) });
+      await releaseSandbox(stateDir, recordTarget(r));
       report.sandboxes.push(name);
     } catch (e) {
       report.errors.push(`sandbox ${name}: ${errorLine(e)}`);

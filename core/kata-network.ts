@@ -220,6 +220,16 @@ export function allRecords(stateDir: string): SandboxRecord[] {
     .map((f) => JSON.parse(readFileSync(join(dir, f), 'utf8')) as SandboxRecord);
 }
 
+/** A sandbox record is alive while its namespace (or its VM's QMP socket) is. */
+export function sandboxAlive(r: SandboxRecord): boolean {
+  return r.vm ? existsSync(r.vm.qmp) : netnsId(r.nsPath) === r.nsId;
+}
+
+/** The target a stored sandbox record names. */
+export function recordTarget(r: SandboxRecord): Target {
+  return { key: r.key, nsPath: r.nsPath, nsId: r.nsId, ...(r.vm ? { vm: r.vm } : {}), ...(r.containerId ? { containerId: r.containerId } : {}) };
+}
+
 export function targetKey(nsId: string): string {
   return 'ns-' + nsId.replace(':', '-');
 }
@@ -279,7 +289,13 @@ export async function addIface(t: Target, input: IfaceInput, o: AddOptions): Pro
     if (rec.ifaces.some((i) => i.name === input.name)) throw new OcinetError('ECONFLICT', `interface '${input.name}' already exists in the sandbox`);
     for (const other of allRecords(o.stateDir)) {
       const hit = other.ifaces.find((i) => i.device === input.device);
-      if (hit) throw new OcinetError('ECONFLICT', `device '${input.device}' is already used by sandbox ${other.containerId ?? other.key} (as ${hit.name})`);
+      if (!hit) continue;
+      // A dead sandbox does not keep the device: its interfaces are undone here (moved devices come home).
+      if (other.key !== t.key && !sandboxAlive(other)) {
+        await releaseSandboxLocked(o.stateDir, recordTarget(other));
+        continue;
+      }
+      throw new OcinetError('ECONFLICT', `device '${input.device}' is already used by sandbox ${other.containerId ?? other.key} (as ${hit.name})`);
     }
     const inside = await linksIn(t);
     if (inside.some((l) => l.ifname === input.name)) throw new OcinetError('ECONFLICT', `interface '${input.name}' already exists in the sandbox`);

@@ -394,3 +394,23 @@ t.test('the bridge deleted behind ocinet\'s back: the next setup makes it again 
   await Promise.all([sa.kill(), sb.kill()]);
   cleanup(dir);
 });
+
+t.test('kata-network: a device held by a dead sandbox is released for the next one', async (t) => {
+  const dir = tempDir('kdev');
+  const iface = (name: string): string => JSON.stringify({ device: 'okdev0', name, hwAddr: '02:00:00:00:0a:01', mtu: 1500 });
+  const a = await sandbox();
+  const add = await cli(['network', 'add-iface', '--state-dir', dir, '--pid', String(a.pid), '-'], iface('na'));
+  t.equal(add.exitCode, 0, add.stderr);
+  const b = await sandbox();
+  const held = await cli(['network', 'add-iface', '--state-dir', dir, '--pid', String(b.pid), '-'], iface('nb'));
+  t.not(held.exitCode, 0, 'refused while a lives');
+  t.match(held.stderr, /device 'okdev0' is already used by sandbox/);
+  await a.kill();
+  const r = await cli(['network', 'add-iface', '--state-dir', dir, '--pid', String(b.pid), '-'], iface('nb'));
+  t.equal(r.exitCode, 0, r.stderr);
+  t.match((await inNs(b.pid, ['ip', '-o', 'link', 'show', 'nb'])).stdout, /nb@/, 'b has the interface');
+  t.equal(readdirSync(join(dir, 'sandboxes')).length, 1, "only b's sandbox record is left");
+  t.equal((await cli(['network', 'del-iface', '--state-dir', dir, '--pid', String(b.pid), '-'], JSON.stringify({ name: 'nb' }))).exitCode, 0);
+  await b.kill();
+  cleanup(dir);
+});
