@@ -8,6 +8,7 @@ import { run } from './exec.js';
 import { targetKey, vmTarget, type Target } from './kata-network.js';
 import type { VmSockets } from './vm.js';
 import { netnsId, pidNetnsPath } from './netns.js';
+import { isAlive } from './reclaim.js';
 import { findContainer, loadDb } from './store.js';
 
 export interface TargetOptions {
@@ -64,6 +65,6 @@ export async function resolveTarget(id: string | undefined, o: TargetOptions): P
     return fromRunc(id, o.runtimeRoot);
   }
   if (rec.mode === 'tap' && rec.vm) return vmTarget(rec.vm, rec.id);
-  if (!rec.pid || netnsId(pidNetnsPath(rec.pid)) !== rec.netns) throw new OcinetError('ENOTFOUND', `container ${rec.id}'s sandbox is gone (try 'ocinet gc')`);
-  return fromPath(pidNetnsPath(rec.pid), rec.id, rec.pid);
+  if (!isAlive(rec)) throw new OcinetError('ENOTFOUND', `container ${rec.id}'s sandbox is gone (try 'ocinet gc')`);
+  return fromPath(pidNetnsPath(rec.pid!), rec.id, rec.pid);
 }

@@ -173,3 +173,56 @@ t.test('ipvs: parameters, restore, cleanup validation', async (t) => {
   t.throws(() => parseCleanup('--orig-dst 172.17.0.4 --protonum sctp'), /tcp or udp/);
   t.throws(() => parseCleanup('--orig-dst 172.17.0.4'), /needs --orig-dst IP and --protonum/);
 });
+
+t.test('process identity: start time from /proc/PID/stat, even with spaces and parentheses in comm', async (t) => {
+  const { sameProcess, startTime } = await import('../core/proc.js');
+  const mine = startTime(process.pid);
+  t.type(mine, 'number');
+  t.ok(sameProcess(process.pid, mine!), 'this process is itself');
+  t.notOk(sameProcess(process.pid, mine! + 1), 'another start time is another process');
+  t.equal(startTime(4194300), null, 'no such pid');
+  t.equal(startTime(0), null);
+  const { spawn } = await import('node:child_process');
+  const { mkdtempSync, rmSync, symlinkSync } = await import('node:fs');
+  // A program whose name (comm) holds ") (": field counting must start after the last ')'.
+  const dir = mkdtempSync('/tmp/ocinet-comm-');
+  symlinkSync('/bin/sleep', `${dir}/a) (b c`);
+  const p = spawn(`${dir}/a) (b c`, ['5'], { stdio: 'ignore' });
+  await new Promise((r) => setTimeout(r, 100));
+  const st = startTime(p.pid!);
+  t.type(st, 'number');
+  t.ok(st! >= mine!, 'a later process started later');
+  p.kill('SIGKILL');
+  rmSync(dir, { recursive: true, force: true });
+});
+
+t.test('state records: checked on load, damaged ones kept by name, prototype ids are plain keys', async (t) => {
+  const { mkdtempSync, rmSync, writeFileSync } = await import('node:fs');
+  const { loadDb, saveDb, emptyDb: empty } = await import('../core/store.js');
+  const dir = mkdtempSync('/tmp/ocinet-store-');
+  const db = empty();
+  for (const id of ['__proto__', 'constructor']) db.containers[id] = { id, mode: 'veth', bridge: 'b0', ip: '10.0.0.2', ports: [], createdAt: '', setupPid: 1 };
+  saveDb(dir, db);
+  t.same(Object.keys(loadDb(dir).containers).sort(), ['__proto__', 'constructor']);
+  const raw = {
+    version: 1, networks: {},
+    containers: {
+      ok: { id: 'ok', mode: 'veth', bridge: 'b0', ip: '10.0.0.2', createdAt: '', setupPid: 1 },
+      bad: { id: 'bad', mode: 'veth', bridge: 'b0', ip: '10.0.0.300', ports: [], createdAt: '', setupPid: 1 },
+    },
+  };
+  writeFileSync(`${dir}/state.json`, JSON.stringify(raw));
+  const warnings: string[] = [];
+  const got = loadDb(dir, warnings);
+  t.same(got.containers.ok?.ports, [], 'a missing ports field reads as none');
+  t.match(got.containers.bad?.damaged, /field 'ip': "10\.0\.0\.300" is not an IPv4 address/);
+  t.equal(got.containers.bad?.ip, undefined, 'no address is trusted from a damaged record');
+  t.equal(got.containers.bad?.hostVeth, hostVethName('bad'), 'kept by its veth name');
+  t.equal(got.containers.bad?.chain, dnatChain('bad'), 'and its ports chain');
+  t.equal(warnings.length, 1);
+  writeFileSync(`${dir}/state.json`, '{"version":1,"containers":{');
+  t.equal(code(() => loadDb(dir)), 'EDAMAGED');
+  writeFileSync(`${dir}/state.json`, '[]');
+  t.equal(code(() => loadDb(dir)), 'EDAMAGED');
+  rmSync(dir, { recursive: true, force: true });
+});
