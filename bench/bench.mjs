@@ -19,6 +19,12 @@ const CNI_PATH = '/usr/lib/cni';
 // Plugins shell out to iptables, so they need a PATH (a real runtime passes its own).
 const CNI_BASE_ENV = { CNI_PATH, CNI_IFNAME: 'eth0', PATH: '/usr/sbin:/usr/bin:/sbin:/bin' };
 const TARGETS = { ratio: 0.6, loadMs: 15, ownWorkMs: 25, scale: 1.25 };
+// Phase 2's third network: a /27 (29 addresses) that DEAD dead records and the
+// rest live residents fill, so that its timed setup must reclaim all DEAD first.
+const DEAD = 20;
+const DEAD_SUBNET = '10.215.0.0/27';
+const DEAD_LIVE = 2 ** (32 - Number(DEAD_SUBNET.split('/')[1])) - 3 - DEAD; // minus network, gateway, broadcast
+const DEAD_PORT0 = 9000; // dead record k published DEAD_PORT0 + k (none is 8080)
 // Progress on a terminal only, so that logs of `make bench` hold just the report.
 const progress = (msg) => process.stderr.isTTY && process.stderr.write(`\r${msg}\x1b[K`);
 
@@ -82,19 +88,22 @@ async function pool(items, n, fn) {
 const ociState = (id, status, pid) =>
   JSON.stringify({ ociVersion: '1.0.2', id, status, ...(pid ? { pid } : {}), bundle: '/nonexistent' });
 
-/** An ocinet network: a state dir, optionally reached through another netns (nsenter). */
-function ocinet(stateDir, viaPid) {
+/**
+ * An ocinet network: a state dir, optionally reached through another netns (nsenter);
+ * flags are the hook's own for every stage (e.g. --subnet), as a runtime's hook config gives them.
+ */
+function ocinet(stateDir, viaPid, flags = []) {
   const cmd = (args) => (viaPid ? ['nsenter', [`--net=/proc/${viaPid}/ns/net`, '--', HOOK, ...args]] : [HOOK, args]);
   return {
     stateDir,
     async setup(id, pid, extra = []) {
-      const [file, args] = cmd(['--state-dir', stateDir, ...extra]);
+      const [file, args] = cmd(['--state-dir', stateDir, ...flags, ...extra]);
       // Empty environment, as runc's "env": [] gives the hook.
       const r = await run(file, args, { input: ociState(id, 'creating', pid) });
       return must(r, `ocinet setup ${id}`, (x) => /^\d+\.\d+\.\d+\.\d+$/.test(JSON.parse(x.stdout).ip));
     },
     async teardown(id) {
-      const [file, args] = cmd(['--state-dir', stateDir]);
+      const [file, args] = cmd(['--state-dir', stateDir, ...flags]);
       return must(await run(file, args, { input: ociState(id, 'stopped') }), `ocinet teardown ${id}`);
     },
   };
@@ -138,10 +147,11 @@ const stat = (xs) => ({ p50: pct(xs, 0.5), p95: pct(xs, 0.95), n: xs.length });
 const r1 = (x) => Math.round(x * 10) / 10;
 const r2 = (x) => Math.round(x * 100) / 100;
 
+const logRows = (stateDir) => readFileSync(join(stateDir, 'ocinet.log'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
+
 /** Median of each step the hook logged (JSON lines with a `steps` object) for ids matching re. */
 function stepMedians(stateDir, op, re) {
-  const rows = readFileSync(join(stateDir, 'ocinet.log'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l))
-    .filter((e) => e.op === op && e.ok && re.test(e.id));
+  const rows = logRows(stateDir).filter((e) => e.op === op && e.ok && re.test(e.id));
   const out = { total: r2(pct(rows.map((e) => e.ms), 0.5)) };
   for (const k of Object.keys(rows[0]?.steps ?? {})) out[k] = r2(pct(rows.map((e) => e.steps[k] ?? 0), 0.5));
   return out;
@@ -154,7 +164,7 @@ const cleanups = []; // run in reverse at the end, also after a failure
 async function main() {
   const started = performance.now();
   const load0 = loadavg()[0];
-  const t = { oci: [], ociSetup: [], ociTeardown: [], cni: [], cniSteps: [[], [], [], []], version: [], node0: [], one: [], many: [] };
+  const t = { oci: [], ociSetup: [], ociTeardown: [], cni: [], cniSteps: [[], [], [], []], version: [], node0: [], one: [], many: [], dead: [] };
 
   // Phase 1: ocinet vs CNI, with --version and `node -e 0` in the same rounds, so
   // that the "load" and "own work" differences compare runs made side by side.
@@ -198,13 +208,14 @@ async function main() {
   }
   progress('');
 
-  // Phase 2: setup cost with 1 vs RESIDENTS containers on the bridge. Each network
-  // lives in a netns of its own (entered with nsenter, the same for both sides) so
-  // that the two can alternate without one host's size slowing the other.
+  // Phase 2: setup cost with 1 vs RESIDENTS live containers on the bridge, and with
+  // DEAD dead records in the way. Each network lives in a netns of its own (entered
+  // with nsenter, the same for all) so that they can alternate without one host's
+  // size slowing another.
   const nets = [];
-  for (const [name, n] of [['one', 1], ['many', RESIDENTS]]) {
+  for (const [name, n, flags] of [['one', 1, []], ['many', RESIDENTS, []], ['dead', DEAD_LIVE, ['--subnet', DEAD_SUBNET]]]) {
     const holder = await sandbox();
-    const net = ocinet(join(TMP, `ocinet-${name}`), holder.pid);
+    const net = ocinet(join(TMP, `ocinet-${name}`), holder.pid, flags);
     const residents = [];
     for (let i = 0; i < n; i++) residents.push({ id: `res-${name}-${i}`, sb: await sandbox() });
     let done = 0;
@@ -213,18 +224,69 @@ async function main() {
       progress(`phase 2: ${name}: ${++done}/${n} residents set up`);
     });
     cleanups.push(() => pool(residents, 3, (r) => net.teardown(r.id)));
-    nets.push({ name, net });
+    nets.push({ name, net, holder });
   }
-  const timedLife = async (name, net, i, timed) => {
+  const deadNet = nets[2];
+
+  /** Host links in a network's holder netns. */
+  const linksOf = async (holder) => {
+    const r = must(await run('nsenter', [`--net=/proc/${holder.pid}/ns/net`, '--', 'ip', '-j', 'link', 'show']), 'ip link show', (x) => Array.isArray(JSON.parse(x.stdout)));
+    return new Set(JSON.parse(r.stdout).map((l) => l.ifname));
+  };
+
+  /**
+   * Untimed: fill the dead network's pool with DEAD containers (each publishing a port
+   * of its own), then kill their sandboxes without teardown, as failed starts leave
+   * them. Returns the timed container's sandbox, made while the dead still hold their
+   * namespaces: a freed netns inode comes back at once, and a record claiming the
+   * timed container's inode would be reclaimed for that, not for the full pool.
+   */
+  async function makeDead(i) {
+    const { net, holder } = deadNet;
+    const dead = Array.from({ length: DEAD }, (_, k) => ({ id: `dead-${i}-${k}`, port: DEAD_PORT0 + k }));
+    await pool(dead, 4, async (d) => {
+      d.sb = await sandbox();
+      await net.setup(d.id, d.sb.pid, ['--publish', `${d.port}:80`]);
+    });
     const sb = await sandbox();
-    const s = await net.setup(`bench-${name}-${i}`, sb.pid, ['--publish', '8080:80']);
-    await net.teardown(`bench-${name}-${i}`);
-    await kill(sb);
+    const state = JSON.parse(readFileSync(join(net.stateDir, 'state.json'), 'utf8'));
+    const veths = dead.map((d) => state.containers[d.id]?.hostVeth);
+    if (veths.some((v) => !v)) throw new Error(`dead records: ${dead.length} set up but not all recorded with a host veth`);
+    await Promise.all(dead.map((d) => kill(d.sb)));
+    // Wait until the kernel has destroyed their namespaces (and so their veths), so that
+    // the timed setup meets what a dead container leaves, not the kernel still at work.
+    for (let k = 0; ; k++) {
+      const links = await linksOf(holder);
+      if (!veths.some((v) => links.has(v))) break;
+      if (k > 500) throw new Error('dead records: their veths did not go within 10 s of their sandboxes\' death');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    return { sb, dead };
+  }
+
+  /** The timed setup must have reclaimed exactly this round's DEAD records, for the full pool. */
+  function checkReclaimed(id, dead) {
+    const rows = logRows(deadNet.net.stateDir).filter((e) => e.op === 'reclaim' && e.by === id);
+    const want = new Set(dead.map((d) => d.id));
+    const ok = rows.length === DEAD && rows.every((e) => e.ok && want.delete(e.id) && /^address pool .* full/.test(e.why)) && want.size === 0;
+    if (!ok) {
+      const got = rows.map((e) => `${e.id}${e.ok ? '' : ' (failed)'}: ${e.why}`).join('; ').slice(0, 500);
+      throw new Error(`setup ${id} FAILED to reclaim the ${DEAD} dead records in its way (pool full): it logged ${rows.length} reclaims${got ? `: ${got}` : ''}`);
+    }
+  }
+
+  const timedLife = async ({ name, net }, i, timed) => {
+    const id = `bench-${name}-${i}`;
+    const pre = name === 'dead' ? await makeDead(i) : { sb: await sandbox() };
+    const s = await net.setup(id, pre.sb.pid, ['--publish', '8080:80']);
+    if (pre.dead) checkReclaimed(id, pre.dead);
+    await net.teardown(id);
+    await kill(pre.sb);
     if (timed) t[name].push(s.ms);
   };
-  for (const { name, net } of nets) await timedLife(name, net, 'warm', false);
+  for (const n of nets) await timedLife(n, 'warm', false);
   for (let i = 0; i < ROUNDS; i++) {
-    for (let j = 0; j < 2; j++) { const { name, net } = nets[(i + j) % 2]; await timedLife(name, net, i, true); }
+    for (let j = 0; j < nets.length; j++) await timedLife(nets[(i + j) % nets.length], i, true);
     progress(`phase 2: round ${i + 1}/${ROUNDS}`);
   }
   progress('');
@@ -234,6 +296,7 @@ async function main() {
     ocinet: stat(t.oci), ocinetSetup: stat(t.ociSetup), ocinetTeardown: stat(t.ociTeardown), cni: stat(t.cni),
     cniSteps: Object.fromEntries(['bridgeAdd', 'portmapAdd', 'portmapDel', 'bridgeDel'].map((k, i) => [k, stat(t.cniSteps[i])])),
     version: stat(t.version), node0: stat(t.node0), setupOne: stat(t.one), setupMany: stat(t.many),
+    setupDead: stat(t.dead),
   };
   const ratio = S.ocinet.p50 / S.cni.p50;
   const load = S.version.p50 - S.node0.p50;
@@ -245,18 +308,29 @@ async function main() {
     ownWorkMs: { value: +own.toFixed(3), target: `<= ${TARGETS.ownWorkMs} ms`, pass: own <= TARGETS.ownWorkMs },
     scale: { value: +scale.toFixed(3), target: `<= ${TARGETS.scale}x`, pass: scale <= TARGETS.scale },
   };
+  // No target: what reclaiming costs a setup that meets DEAD dead records (its network
+  // also has DEAD_LIVE live residents, against 1).
+  const deadScale = S.setupDead.p50 / S.setupOne.p50;
+  const perReclaim = (S.setupDead.p50 - S.setupOne.p50) / DEAD;
+  const info = {
+    deadScale: { value: +deadScale.toFixed(3), what: `setup with ${DEAD} dead in the way / setup at 1 (p50)` },
+    perReclaimMs: { value: +perReclaim.toFixed(3), what: `(setup with ${DEAD} dead - setup at 1) / ${DEAD} (p50, ms)` },
+  };
   const steps = {
     setup: stepMedians(oc.stateDir, 'setup', /^bench-a-\d+$/),
     teardown: stepMedians(oc.stateDir, 'teardown', /^bench-a-\d+$/),
     setupOne: stepMedians(nets[0].net.stateDir, 'setup', /^bench-one-\d+$/),
     setupMany: stepMedians(nets[1].net.stateDir, 'setup', /^bench-many-\d+$/),
+    setupDead: stepMedians(deadNet.net.stateDir, 'setup', /^bench-dead-\d+$/),
   };
 
-  const row = (label, s) => `  ${label.padEnd(44)}${r1(s.p50).toFixed(1).padStart(8)}${r1(s.p95).toFixed(1).padStart(9)}`;
-  const verdict = (label, c) => `  ${label.padEnd(44)}${c.value.toFixed(c.target.endsWith('ms') ? 2 : 3).padStart(8)}   target ${c.target.padEnd(10)} ${c.pass ? 'PASS' : 'MISS'}`;
+  const W = 54;
+  const row = (label, s) => `  ${label.padEnd(W)}${r1(s.p50).toFixed(1).padStart(8)}${r1(s.p95).toFixed(1).padStart(9)}`;
+  const verdict = (label, c) => `  ${label.padEnd(W)}${c.value.toFixed(c.target.endsWith('ms') ? 2 : 3).padStart(8)}   target ${c.target.padEnd(10)} ${c.pass ? 'PASS' : 'MISS'}`;
+  const informative = (label, v, digits) => `  ${label.padEnd(W)}${v.toFixed(digits).padStart(8)}   info`;
   const fmtSteps = (o) => Object.entries(o).map(([k, v]) => `${k} ${v}`).join(', ');
   console.log(`ocinet bench: ${ROUNDS} rounds each, alternating; ${cpus().length} CPUs; node ${process.version}`);
-  console.log(`  ${''.padEnd(44)}${'p50 ms'.padStart(8)}${'p95 ms'.padStart(9)}`);
+  console.log(`  ${''.padEnd(W)}${'p50 ms'.padStart(8)}${'p95 ms'.padStart(9)}`);
   console.log(row('ocinet setup+teardown (1 port, 1 resident)', S.ocinet));
   console.log(row('  setup', S.ocinetSetup));
   console.log(row('  teardown', S.ocinetTeardown));
@@ -266,10 +340,13 @@ async function main() {
   console.log(row('node -e 0', S.node0));
   console.log(row(`ocinet setup, 1 resident (via nsenter)`, S.setupOne));
   console.log(row(`ocinet setup, ${RESIDENTS} residents (via nsenter)`, S.setupMany));
+  console.log(row(`ocinet setup, ${DEAD} dead records in the way (via nsenter)`, S.setupDead));
   console.log(verdict('ratio ocinet/CNI (p50)', checks.ratio));
   console.log(verdict('bundle load: --version - node -e 0', checks.loadMs));
   console.log(verdict('own work: setup - --version', checks.ownWorkMs));
-  console.log(verdict(`setup at ${RESIDENTS} / setup at 1`, checks.scale));
+  console.log(verdict(`setup with ${RESIDENTS} live / setup at 1`, checks.scale));
+  console.log(informative(`setup with ${DEAD} dead in the way / setup at 1`, info.deadScale.value, 3));
+  console.log(informative(`  per reclaim: (dead - at 1) / ${DEAD}, ms`, info.perReclaimMs.value, 2));
   console.log(`ocinet's own step timings (median ms, from its log):`);
   for (const [k, v] of Object.entries(steps)) console.log(`  ${k.padEnd(10)} ${fmtSteps(v)}`);
 
@@ -282,7 +359,9 @@ async function main() {
   const round = (o) => JSON.parse(JSON.stringify(o, (_k, v) => (typeof v === 'number' ? r2(v) : v)));
   writeFileSync(join(ROOT, 'bench/last-run.json'), JSON.stringify({
     date: new Date().toISOString(), rounds: ROUNDS, residents: RESIDENTS, cpus: cpus().length, node: process.version,
-    loadavg: { start: r2(load0), end: r2(load1) }, seconds, ms: round(S), checks, ocinetSteps: steps, samples: round(t),
+    loadavg: { start: r2(load0), end: r2(load1) }, seconds,
+    dead: { records: DEAD, liveResidents: DEAD_LIVE, subnet: DEAD_SUBNET },
+    ms: round(S), checks, info, ocinetSteps: steps, samples: round(t),
   }, null, 1) + '\n');
 }
 
