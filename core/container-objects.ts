@@ -51,12 +51,25 @@ export async function unpublish(r: ContainerRecord): Promise<void> {
   await purge(['nat'], (l) => pat.test(l), (c) => c === chain);
 }
 
+/**
+ * Remove many containers' ports chains (reclaim, gc): one iptables-restore
+ * for all of them, each on its own only when that fails.
+ */
+export async function unpublishAll(recs: ContainerRecord[]): Promise<void> {
+  const tags = recs.filter((r) => r.chain && r.tag).map((r) => r.tag!);
+  if (tags.length === 0) return;
+  if (tags.length > 1 && (await restore(unpublishScript(...tags), true))) return;
+  for (const r of recs) await unpublish(r);
+}
+
 export interface RemoveOptions {
   stateDir: string;
   /** The caller holds the state lock (reclaim, gc): nothing here may take it again. */
   locked: boolean;
   /** False for a reclaimed VM sandbox: its QEMU is gone, talk to nobody. */
   vmAlive: boolean;
+  /** The caller removes the ports chains itself, for many records at once (unpublishAll). */
+  skipPorts?: boolean;
 }
 
 /**
@@ -78,7 +91,7 @@ export async function removeObjects(rec: ContainerRecord, o: RemoveOptions): Pro
   }
   // Independent kernel objects: remove them side by side.
   const link = rec.mode === 'tap' ? unplugVm(rec, o.vmAlive) : rec.hostVeth ? deleteLink(rec.hostVeth) : undefined;
-  const done = await Promise.allSettled([unpublish(rec), link]);
+  const done = await Promise.allSettled([o.skipPorts ? undefined : unpublish(rec), link]);
   for (const d of done) if (d.status === 'rejected') throw d.reason;
   return extrasError;
 }

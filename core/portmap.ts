@@ -68,8 +68,12 @@ export function publishScript(id: string, ip: string, subnet: string, ports: Por
   return s.append(jumpRule(id));
 }
 
-/** Exact removal of what publishScript made (fails if any part is missing). */
-export function unpublishScript(id: string): RestoreScript {
-  const chain = dnatChain(id);
-  return new RestoreScript().delete(jumpRule(id)).flush('nat', chain).deleteChain('nat', chain);
+/** Exact removal of what publishScript made for each id (fails if any part is missing). */
+export function unpublishScript(...ids: string[]): RestoreScript {
+  const s = new RestoreScript();
+  for (const id of ids) {
+    const chain = dnatChain(id);
+    s.delete(jumpRule(id)).flush('nat', chain).deleteChain('nat', chain);
+  }
+  return s;
 }

@@ -6,7 +6,11 @@
  */
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 
-/** Field 22 of /proc/PID/stat, or null when there is no such process. */
+/**
+ * Field 22 of /proc/PID/stat, or null when there is no such process. A zombie
+ * (state Z or X) counts as none: it has exited, only its parent has not
+ * reaped it yet (a daemonized QEMU under a parent that never reaps).
+ */
 export function startTime(pid: number): number | null {
   if (!Number.isInteger(pid) || pid <= 0) return null;
   let text: string;
@@ -17,6 +21,7 @@ export function startTime(pid: number): number | null {
   }
   // comm (field 2) may hold spaces and parentheses: count from the last ')'.
   const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
+  if (fields[0] === 'Z' || fields[0] === 'X') return null;
   const v = Number(fields[19]); // field 22 is the 20th after comm
   return Number.isFinite(v) ? v : null;
 }

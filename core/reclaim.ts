@@ -9,7 +9,7 @@
  * gc runs every record through the same code.
  */
 import { existsSync } from 'node:fs';
-import { removeObjects } from './container-objects.js';
+import { removeObjects, unpublishAll } from './container-objects.js';
 import { errorLine } from './errors.js';
 import type { OpLog } from './log.js';
 import { netnsId, pidNetnsPath } from './netns.js';
@@ -95,13 +95,16 @@ export class Reclaimer {
   /** Remove the queued records' kernel objects (caller still holds the lock) and log each. */
   async finish(): Promise<Reclaimed[]> {
     const batch = this.queue.splice(0);
+    const removed = batch.filter((b) => b.heir === null).map((b) => b.rec);
+    // All their ports chains in one exec; a failure there is each one's error.
+    const ports = await unpublishAll(removed).then(() => undefined, (e: unknown) => errorLine(e));
     await Promise.all(
       batch.map(async ({ rec, why, heir }) => {
         const remove = heir === null;
         const r: Reclaimed = { id: rec.id, why };
         try {
-          const extras = remove ? await removeObjects(rec, { stateDir: this.stateDir, locked: true, vmAlive: false }) : undefined;
-          if (extras) r.error = extras;
+          const extras = remove ? await removeObjects(rec, { stateDir: this.stateDir, locked: true, vmAlive: false, skipPorts: true }) : undefined;
+          if (extras || (remove && ports)) r.error = extras ?? ports;
         } catch (e) {
           r.error = errorLine(e);
         }

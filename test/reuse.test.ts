@@ -44,9 +44,12 @@ t.test('a dead container whose netns inode comes back: the new one gets its own 
   const up = await hook(args, state('a', 'creating', a.pid, { annotations: { 'io.ocinet.publish': '8181:80' } }));
   t.equal(up.exitCode, 0, up.stderr);
   await a.kill(); // no poststop: a failed start, a killed runtime
+  // The kernel frees a namespace in a worker, later under load: its veth going tells it is done.
+  for (let i = 0; i < 250 && (await sh('ip', ['link', 'show', hostVethName('a')], { reject: false })).exitCode === 0; i++) await sleep(20);
   let b = await sandbox();
-  for (let i = 0; i < 5 && nsInode(b.pid) !== inodeA; i++) {
+  for (let i = 0; i < 30 && nsInode(b.pid) !== inodeA; i++) {
     await b.kill();
+    await sleep(50);
     b = await sandbox();
   }
   t.equal(nsInode(b.pid), inodeA, 'the kernel handed b the dead container\'s namespace inode');

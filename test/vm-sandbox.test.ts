@@ -7,6 +7,7 @@ import { isolate } from './lib/isolate.js';
 isolate(new URL(import.meta.url).pathname);
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
+import { existsSync } from 'node:fs';
 import { guestLinks, guestRoutes } from '../core/vm.js';
 import { bootGuest } from './lib/guest.js';
 import { cli, hook, sh, snapshot, state, tempDir } from './lib/env.js';
@@ -95,8 +96,16 @@ t.test('TAP mode failures: clear error, nothing left', async (t) => {
   // QEMU killed while the sandbox has a network: teardown still cleans the host.
   const ann = { 'io.ocinet.mode': 'tap', 'io.ocinet.qmp': G.qmp, 'io.ocinet.qga': G.qga };
   t.equal((await hook(HOOK_ARGS, state('vmkill', 'creating', 1, { annotations: ann }))).exitCode, 0);
-  execFileSync('kill', ['-9', String(qemuPid())]);
+  const listed = async (): Promise<{ pid: number; alive: boolean }> =>
+    (JSON.parse((await cli(['list', '--json', '--state-dir', stateDir])).stdout) as { id: string; pid: number; alive: boolean }[]).find((c) => c.id === 'vmkill')!;
+  const qemu = qemuPid();
+  const row = await listed();
+  t.equal(row.pid, qemu, "the record names the QEMU behind the QMP socket, not the state's pid");
+  t.equal(row.alive, true);
+  execFileSync('kill', ['-9', String(qemu)]);
   await new Promise((r) => setTimeout(r, 300));
+  t.ok(existsSync(G.qmp), 'the killed QEMU left its socket file');
+  t.equal((await listed()).alive, false, 'yet the record is dead: its QEMU is');
   const down = await hook(HOOK_ARGS, state('vmkill', 'stopped'));
   t.equal(down.exitCode, 0, down.stderr);
   t.equal(await snapshot(stateDir), before, 'nothing left after QEMU died');
