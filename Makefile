@@ -3,9 +3,9 @@ PREFIX ?= /usr/local
 LIBDIR := $(PREFIX)/lib/ocinet
 NODE ?= $(shell command -v node)
 APT_PACKAGES := runc iproute2 iptables busybox-static conntrack util-linux jq hyperfine \
-	containernetworking-plugins qemu-system-x86 qemu-guest-agent ipvsadm cpio kmod podman
+	containernetworking-plugins qemu-system-x86 qemu-guest-agent ipvsadm cpio kmod podman gcc libc6-dev
 SETUP_STAMP := .cache/setup.stamp
-SOURCES := $(shell find core hooks build -name '*.ts' -o -name '*.mjs' -o -name '*.cjs' -o -name '*.json' | grep -v generated)
+SOURCES := $(shell find core hooks build -name '*.ts' -o -name '*.mjs' -o -name '*.cjs' -o -name '*.json' -o -name '*.c' | grep -v generated)
 
 .PHONY: all setup build test demo bench install uninstall clean typecheck guest
 
@@ -48,7 +48,7 @@ bench: build
 install: build
 	install -d $(LIBDIR)/bin $(PREFIX)/bin
 	install -m 0755 dist/bin/ocinet-hook dist/bin/ocinet $(LIBDIR)/bin/
-	install -m 0644 dist/bin/netlink.node $(LIBDIR)/bin/
+	install -m 0644 dist/bin/netlink.node dist/bin/lock.node $(LIBDIR)/bin/
 	install -m 0644 dist/package.json $(LIBDIR)/package.json
 	ln -sf ../lib/ocinet/bin/ocinet-hook $(PREFIX)/bin/ocinet-hook
 	ln -sf ../lib/ocinet/bin/ocinet $(PREFIX)/bin/ocinet

@@ -4,7 +4,7 @@
 import { build } from 'esbuild';
 import { execFileSync } from 'node:child_process';
 import { chmodSync, copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 
 const root = new URL('..', import.meta.url).pathname;
 execFileSync(process.execPath, [join(root, 'build/gen-validators.mjs')], { stdio: 'inherit' });
@@ -13,6 +13,15 @@ const node = process.env.OCINET_NODE ?? process.execPath;
 const out = join(root, 'dist/bin');
 mkdirSync(out, { recursive: true });
 writeFileSync(join(root, 'dist/package.json'), '{ "type": "commonjs" }\n');
+
+// The lock addon (build/lock.c): N-API only, so Node's own headers and cc suffice.
+const nodeInclude = join(dirname(dirname(process.execPath)), 'include/node');
+try {
+  execFileSync(process.env.CC ?? 'cc', ['-O2', '-Wall', '-Werror', '-shared', '-fPIC', `-I${nodeInclude}`, '-o', join(out, 'lock.node'), join(root, 'build/lock.c')], { stdio: 'inherit' });
+} catch (e) {
+  console.error(`build: cannot compile build/lock.c (needs cc and Node's headers in ${nodeInclude}): ${e.message}`);
+  process.exit(1);
+}
 
 const entries = { 'ocinet-hook': 'hooks/hook.ts', ocinet: 'hooks/cli.ts' };
 for (const [name, src] of Object.entries(entries)) {
@@ -25,8 +34,9 @@ for (const [name, src] of Object.entries(entries)) {
     format: 'cjs',
     minify: false,
     legalComments: 'none',
-    banner: { js: `#!${node}` },
-    define: { OCINET_VERSION: JSON.stringify(pkg.version) },
+    // import.meta.url is the bundle's own URL (core/lock.ts finds lock.node beside it).
+    banner: { js: `#!${node}\n'use strict';\nvar __ocinet_bundle_url = require('node:url').pathToFileURL(__filename).href;` },
+    define: { OCINET_VERSION: JSON.stringify(pkg.version), OCINET_BUNDLED: 'true', 'import.meta.url': '__ocinet_bundle_url' },
     alias: { 'node-gyp-build': join(root, 'build/netlink-binding.cjs') },
     logLevel: 'warning',
   });

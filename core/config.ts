@@ -11,6 +11,7 @@ import { parsePort, parsePortList } from './portmap.js';
 import type { NetworkOptions } from './sandbox.js';
 import { DEFAULT_STATE_DIR, type PortMapping } from './store.js';
 import { parseIfaces, parseRoutes, type IfaceInput, type RouteSpec } from './kata-network.js';
+import { checkStateDir } from './statedir.js';
 import { parseJson } from './validate.js';
 import { parseRestore, type RestoreSet } from './ipvs.js';
 
@@ -70,9 +71,21 @@ function ifName(v: string, what: string): string {
   return v;
 }
 
-export function resolveStateDir(flag: string | undefined, env: NodeJS.ProcessEnv): string {
+/** The state dir named by flag, env or default; not checked (`ocinet doctor` reports on it). */
+export function stateDirFrom(flag: string | undefined, env: NodeJS.ProcessEnv): string {
   const dir = flag ?? env.OCINET_STATE_DIR ?? DEFAULT_STATE_DIR;
   if (!dir.startsWith('/')) throw new OcinetError('EINPUT', `--state-dir '${dir}' must be an absolute path`);
+  return dir;
+}
+
+/**
+ * The state dir, refused before anything (the log included) is written when
+ * a non-root user could change it (statedir.ts). Read-only: it is created
+ * under the lock, and a missing one only where root alone can create it.
+ */
+export function resolveStateDir(flag: string | undefined, env: NodeJS.ProcessEnv): string {
+  const dir = stateDirFrom(flag, env);
+  checkStateDir(dir);
   return dir;
 }
 

@@ -3,8 +3,11 @@
  * tried for real, but inside a throwaway network namespace, so the machine's
  * own network is never touched.
  */
-import { accessSync, constants, existsSync, mkdirSync } from 'node:fs';
+import { accessSync, constants, existsSync, lstatSync } from 'node:fs';
+import { errorLine } from './errors.js';
 import { hasProgram, run } from './exec.js';
+import { acquire, LOCK_MECHANISM, lockName } from './lock.js';
+import { inspectStateDir, useStateDir } from './statedir.js';
 
 export interface Check {
   name: string;
@@ -70,12 +73,41 @@ export async function doctor(stateDir: string): Promise<Check[]> {
     name: 'kernel: IP_VS (ocinet ipvs on container sandboxes)', ok: ipvs, required: false,
     detail: ipvs ? 'present' : 'absent', ...(ipvs ? {} : { fix: 'modprobe ip_vs (CONFIG_IP_VS)' }),
   });
+  checks.push(...(await stateDirChecks(stateDir)));
+  // The hook-entry policy (what annotations may ask for) is reported here, after the state dir.
+  return checks;
+}
+
+/** The state dir is root's alone (else the hook refuses it), writable, and its lock can be taken. */
+async function stateDirChecks(stateDir: string): Promise<Check[]> {
+  const { problem, fix, stat } = inspectStateDir(stateDir);
+  if (problem) return [{ name: 'state directory', ok: false, required: true, detail: problem, ...(fix ? { fix } : {}) }];
+  const checks: Check[] = [];
   try {
-    mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+    useStateDir(stateDir);
     accessSync(stateDir, constants.W_OK);
-    checks.push({ name: 'state directory', ok: true, required: true, detail: stateDir });
+    const mode = (stat ?? lstatSync(stateDir)).mode & 0o7777;
+    const loose = (mode & 0o077) !== 0;
+    checks.push({
+      name: 'state directory', ok: true, required: true,
+      detail: `${stateDir}: root's alone${stat ? '' : ' (created)'}, mode ${mode.toString(8).padStart(4, '0')}`,
+    });
+    // Not refused (nobody else can write), but records and the log should not be readable by others.
+    if (loose) checks.push({ name: 'state directory permissions', ok: false, required: false, detail: `${stateDir} is readable by others`, fix: `chmod 0700 ${stateDir}` });
   } catch (e) {
-    checks.push({ name: 'state directory', ok: false, required: true, detail: `${stateDir}: ${(e as Error).message}`, fix: 'use --state-dir on a writable, preferably tmpfs, path' });
+    return [{ name: 'state directory', ok: false, required: true, detail: `${stateDir}: ${errorLine(e)}`, fix: 'use --state-dir on a writable, preferably tmpfs, path' }];
+  }
+  try {
+    const lock = await acquire(stateDir, 0);
+    await lock.release();
+    checks.push({ name: 'state lock', ok: true, required: true, detail: `${LOCK_MECHANISM}: ${lockName(stateDir)} free` });
+  } catch (e) {
+    const held = /still held/.test(errorLine(e));
+    checks.push({
+      name: 'state lock', ok: held, required: true,
+      detail: held ? `${LOCK_MECHANISM}: ${lockName(stateDir)} held by a running ocinet` : errorLine(e),
+      ...(held ? {} : { fix: "run 'make build' (dist/bin/lock.node) as root" }),
+    });
   }
   return checks;
 }

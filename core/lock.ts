@@ -1,45 +1,82 @@
 /**
- * A lock no killed process can leave held: binding an abstract unix socket
- * is exclusive, and the kernel releases the name when its owner dies (even on
- * SIGKILL). Abstract names live per network namespace, which is where runc
- * runs all hooks of one host; the name is derived from the state directory.
+ * The state lock: flock(2) on STATE_DIR/lock, as CNI's host-local does.
+ * Only root can take it: the file sits in the root-owned 0700 state dir
+ * (checked by statedir.ts), so no other user can open it, let alone lock it.
+ * The kernel drops the lock when its descriptor closes, and a killed
+ * process's descriptors close (SIGKILL too); the descriptor is close-on-exec,
+ * so a program the holder started never keeps it. Node has no flock, so a
+ * small N-API addon (build/lock.c, dist/bin/lock.node) opens and locks.
  */
-import { createServer, type Server } from 'node:net';
-import { mkdirSync, realpathSync } from 'node:fs';
+import { closeSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { OcinetError } from './errors.js';
+import { useStateDir } from './statedir.js';
 
 export interface Lock {
   release(): Promise<void>;
 }
 
-function tryBind(name: string): Promise<Server | null> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', (e: NodeJS.ErrnoException) => {
-      if (e.code === 'EADDRINUSE') resolve(null);
-      else reject(new OcinetError('ELOCK', `lock ${name.slice(1)}: ${e.message}`));
-    });
-    srv.listen({ path: name, exclusive: true }, () => resolve(srv));
-  });
+interface LockAddon {
+  /** The locked descriptor, or -1 while another open file holds the lock. */
+  lock(path: string): number;
 }
 
-/** The lock's name; creates the state directory, which every locked step writes into. */
+// Set by build/build.mjs: bundles load the addon from beside themselves, sources from dist/bin.
+declare const OCINET_BUNDLED: boolean | undefined;
+
+let addon: LockAddon | undefined;
+
+/** Where the addon is loaded from (for `ocinet doctor`). */
+export function lockAddonPath(): string {
+  return fileURLToPath(new URL(typeof OCINET_BUNDLED === 'boolean' ? 'lock.node' : '../dist/bin/lock.node', import.meta.url));
+}
+
+function loadAddon(): LockAddon {
+  if (addon) return addon;
+  const mod = { exports: {} as LockAddon };
+  try {
+    process.dlopen(mod, lockAddonPath());
+  } catch (e) {
+    throw new OcinetError('ELOCK', `cannot load the lock addon ${lockAddonPath()} (run 'make build'): ${(e as Error).message.split('\n')[0]}`);
+  }
+  return (addon = mod.exports);
+}
+
+/** What `ocinet doctor` says about the lock. */
+export const LOCK_MECHANISM = 'flock(2) on STATE_DIR/lock (root-only 0700 dir, released by the kernel when the holder dies)';
+
+/** The lock file; checks the state dir and creates it (0700), as every locked step writes into it. */
 export function lockName(stateDir: string): string {
-  mkdirSync(stateDir, { recursive: true, mode: 0o700 });
-  return '\0ocinet-lock:' + realpathSync(stateDir);
+  useStateDir(stateDir);
+  return join(stateDir, 'lock');
+}
+
+function tryLock(path: string): number {
+  try {
+    return loadAddon().lock(path);
+  } catch (e) {
+    if (e instanceof OcinetError) throw e;
+    throw new OcinetError('ELOCK', `state lock ${path}: ${(e as Error).message}`);
+  }
 }
 
 export async function acquire(stateDir: string, timeoutMs = 30_000): Promise<Lock> {
-  const name = lockName(stateDir);
+  const path = lockName(stateDir);
   const deadline = Date.now() + timeoutMs;
   let wait = 1;
   for (;;) {
-    const srv = await tryBind(name);
-    if (srv) {
-      srv.unref();
-      return { release: () => new Promise<void>((r) => srv.close(() => r())) };
+    const fd = tryLock(path);
+    if (fd >= 0) {
+      let held = true;
+      return {
+        release: async () => {
+          if (held) closeSync(fd);
+          held = false;
+        },
+      };
     }
-    if (Date.now() > deadline) throw new OcinetError('ELOCK', `state lock for ${stateDir} still held after ${timeoutMs} ms`);
+    if (Date.now() > deadline) throw new OcinetError('ELOCK', `state lock ${path} still held after ${timeoutMs} ms (another ocinet run is stuck in it)`);
     await new Promise((r) => setTimeout(r, wait + Math.random() * wait));
     wait = Math.min(wait * 2, 20);
   }

@@ -3,10 +3,11 @@
  * (write + rename) and only changed under the state lock. Leases are the
  * `ip` of container records, so an address and its owner can never disagree.
  */
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { OcinetError } from './errors.js';
 import { dnatChain, hostVethName } from './names.js';
+import { useStateDir } from './statedir.js';
 
 export type Proto = 'tcp' | 'udp';
 
@@ -80,8 +81,9 @@ export function emptyDb(): Db {
   return { version: 1, networks: dict(), containers: dict() };
 }
 
+/** Refuse a state dir another user could change; create it 0700 when missing. */
 export function ensureStateDir(dir: string): void {
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  useStateDir(dir);
 }
 
 export function dbPath(dir: string): string {

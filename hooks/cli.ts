@@ -2,7 +2,7 @@
  * ocinet: the command line. `list`, `gc`, `doctor` (and, later, `network`
  * and `ipvs`). Exit 0 on success, 1 on failure with one line on stderr.
  */
-import { resolveStateDir } from '../core/config.js';
+import { resolveStateDir, stateDirFrom } from '../core/config.js';
 import { doctor } from '../core/doctor.js';
 import { errorLine, OcinetError } from '../core/errors.js';
 import { gc, isAlive } from '../core/gc.js';
@@ -73,7 +73,8 @@ async function main(argv: string[]): Promise<number> {
   const { flags, positional } = parseArgs<Flags>(rest, COMMON);
   if (flags.help) return void process.stdout.write(USAGE + '\n'), 0;
   if (positional.length) throw new OcinetError('EINPUT', `unexpected argument '${positional[0]}' for ${cmd}`);
-  const stateDir = resolveStateDir(flags.stateDir, process.env);
+  // doctor reports on a refused state dir instead of failing on it.
+  const stateDir = (cmd === 'doctor' ? stateDirFrom : resolveStateDir)(flags.stateDir, process.env);
   switch (cmd) {
     case 'list': {
       const db = readState(stateDir);

@@ -6,9 +6,9 @@ import t from 'tap';
 import { isolate } from './lib/isolate.js';
 isolate(new URL(import.meta.url).pathname);
 import { spawn } from 'node:child_process';
-import { createServer } from 'node:net';
-import { readFileSync, readdirSync, realpathSync, statSync, writeFileSync } from 'node:fs';
+import { readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { acquire } from '../core/lock.js';
 import { dnatChain, hostVethName } from '../core/names.js';
 import { cleanup, cli, hook, HOOK, inNs, readDb, sandbox, sh, sleep, snapshot, state, tempDir, type Sandbox } from './lib/env.js';
 import { Runc } from './lib/runc.js';
@@ -189,8 +189,7 @@ t.test('a pid reused by a host process while setup waits for the lock: the host 
   const hostLinks = (await sh('ip', ['-o', 'link'])).stdout.split('\n').map((l) => l.split(':')[1]).sort().join();
   const hostRoutes = (await sh('ip', ['route'])).stdout;
   // Hold the state lock as another hook would.
-  const lock = createServer();
-  await new Promise<void>((r) => lock.listen({ path: '\0ocinet-lock:' + realpathSync(dir), exclusive: true }, () => r()));
+  const lock = await acquire(dir);
   const victim = await sandbox();
   const child = spawn(HOOK, args, { env: {}, stdio: ['pipe', 'pipe', 'pipe'] });
   let stderr = '';
@@ -208,7 +207,7 @@ t.test('a pid reused by a host process while setup waits for the lock: the host 
     host = spawn('sleep', ['3600'], { stdio: 'ignore' });
   }
   t.equal(host?.pid, pid, 'a host process now has the container\'s pid');
-  lock.close();
+  await lock.release();
   const code = await exited;
   t.not(code, 0, 'the hook refuses');
   t.match(stderr, new RegExp(`process ${pid} exited while the hook waited for the state lock`));

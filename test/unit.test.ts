@@ -117,8 +117,8 @@ t.test('config: flags, annotations, precedence', async (t) => {
   t.same(c.ports.map((p) => p.hostPort), [8080, 9090], 'ports add up');
   t.same(c.requested, { ports: true, ip: true });
   t.equal(c.stateDir, '/run/ocinet');
-  t.equal(resolveConfig({}, {}, { OCINET_STATE_DIR: '/tmp/x' }).stateDir, '/tmp/x');
-  t.equal(resolveConfig({ stateDir: '/tmp/y' }, {}, { OCINET_STATE_DIR: '/tmp/x' }).stateDir, '/tmp/y', 'flag wins over env');
+  t.equal(resolveConfig({}, {}, { OCINET_STATE_DIR: '/run/ocinet-x' }).stateDir, '/run/ocinet-x');
+  t.equal(resolveConfig({ stateDir: '/run/ocinet-y' }, {}, { OCINET_STATE_DIR: '/run/ocinet-x' }).stateDir, '/run/ocinet-y', 'flag wins over env');
   t.equal(resolveConfig({ log: 'none' }, {}, {}).logFile, null);
   t.throws(() => resolveConfig({ mtu: '67' }, {}, {}), /--mtu '67'/);
   t.throws(() => resolveConfig({}, { 'io.ocinet.nope': 'x' }, {}), /unknown annotation 'io\.ocinet\.nope'/);
