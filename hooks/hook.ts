@@ -25,6 +25,10 @@ const FLAGS: FlagSpec = {
   '--mode': { key: 'mode', kind: 'string' },
   '--qmp': { key: 'qmp', kind: 'string' },
   '--qga': { key: 'qga', kind: 'string' },
+  '--allow-host-device': { key: 'allowHostDevice', kind: 'list' },
+  '--annotation-device-prefix': { key: 'annotationDevicePrefix', kind: 'string' },
+  '--allow-vm-sockets': { key: 'allowVmSockets', kind: 'list' },
+  '--publish-range': { key: 'publishRange', kind: 'string' },
   '--help': { key: 'help', kind: 'bool' },
   '--version': { key: 'version', kind: 'bool' },
 };
@@ -43,6 +47,12 @@ const USAGE = `usage: ocinet-hook [setup|teardown] [flags] < state.json
   --mode veth|tap      veth: a container's netns (default); tap: a QEMU VM sandbox
   --qmp SOCKET         tap mode: QEMU's QMP socket (annotation io.ocinet.qmp wins)
   --qga SOCKET         tap mode: the guest agent's socket (annotation io.ocinet.qga wins)
+What annotations (the container user's) may ask for; the defaults are safe for shared hosts:
+  --allow-host-device PATTERN   host devices io.ocinet.interfaces may move in (repeatable, * globs; default none)
+  --annotation-device-prefix P  host devices io.ocinet.interfaces creates must start with P (default ocx)
+  --allow-vm-sockets DIR        io.ocinet.qmp/qga may name sockets below DIR (repeatable; default only
+                                /run/vc/vm/ID/ and /run/ocinet/vm/ID/ of the container's own id)
+  --publish-range LO-HI         host ports io.ocinet.publish may take (default 1024-65535; --publish is not limited)
   --version, --help`;
 
 async function main(argv: string[]): Promise<number> {
