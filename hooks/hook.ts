@@ -3,7 +3,7 @@
  * `setup` or `teardown` (default: from the state's status) a bridge network.
  * Exit 0 on success; on failure one line on stderr and exit 1.
  */
-import { readFileSync } from 'node:fs';
+import { readSync } from 'node:fs';
 import { resolveConfig, type HookFlags } from '../core/config.js';
 import { errorLine, isOcinetError, OcinetError } from '../core/errors.js';
 import { OpLog } from '../core/log.js';
@@ -55,6 +55,33 @@ What annotations (the container user's) may ask for; the defaults are safe for s
   --publish-range LO-HI         host ports io.ocinet.publish may take (default 1024-65535; --publish is not limited)
   --version, --help`;
 
+/** The state on stdin carries the container's annotations (each capped): a bound for the whole. */
+const STATE_MAX_BYTES = 8 << 20;
+
+function readStdin(max: number): string {
+  const chunks: Buffer[] = [];
+  const buf = Buffer.alloc(1 << 16);
+  let total = 0;
+  for (;;) {
+    let n: number;
+    try {
+      n = readSync(0, buf, 0, buf.length, null);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EAGAIN') {
+        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5); // a non-blocking stdin: wait, do not spin
+        continue;
+      }
+      if ((e as NodeJS.ErrnoException).code === 'EOF') break;
+      throw e;
+    }
+    if (n === 0) break;
+    total += n;
+    if (total > max) throw new OcinetError('EINPUT', `state on stdin is larger than ${max} bytes`);
+    chunks.push(Buffer.from(buf.subarray(0, n)));
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
+
 async function main(argv: string[]): Promise<number> {
   const { flags, positional } = parseArgs<HookFlags & { help?: boolean; version?: boolean }>(argv, FLAGS);
   if (flags.version) {
@@ -69,7 +96,7 @@ async function main(argv: string[]): Promise<number> {
   if (positional.length > 1 || (stageArg !== undefined && stageArg !== 'setup' && stageArg !== 'teardown')) {
     throw new OcinetError('EINPUT', `unexpected argument '${positional.join(' ')}' (stage is setup or teardown)`);
   }
-  const state = parseState(readFileSync(0, 'utf8'));
+  const state = parseState(readStdin(STATE_MAX_BYTES));
   const stage = stageArg ?? stageFromStatus(state);
   const cfg = resolveConfig(flags, stage === 'setup' ? ocinetAnnotations(state) : {}, process.env);
   const log = new OpLog(cfg.logFile, (w) => process.stderr.write(`ocinet-hook: warning: ${w}\n`));

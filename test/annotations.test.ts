@@ -195,3 +195,13 @@ t.test("the bundle's config.json: only a regular file, bounded, never echoed", a
   await sb.kill();
   cleanup(dir);
 });
+
+t.test('the state on stdin is bounded', async (t) => {
+  const dir = tempDir('stdin');
+  const huge = JSON.stringify({ ociVersion: '1.0.2', id: 'x', status: 'creating', pid: 1, bundle: '/', annotations: { pad: 'x'.repeat(9 << 20) } });
+  const r = await hook(['--state-dir', dir], huge);
+  t.equal(r.exitCode, 1);
+  t.match(r.stderr, /^ocinet-hook: state on stdin is larger than 8388608 bytes$/m);
+  t.ok(oneLine(r.stderr), 'one line');
+  cleanup(dir);
+});
