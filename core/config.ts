@@ -14,6 +14,7 @@ import { parseIfaces, parseRoutes, type IfaceInput, type RouteSpec } from './kat
 import { checkStateDir } from './statedir.js';
 import { parseJson } from './validate.js';
 import { parseRestore, type RestoreSet } from './ipvs.js';
+import { ANNOTATION_MAX_BYTES, checkPublishRange, DEFAULT_POLICY, MAX_ANNOTATION_ITEMS, parseRange, type AnnotationPolicy } from './policy.js';
 
 export const DEFAULTS = {
   bridge: 'ocinet0',
@@ -46,6 +47,10 @@ export interface HookFlags {
   mode?: string;
   qmp?: string;
   qga?: string;
+  allowHostDevice?: string[];
+  annotationDevicePrefix?: string;
+  allowVmSockets?: string[];
+  publishRange?: string;
 }
 
 export interface HookConfig extends NetworkOptions {
@@ -59,6 +64,10 @@ export interface HookConfig extends NetworkOptions {
   vm?: { qmp?: string; qga?: string };
   /** IPVS rules from io.ocinet.ipvs, validated. */
   ipvs?: RestoreSet;
+  /** What annotations may ask for, from the hook entry (the admin's). */
+  policy: AnnotationPolicy;
+  /** Which VM sockets an annotation named (checked against the policy before any connect). */
+  vmAnnotated: { qmp: boolean; qga: boolean };
 }
 
 function jsonAnnotation(annotations: Record<string, string>, key: string): unknown {
@@ -89,12 +98,35 @@ export function resolveStateDir(flag: string | undefined, env: NodeJS.ProcessEnv
   return dir;
 }
 
+function policyOf(flags: HookFlags): AnnotationPolicy {
+  const p: AnnotationPolicy = { ...DEFAULT_POLICY };
+  for (const g of flags.allowHostDevice ?? []) {
+    if (!/^[A-Za-z0-9_.*-]{1,15}$/.test(g)) throw new OcinetError('EINPUT', `--allow-host-device '${g}' must be an interface name or a pattern with *`);
+  }
+  p.hostDevices = flags.allowHostDevice ?? [];
+  if (flags.annotationDevicePrefix !== undefined) {
+    if (!/^[A-Za-z]?[A-Za-z0-9_.-]{0,7}$/.test(flags.annotationDevicePrefix)) {
+      throw new OcinetError('EINPUT', `--annotation-device-prefix '${flags.annotationDevicePrefix}' must be up to 8 characters of an interface name`);
+    }
+    p.devicePrefix = flags.annotationDevicePrefix;
+  }
+  for (const d of flags.allowVmSockets ?? []) {
+    if (!d.startsWith('/') || d === '/' || /\s/.test(d)) throw new OcinetError('EINPUT', `--allow-vm-sockets '${d}' must be an absolute directory other than /`);
+  }
+  p.vmSocketDirs = flags.allowVmSockets ?? [];
+  if (flags.publishRange !== undefined) p.publishRange = parseRange(flags.publishRange, '--publish-range');
+  return p;
+}
+
 export function resolveConfig(flags: HookFlags, annotations: Record<string, string>, env: NodeJS.ProcessEnv): HookConfig {
-  for (const k of Object.keys(annotations)) {
+  for (const [k, v] of Object.entries(annotations)) {
     if (!(Object.values(ANNOTATIONS) as string[]).includes(k)) {
       throw new OcinetError('EINPUT', `unknown annotation '${k}' (known: ${Object.values(ANNOTATIONS).join(', ')})`);
     }
+    const max = ANNOTATION_MAX_BYTES[k]!;
+    if (Buffer.byteLength(v) > max) throw new OcinetError('EINPUT', `annotation ${k} is ${Buffer.byteLength(v)} bytes, more than the ${max} allowed`);
   }
+  const policy = policyOf(flags);
   const bridge = ifName(flags.bridge ?? DEFAULTS.bridge, '--bridge');
   const iface = ifName(flags.iface ?? DEFAULTS.iface, '--iface');
   const subnet = parseSubnet(flags.subnet ?? DEFAULTS.subnet, '--subnet').cidr;
@@ -102,10 +134,11 @@ export function resolveConfig(flags: HookFlags, annotations: Record<string, stri
   if (!/^\d+$/.test(mtuText) || Number(mtuText) < 68 || Number(mtuText) > 65535) {
     throw new OcinetError('EINPUT', `--mtu '${mtuText}' must be a whole number from 68 to 65535`);
   }
-  const ports = [
-    ...(flags.publish ?? []).map((p) => parsePort(p, '--publish')),
-    ...parsePortList(annotations[ANNOTATIONS.publish] ?? '', `annotation ${ANNOTATIONS.publish}`),
-  ];
+  const asked = parsePortList(annotations[ANNOTATIONS.publish] ?? '', `annotation ${ANNOTATIONS.publish}`);
+  if (asked.length > MAX_ANNOTATION_ITEMS.ports) throw new OcinetError('EINPUT', `annotation ${ANNOTATIONS.publish}: ${asked.length} ports, more than ${MAX_ANNOTATION_ITEMS.ports}`);
+  // The hook entry's own --publish is the admin's: only the annotation's ports are held to the range.
+  for (const p of asked) checkPublishRange(policy, p.hostPort, `annotation ${ANNOTATIONS.publish}`);
+  const ports = [...(flags.publish ?? []).map((p) => parsePort(p, '--publish')), ...asked];
   const ip = annotations[ANNOTATIONS.ip] ?? flags.ip;
   if (ip !== undefined && !isIPv4(ip)) {
     const where = annotations[ANNOTATIONS.ip] !== undefined ? `annotation ${ANNOTATIONS.ip}` : '--ip';
@@ -114,9 +147,15 @@ export function resolveConfig(flags: HookFlags, annotations: Record<string, stri
   const stateDir = resolveStateDir(flags.stateDir, env);
   const logFile = flags.log === 'none' ? null : (flags.log ?? `${stateDir}/ocinet.log`);
   const ifs = jsonAnnotation(annotations, ANNOTATIONS.interfaces);
+  if (Array.isArray(ifs) && ifs.length > MAX_ANNOTATION_ITEMS.interfaces) {
+    throw new OcinetError('EINPUT', `annotation ${ANNOTATIONS.interfaces}: ${ifs.length} interfaces, more than ${MAX_ANNOTATION_ITEMS.interfaces}`);
+  }
   const interfaces = ifs === undefined ? [] : parseIfaces(ifs, `annotation ${ANNOTATIONS.interfaces}`);
   const rts = jsonAnnotation(annotations, ANNOTATIONS.routes);
   if (rts !== undefined && !Array.isArray(rts)) throw new OcinetError('EINPUT', `annotation ${ANNOTATIONS.routes} must be a JSON array of routes`);
+  if (Array.isArray(rts) && rts.length > MAX_ANNOTATION_ITEMS.routes) {
+    throw new OcinetError('EINPUT', `annotation ${ANNOTATIONS.routes}: ${rts.length} routes, more than ${MAX_ANNOTATION_ITEMS.routes}`);
+  }
   const routes = rts === undefined ? [] : parseRoutes(rts, true, `annotation ${ANNOTATIONS.routes}`);
   for (const i of interfaces) {
     if (i.name === iface) throw new OcinetError('EINPUT', `annotation ${ANNOTATIONS.interfaces}: name '${i.name}' is the container's main interface`);
@@ -131,7 +170,11 @@ export function resolveConfig(flags: HookFlags, annotations: Record<string, stri
     vm[k] = v;
   }
   const requested = { ports: Boolean(annotations[ANNOTATIONS.publish]?.trim()), ip: annotations[ANNOTATIONS.ip] !== undefined };
-  const cfg: HookConfig = { bridge, iface, subnet, mtu: Number(mtuText), ports, stateDir, logFile, keepBridge: Boolean(flags.keepBridge), requested, interfaces, routes, mode: modeText };
+  const vmAnnotated = { qmp: annotations[ANNOTATIONS.qmp] !== undefined, qga: annotations[ANNOTATIONS.qga] !== undefined };
+  const cfg: HookConfig = {
+    bridge, iface, subnet, mtu: Number(mtuText), ports, stateDir, logFile, keepBridge: Boolean(flags.keepBridge), requested, interfaces, routes,
+    mode: modeText, policy, vmAnnotated,
+  };
   if (vm.qmp || vm.qga) cfg.vm = vm;
   const ipvs = annotations[ANNOTATIONS.ipvs];
   if (ipvs !== undefined) {

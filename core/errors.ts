@@ -24,8 +24,30 @@ export function isOcinetError(e: unknown): e is OcinetError {
   return e instanceof OcinetError;
 }
 
-/** One line for stderr, whatever was thrown. */
+/** Longest error line ocinet prints or logs. */
+export const ERROR_LINE_MAX = 400;
+
+/**
+ * At most `max` chars: the head and the tail, with what was cut between
+ * counted (the start says what failed, the end usually why). `flat` is
+ * applied to the two ends only, so a 20 MB text is never scanned whole.
+ */
+export function clip(text: string, max: number = ERROR_LINE_MAX, flat: (s: string) => string = (s) => s): string {
+  if (text.length <= 4 * max) {
+    const f = flat(text);
+    if (f.length <= max) return f;
+    text = f;
+  }
+  // The marker takes at most 30 chars (a 17-digit count).
+  const room = Math.max(0, max - 30);
+  const head = flat(text.slice(0, 2 * Math.ceil(room / 2))).slice(0, Math.ceil(room / 2));
+  const tailLen = room - Math.ceil(room / 2);
+  const tail = tailLen > 0 ? flat(text.slice(-2 * tailLen)).slice(-tailLen) : '';
+  return `${head}…[${text.length - head.length - tail.length} chars cut]…${tail}`;
+}
+
+/** One short line for stderr and the log, whatever was thrown. */
 export function errorLine(e: unknown): string {
   const msg = e instanceof Error ? e.message : String(e);
-  return msg.replace(/\s*\n\s*/g, '; ').trim();
+  return clip(msg.trim(), ERROR_LINE_MAX, (s) => s.replace(/\s*\n\s*/g, '; '));
 }

@@ -5,7 +5,7 @@
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { accessSync, constants } from 'node:fs';
-import { OcinetError } from './errors.js';
+import { clip, ERROR_LINE_MAX, OcinetError } from './errors.js';
 
 const SEARCH_DIRS = ['/usr/sbin', '/usr/bin', '/sbin', '/bin', '/usr/local/sbin', '/usr/local/bin'];
 const resolved = new Map<string, string>();
@@ -55,6 +55,72 @@ export function stopInheriting(childFd: number): void {
   if (inherited[childFd - 3] !== undefined) inherited[childFd - 3] = 'ignore';
 }
 
+/** Default caps on what run() keeps of a program's output (bytes, head + tail). */
+export const MAX_STDOUT = 16 * 1024 * 1024;
+export const MAX_STDERR = 128 * 1024;
+
+/**
+ * Keeps the first and the last max/2 bytes of a stream and counts what fell
+ * between, so a program (or a guest) writing without end costs at most
+ * `max` bytes plus one chunk of memory.
+ */
+export class HeadTail {
+  private readonly headMax: number;
+  private readonly tailMax: number;
+  private readonly head: Buffer[] = [];
+  private headLen = 0;
+  private readonly tail: Buffer[] = [];
+  private tailLen = 0;
+  /** Every byte pushed, kept or not. */
+  total = 0;
+
+  constructor(max: number) {
+    this.headMax = Math.ceil(max / 2);
+    this.tailMax = max - this.headMax;
+  }
+
+  push(b: Buffer): void {
+    this.total += b.length;
+    if (this.headLen < this.headMax) {
+      const n = Math.min(b.length, this.headMax - this.headLen);
+      this.head.push(b.subarray(0, n));
+      this.headLen += n;
+      b = b.subarray(n);
+      if (b.length === 0) return;
+    }
+    this.tail.push(b);
+    this.tailLen += b.length;
+    // Drop whole chunks while the rest still covers the tail.
+    while (this.tail.length > 1 && this.tailLen - this.tail[0]!.length >= this.tailMax) this.tailLen -= this.tail.shift()!.length;
+  }
+
+  /** Bytes dropped between head and tail. */
+  get cut(): number {
+    return Math.max(0, this.total - this.headLen - Math.min(this.tailLen, this.tailMax));
+  }
+
+  /** The text, with `…[N bytes cut]…` where the middle was dropped. */
+  text(): string {
+    let tail = Buffer.concat(this.tail, this.tailLen);
+    if (tail.length > this.tailMax) tail = tail.subarray(tail.length - this.tailMax);
+    const head = Buffer.concat(this.head, this.headLen);
+    const cut = this.total - head.length - tail.length;
+    if (cut <= 0) return Buffer.concat([head, tail]).toString('utf8');
+    return `${head.toString('utf8')}…[${cut} bytes cut]…${tail.toString('utf8')}`;
+  }
+}
+
+/**
+ * The last `lines` lines of a program's output as one short clause for an
+ * error message (stderr first, stdout if stderr is empty).
+ */
+export function outputReason(stderr: string, stdout: string, lines = 2): string {
+  const text = (stderr.trim() ? stderr : stdout).trim();
+  // Only the end is looked at: the reason is there, and the text may be large.
+  const end = text.length > 4 * ERROR_LINE_MAX ? text.slice(-4 * ERROR_LINE_MAX) : text;
+  return clip(end.split('\n').slice(-lines).join('; ').trim());
+}
+
 export interface RunOptions {
   /** Written to the program's stdin, then stdin is closed. */
   input?: string;
@@ -62,12 +128,23 @@ export interface RunOptions {
   allowFail?: boolean;
   /** Kill the program after this many ms (default 30 s). */
   timeoutMs?: number;
+  /**
+   * Bytes of stdout kept (default MAX_STDOUT): beyond it the middle is cut.
+   * A cut stdout of a successful run is an error unless allowFail is set:
+   * callers parse stdout and must not parse a partial listing.
+   */
+  maxStdout?: number;
+  /** Bytes of stderr kept (default MAX_STDERR), head and tail. */
+  maxStderr?: number;
 }
 
 export interface RunResult {
   code: number;
   stdout: string;
   stderr: string;
+  /** Bytes cut out of the middle of stdout / stderr (0: whole). */
+  stdoutCut: number;
+  stderrCut: number;
 }
 
 // A fixed, small environment: children must not depend on the caller's.
@@ -75,15 +152,21 @@ const CHILD_ENV = { PATH: SEARCH_DIRS.join(':'), LC_ALL: 'C' };
 
 export function run(program: string, args: readonly string[], opts: RunOptions = {}): Promise<RunResult> {
   const file = which(program);
+  const what = `${program} ${args.slice(0, 3).join(' ')}`;
   return new Promise((resolve, reject) => {
     const child = spawn(file, args, { env: CHILD_ENV, stdio: ['pipe', 'pipe', 'pipe', ...inherited] }) as ChildProcessWithoutNullStreams;
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    let timedOut = false;
+    const out = new HeadTail(opts.maxStdout ?? MAX_STDOUT);
+    const err = new HeadTail(opts.maxStderr ?? MAX_STDERR);
+    let settled = false;
+    const timeoutMs = opts.timeoutMs ?? 30_000;
     const timer = setTimeout(() => {
-      timedOut = true;
       child.kill('SIGKILL');
-    }, opts.timeoutMs ?? 30_000);
+      // A grandchild may still hold the pipes open: 'close' could never come.
+      child.stdout.destroy();
+      child.stderr.destroy();
+      settled = true;
+      reject(new OcinetError('EEXEC', `${what}: timed out after ${timeoutMs} ms`));
+    }, timeoutMs);
     child.stdout.on('data', (b: Buffer) => out.push(b));
     child.stderr.on('data', (b: Buffer) => err.push(b));
     child.stdin.on('error', () => {
@@ -91,19 +174,20 @@ export function run(program: string, args: readonly string[], opts: RunOptions =
     });
     child.on('error', (e) => {
       clearTimeout(timer);
-      reject(new OcinetError('EEXEC', `${program}: ${e.message}`));
+      if (settled) return;
+      settled = true;
+      reject(new OcinetError('EEXEC', `${program}: ${clip(e.message)}`));
     });
     child.on('close', (code, signal) => {
       clearTimeout(timer);
-      const res: RunResult = {
-        code: code ?? 128,
-        stdout: Buffer.concat(out).toString('utf8'),
-        stderr: Buffer.concat(err).toString('utf8'),
-      };
-      if (timedOut) return reject(new OcinetError('EEXEC', `${program} ${args.join(' ')}: timed out`));
+      if (settled) return;
+      settled = true;
+      const res: RunResult = { code: code ?? 128, stdout: out.text(), stderr: err.text(), stdoutCut: out.cut, stderrCut: err.cut };
       if (res.code !== 0 && !opts.allowFail) {
-        const why = (res.stderr || res.stdout).trim().split('\n').slice(-2).join('; ') || `signal ${signal ?? '?'}`;
-        return reject(new OcinetError('EEXEC', `${program} ${args.slice(0, 3).join(' ')}: ${why}`));
+        return reject(new OcinetError('EEXEC', `${what}: ${outputReason(res.stderr, res.stdout) || `signal ${signal ?? '?'}`}`));
+      }
+      if (res.stdoutCut > 0 && !opts.allowFail) {
+        return reject(new OcinetError('EEXEC', `${what}: output of ${out.total} bytes is over the ${opts.maxStdout ?? MAX_STDOUT}-byte cap (not used cut)`));
       }
       resolve(res);
     });

@@ -261,10 +261,15 @@ export async function ipvsRestore(t: Target, parsed: RestoreSet, stateDir: strin
   await withLock(stateDir, async () => {
     const before = await countRules(t);
     if (before > 0) throw new OcinetError('ECONFLICT', `restore refused: the sandbox already has ${before} rules (clear them first)`);
-    const r = await runIn(t, 'ipvsadm', ['--restore'], parsed.text, 600_000);
+    // The table was empty: emptying it again undoes the rules that got in before a failure,
+    // also when the call itself failed (a timeout, a reply over the agent's cap).
+    const undo = (): Promise<unknown> => runIn(t, 'ipvsadm', ['-C']).catch(() => undefined);
+    const r = await runIn(t, 'ipvsadm', ['--restore'], parsed.text, 600_000).catch(async (e: unknown) => {
+      await undo();
+      throw e;
+    });
     if (r.code !== 0) {
-      // The table was empty: emptying it again undoes the rules that got in before the failing one.
-      await runIn(t, 'ipvsadm', ['-C']).catch(() => undefined);
+      await undo();
       throw failed('ipvsadm --restore', r);
     }
     // Into an empty table, all lines accepted: the count is known. Reading it back

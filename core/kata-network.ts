@@ -17,6 +17,7 @@ import { ipBatch, ipBatchIn, netnsId } from './netns.js';
 import { check } from './validate.js';
 import { guestIpBatch, guestLinks, guestRoutes, vmAddIface, vmDelIface, type GuestLink, type GuestRoute, type VmSockets } from './vm.js';
 import { shortHash } from './names.js';
+import { checkNewDeviceName, mayMoveHostDevice, type AnnotationPolicy } from './policy.js';
 
 // ---- contract: input and output shapes ----
 
@@ -66,6 +67,10 @@ export interface AddedIface {
   kind: 'moved' | 'veth' | 'tap';
   origMac?: string;
   origMtu?: number;
+  /** The host device's index (a moved device before it went; the host end of a created veth). */
+  hostIndex?: number;
+  /** Its index inside the sandbox. */
+  innerIndex?: number;
   queues: number;
   linkType?: string;
   pciAddr?: string;
@@ -278,6 +283,12 @@ export interface AddOptions {
   bridge?: string;
   /** Host links no sandbox may take (the ocinet bridge, veth ends the hook made). */
   reserved?: (name: string) => boolean;
+  /**
+   * Set for annotations (the container user's input): host devices they may
+   * move in and the prefix of those they create. Unset for the CLI, which
+   * root runs on purpose: kata's semantics, any device.
+   */
+  policy?: AnnotationPolicy;
 }
 
 export async function addIface(t: Target, input: IfaceInput, o: AddOptions): Promise<IfaceOutput> {
@@ -300,6 +311,12 @@ export async function addIface(t: Target, input: IfaceInput, o: AddOptions): Pro
     const inside = await linksIn(t);
     if (inside.some((l) => l.ifname === input.name)) throw new OcinetError('ECONFLICT', `interface '${input.name}' already exists in the sandbox`);
     if (input.device === 'lo' || o.reserved?.(input.device)) throw new OcinetError('ECONFLICT', `device '${input.device}' belongs to the host or to ocinet and cannot be given to a sandbox`);
+    if (o.policy) {
+      if (linkExists(input.device) && !mayMoveHostDevice(o.policy, input.device)) {
+        throw new OcinetError('ECONFLICT', `device '${input.device}' is a host device; an annotation may only take one the hook entry allows (--allow-host-device)`);
+      }
+      if (!linkExists(input.device)) checkNewDeviceName(o.policy, input.device, 'interface');
+    }
     if (o.bridge && !linkExists(o.bridge)) throw new OcinetError('ENOTFOUND', `bridge '${o.bridge}' does not exist`);
     if (t.vm) {
       // VM: a TAP on the host hot-plugged through QMP, configured in the guest by its agent.
@@ -316,10 +333,11 @@ export async function addIface(t: Target, input: IfaceInput, o: AddOptions): Pro
       a.prefix = Number(ip.mask);
     }
     if (linkExists(input.device)) {
-      const l = await linkDetails(input.device);
+      const l = (await linkDetails(input.device)) as Indexed | undefined;
       a.kind = 'moved';
       if (l?.address) a.origMac = l.address;
       if (l?.mtu) a.origMtu = l.mtu;
+      if (l?.ifindex) a.hostIndex = l.ifindex;
       await ipBatch([`link set ${a.device} down`, `link set ${a.device} netns ${t.nsPath} name ${a.name}`]);
     } else {
       const q = a.queues > 1 ? ` numtxqueues ${a.queues} numrxqueues ${a.queues}` : '';
@@ -327,6 +345,8 @@ export async function addIface(t: Target, input: IfaceInput, o: AddOptions): Pro
         `link add ${a.device} mtu ${a.mtu}${q} type veth peer name ${a.name} mtu ${a.mtu} address ${a.hwAddr}${q} netns ${t.nsPath}`,
         o.bridge ? `link set ${a.device} master ${o.bridge} up` : `link set ${a.device} up`,
       ]);
+      const l = (await linkDetails(input.device)) as Indexed | undefined;
+      if (l?.ifindex) a.hostIndex = l.ifindex;
     }
     try {
       await ipBatchIn(t.nsPath, [
@@ -335,6 +355,9 @@ export async function addIface(t: Target, input: IfaceInput, o: AddOptions): Pro
         ...(a.address ? [`addr add ${a.address}/${a.prefix} dev ${a.name}`] : []),
         `link set ${a.name} up`,
       ]);
+      // Its index in the sandbox: the container may rename it, not renumber it.
+      const inner = (await linksIn(t)).find((l) => l.ifname === a.name) as Indexed | undefined;
+      if (inner?.ifindex) a.innerIndex = inner.ifindex;
     } catch (e) {
       await undoIface(t, a).catch(() => undefined);
       throw e;
@@ -345,22 +368,38 @@ export async function addIface(t: Target, input: IfaceInput, o: AddOptions): Pro
   });
 }
 
-/** Put the host back as it was before `a` was added. */
+type Indexed = { ifindex: number; ifname: string; address?: string; mtu?: number; linkinfo?: { info_kind?: string } };
+
+async function hostLinks(): Promise<Indexed[]> {
+  return JSON.parse((await run('ip', ['-j', '-d', 'link', 'show'])).stdout || '[]') as Indexed[];
+}
+
+/**
+ * Put the host back as it was before `a` was added. Only the very device
+ * ocinet recorded is renamed, moved back or deleted (its index, and for a
+ * device that came home its MAC), never whatever now has its name.
+ */
 async function undoIface(t: Target, a: AddedIface): Promise<void> {
   if (a.kind === 'tap') {
     if (t.vm) await vmDelIface(t.vm, a);
     return;
   }
   if (a.kind === 'veth') {
-    if (linkExists(a.device)) await ipBatch([`link del ${a.device}`], true);
+    // The pair dies with the namespace; a link of that name now may be someone else's.
+    const l = (await linkDetails(a.device)) as Indexed | undefined;
+    if (l && (a.hostIndex === undefined || l.ifindex === a.hostIndex)) await ipBatch([`link del ${a.device}`], true);
     return;
   }
   if (a.kind !== 'moved') return;
   if (alive(t)) {
-    await ipBatchIn(t.nsPath, [`link set ${a.name} down`, `link set ${a.name} netns /proc/${process.pid}/ns/net name ${a.device}`]);
-  } else if (linkExists(a.name) && !linkExists(a.device)) {
-    // A physical device comes back to the host under its sandbox name when the namespace dies.
-    await ipBatch([`link set ${a.name} down`, `link set ${a.name} name ${a.device}`], true);
+    const inner = (await linksIn(t)) as unknown as Indexed[];
+    const dev = a.innerIndex !== undefined ? inner.find((l) => l.ifindex === a.innerIndex) : inner.find((l) => l.ifname === a.name);
+    if (dev) await ipBatchIn(t.nsPath, [`link set ${dev.ifname} down`, `link set ${dev.ifname} netns /proc/${process.pid}/ns/net name ${a.device}`]);
+  } else if (!linkExists(a.device)) {
+    // A physical device comes home under whatever name it had in the sandbox when the namespace dies.
+    const home = (await hostLinks()).find((l) =>
+      a.hostIndex !== undefined ? l.ifindex === a.hostIndex && l.address === a.hwAddr : l.ifname === a.name && l.address === a.hwAddr && l.linkinfo?.info_kind !== 'bridge');
+    if (home) await ipBatch([`link set ${home.ifname} down`, `link set ${home.ifname} name ${a.device}`], true);
   }
   if (linkExists(a.device)) {
     const restore = [a.origMac ? `address ${a.origMac}` : '', a.origMtu ? `mtu ${a.origMtu}` : ''].join(' ').trim();

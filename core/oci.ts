@@ -1,5 +1,6 @@
 /** The OCI container state a runtime hands its hooks, and the annotations that come with it. */
-import { readFileSync } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
+import { OcinetError } from './errors.js';
 import { join } from 'node:path';
 import { validateBundleConfig, validateOciState } from './generated/validators.js';
 import { check, parseJson } from './validate.js';
@@ -46,12 +47,44 @@ export function ocinetAnnotations(s: OciState): Record<string, string> {
   if (fromState) return fromState;
   if (s.annotations !== undefined || !s.bundle) return {};
   const file = join(s.bundle, 'config.json');
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch {
-    return {}; // no bundle config to read: no per-container requests
-  }
-  const cfg = check<{ annotations?: Record<string, string> }>(validateBundleConfig, parseJson(text, file), file);
+  const text = readBundleFile(file);
+  if (text === null) return {}; // no bundle config to read: no per-container requests
+  const cfg = check<{ annotations?: Record<string, string> }>(validateBundleConfig, parseJson(text, file, false), file);
   return pick(cfg.annotations) ?? {};
+}
+
+/** More than any runtime's config.json; the hook reads only its annotations. */
+export const BUNDLE_CONFIG_MAX_BYTES = 4 << 20;
+
+/**
+ * The bundle's config.json is the container user's file: read it only when it
+ * is a regular file (no symlink, FIFO or device: O_NOFOLLOW and O_NONBLOCK,
+ * then fstat), up to a size cap, and never put its content in an error.
+ * Null when there is none.
+ */
+function readBundleFile(file: string): string | null {
+  let fd: number;
+  try {
+    fd = openSync(file, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return null;
+    if (code === 'ELOOP') throw new OcinetError('EINPUT', `${file} is a symlink; the hook reads only a regular file there`);
+    throw new OcinetError('EINPUT', `cannot open ${file}: ${code ?? 'error'}`);
+  }
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile()) throw new OcinetError('EINPUT', `${file} is not a regular file`);
+    if (st.size > BUNDLE_CONFIG_MAX_BYTES) throw new OcinetError('EINPUT', `${file} is ${st.size} bytes, more than the ${BUNDLE_CONFIG_MAX_BYTES} the hook reads`);
+    const buf = Buffer.alloc(st.size);
+    let got = 0;
+    while (got < st.size) {
+      const n = readSync(fd, buf, got, st.size - got, got);
+      if (n === 0) break;
+      got += n;
+    }
+    return buf.subarray(0, got).toString('utf8');
+  } finally {
+    closeSync(fd);
+  }
 }

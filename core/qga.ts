@@ -7,8 +7,9 @@
  */
 import type net from 'node:net';
 import { randomInt } from 'node:crypto';
-import { OcinetError } from './errors.js';
-import { connectUnix, JsonLineReader, type JsonObject } from './qmp.js';
+import { clip, OcinetError } from './errors.js';
+import { HeadTail, MAX_STDERR, MAX_STDOUT } from './exec.js';
+import { connectUnix, JsonLineReader, MAX_LINE, type JsonObject } from './qmp.js';
 
 const DEFAULT_TIMEOUT_MS = 10_000;
 
@@ -33,6 +34,9 @@ export interface GuestExecOptions {
   env?: string[];
   /** Give up waiting after this long (ms, default 30 s). The guest process is not killed: the agent cannot. */
   timeoutMs?: number;
+  /** Bytes of stdout / stderr kept, head and tail (defaults as run()'s). */
+  maxStdout?: number;
+  maxStderr?: number;
 }
 
 export interface GuestExecResult {
@@ -41,6 +45,9 @@ export interface GuestExecResult {
   signal?: number;
   stdout: string;
   stderr: string;
+  /** Bytes cut out of the middle of stdout / stderr (0: whole; -1: cut by the agent itself). */
+  stdoutCut: number;
+  stderrCut: number;
 }
 
 interface ExecStatus {
@@ -49,6 +56,18 @@ interface ExecStatus {
   signal?: number;
   'out-data'?: string;
   'err-data'?: string;
+  /** qemu-ga keeps at most 16 MiB of each and says so here. */
+  'out-truncated'?: boolean;
+  'err-truncated'?: boolean;
+}
+
+/** Decode one base64 output field into at most `max` bytes (head and tail). */
+function decoded(b64: string | undefined, max: number, agentCut: boolean | undefined): { text: string; cut: number } {
+  const buf = new HeadTail(max);
+  if (b64) buf.push(Buffer.from(b64, 'base64'));
+  let text = buf.text();
+  if (agentCut) text += '…[cut by the guest agent]';
+  return { text, cut: agentCut ? -1 : buf.cut };
 }
 
 /** The agent answered with an error (`errorClass` is its QMP class). */
@@ -56,13 +75,14 @@ export class QgaCommandError extends OcinetError {
   readonly command: string;
   readonly errorClass: string;
   constructor(command: string, errorClass: string, desc: string) {
-    super('EEXEC', `guest agent ${command}: ${desc}`);
+    super('EEXEC', `guest agent ${command}: ${clip(desc)}`);
     this.command = command;
     this.errorClass = errorClass;
   }
 }
 
 interface Waiter {
+  command: string;
   accept(msg: JsonObject): boolean;
   reject(e: Error): void;
 }
@@ -76,7 +96,7 @@ export class QgaClient {
   readonly path: string;
   private readonly sock: net.Socket;
   private readonly timeoutMs: number;
-  private readonly reader = new JsonLineReader();
+  private readonly reader = new JsonLineReader(MAX_LINE, () => this.dropped());
   private waiter: Waiter | null = null;
   private queue: Promise<unknown> = Promise.resolve();
   private closedError: OcinetError | null = null;
@@ -147,9 +167,17 @@ export class QgaClient {
     for (let delay = 10; ; delay = Math.min(delay * 2, 200)) {
       const st = await this.execute<ExecStatus>('guest-exec-status', { pid }, left());
       if (st.exited) {
-        const b64 = (s?: string) => (s ? Buffer.from(s, 'base64').toString('utf8') : '');
+        const out = decoded(st['out-data'], opts.maxStdout ?? MAX_STDOUT, st['out-truncated']);
+        const err = decoded(st['err-data'], opts.maxStderr ?? MAX_STDERR, st['err-truncated']);
         const exitcode = st.exitcode ?? (st.signal !== undefined ? 128 + st.signal : -1);
-        return { exitcode, ...(st.signal !== undefined && { signal: st.signal }), stdout: b64(st['out-data']), stderr: b64(st['err-data']) };
+        return {
+          exitcode,
+          ...(st.signal !== undefined && { signal: st.signal }),
+          stdout: out.text,
+          stderr: err.text,
+          stdoutCut: out.cut,
+          stderrCut: err.cut,
+        };
       }
       if (Date.now() + delay >= deadline) {
         throw new OcinetError('EEXEC', `guest exec ${path} ${args.join(' ')}: still running after ${timeoutMs} ms (guest pid ${pid})`);
@@ -187,6 +215,7 @@ export class QgaClient {
           reject(new OcinetError('EEXEC', `guest agent ${command}: no reply within ${timeoutMs} ms`));
         }, deadline - Date.now());
         this.waiter = {
+          command,
           accept: (m) => {
             if (!match(m)) return false;
             clearTimeout(timer);
@@ -203,6 +232,17 @@ export class QgaClient {
     const p = this.queue.then(run, run);
     this.queue = p.catch(() => undefined);
     return p;
+  }
+
+  /**
+   * A message over MAX_LINE was dropped as it streamed in: the request waiting
+   * fails now (its reply may be that line) rather than at its timeout. The
+   * reader resumes at the next newline, so the connection stays usable.
+   */
+  private dropped(): void {
+    const w = this.waiter;
+    this.waiter = null;
+    w?.reject(new OcinetError('EEXEC', `guest agent ${w.command}: reply over ${MAX_LINE} bytes, not read (a guest program's output too large?)`));
   }
 
   private fail(message: string): void {

@@ -5,40 +5,77 @@
  * everything pending, so nothing here can hang.
  */
 import net from 'node:net';
-import { OcinetError } from './errors.js';
+import { clip, OcinetError } from './errors.js';
 
 export type JsonObject = Record<string, unknown>;
 
 const DEFAULT_TIMEOUT_MS = 10_000;
 
 /**
+ * Longest message line accepted (bytes). A guest-exec-status reply carries
+ * the program's output in base64, so this also bounds what a guest program
+ * can hand back (a 20000-rule IPVS listing is ~1.6 MB of base64).
+ */
+export const MAX_LINE = 8 * 1024 * 1024;
+
+/**
  * Splits a stream into JSON objects, one per line (QEMU and qemu-ga end each
  * message with a newline and never put one inside). Junk before '{' and lines
  * that do not parse are dropped: a guest can write anything on its channel.
+ * A line longer than `maxLine` is dropped as it streams in (never held
+ * whole), and `onOversized` is told once per such line.
  * Shared with the guest agent client.
  */
 export class JsonLineReader {
-  private buf = '';
+  private chunks: Buffer[] = [];
+  private len = 0;
+  private dropping = false;
+  constructor(
+    private readonly maxLine: number = MAX_LINE,
+    private readonly onOversized?: () => void,
+  ) {}
+
   push(chunk: Buffer): JsonObject[] {
-    // latin1 keeps every byte (0xFF sync bytes included) as one char; JSON
-    // from QEMU is ASCII with \u escapes, so nothing is lost.
-    this.buf += chunk.toString('latin1');
     const out: JsonObject[] = [];
-    let i: number;
-    while ((i = this.buf.indexOf('\n')) >= 0) {
-      const line = this.buf.slice(0, i);
-      this.buf = this.buf.slice(i + 1);
-      const start = line.indexOf('{');
-      if (start < 0) continue;
-      try {
-        const v: unknown = JSON.parse(Buffer.from(line.slice(start), 'latin1').toString('utf8'));
-        if (v && typeof v === 'object' && !Array.isArray(v)) out.push(v as JsonObject);
-      } catch {
-        /* garbage line: skip */
+    // Only the new chunk is searched for newlines: a long line costs O(n), not O(n²).
+    for (let from = 0; ; ) {
+      const nl = chunk.indexOf(0x0a, from);
+      const piece = chunk.subarray(from, nl < 0 ? chunk.length : nl);
+      if (!this.dropping && piece.length > 0) {
+        if (this.len + piece.length > this.maxLine) {
+          this.dropping = true;
+          this.chunks = [];
+          this.len = 0;
+          this.onOversized?.();
+        } else {
+          this.chunks.push(piece);
+          this.len += piece.length;
+        }
       }
+      if (nl < 0) return out;
+      if (!this.dropping) {
+        const msg = parseLine(Buffer.concat(this.chunks, this.len));
+        if (msg) out.push(msg);
+      }
+      this.chunks = [];
+      this.len = 0;
+      this.dropping = false;
+      from = nl + 1;
     }
-    return out;
   }
+}
+
+function parseLine(line: Buffer): JsonObject | undefined {
+  // Junk before '{' (0xFF sync bytes, guest garbage) is skipped.
+  const start = line.indexOf(0x7b);
+  if (start < 0) return undefined;
+  try {
+    const v: unknown = JSON.parse(line.subarray(start).toString('utf8'));
+    if (v && typeof v === 'object' && !Array.isArray(v)) return v as JsonObject;
+  } catch {
+    /* garbage line: skip */
+  }
+  return undefined;
 }
 
 /** Connect to a unix socket with a deadline and an error that says what failed. */
@@ -81,7 +118,7 @@ export class QmpCommandError extends OcinetError {
   readonly command: string;
   readonly errorClass: string;
   constructor(command: string, errorClass: string, desc: string) {
-    super('EEXEC', `QMP ${command}: ${desc}`);
+    super('EEXEC', `QMP ${command}: ${clip(desc)}`);
     this.command = command;
     this.errorClass = errorClass;
   }
@@ -113,7 +150,7 @@ export class QmpClient {
   greeting!: QmpGreeting;
   private readonly sock: net.Socket;
   private readonly timeoutMs: number;
-  private readonly reader = new JsonLineReader();
+  private readonly reader = new JsonLineReader(MAX_LINE, () => this.failPending(`a message over ${MAX_LINE} bytes was dropped`));
   private readonly pending = new Map<string, Pending>();
   private readonly waiters = new Set<EventWaiter>();
   private readonly listeners = new Set<(e: QmpEvent) => void>();
@@ -254,6 +291,15 @@ export class QmpClient {
     const err = msg.error as { class?: string; desc?: string } | undefined;
     if (err) p.reject(new QmpCommandError(p.command, err.class ?? 'GenericError', err.desc ?? JSON.stringify(err)));
     else p.resolve(msg.return);
+  }
+
+  /** Every command waiting fails (its reply may be the line that was dropped); the connection stays. */
+  private failPending(message: string): void {
+    for (const p of this.pending.values()) {
+      clearTimeout(p.timer);
+      p.reject(new OcinetError('EEXEC', `QMP ${p.command}: ${message}`));
+    }
+    this.pending.clear();
   }
 
   private fail(message: string): void {

@@ -22,6 +22,7 @@ import type { OpLog } from './log.js';
 import { installNetworkRules, removeNetworkRules } from './masquerade.js';
 import { dnatChain, hostVethName, tapName } from './names.js';
 import { ipBatch, ipBatchIn, openContainerNetns, type NetnsHandle } from './netns.js';
+import { checkVmSocket, DEFAULT_POLICY, isPlainId, safeBelow, VM_SOCKET_DIRS, type AnnotationPolicy } from './policy.js';
 import { checkPortConflicts, publishScript } from './portmap.js';
 import { socketOwner, startTime } from './proc.js';
 import { forget, isAlive, Reclaimer } from './reclaim.js';
@@ -62,27 +63,49 @@ export interface SetupRequest extends NetworkOptions {
   /** veth (default): a container's namespace; tap: a QEMU VM reached through QMP and its guest agent. */
   mode?: 'veth' | 'tap';
   vm?: { qmp?: string; qga?: string };
+  /** Which of `vm` an annotation named (held to the policy). */
+  vmAnnotated?: { qmp: boolean; qga: boolean };
   /** IPVS rules to restore once the network is up (io.ocinet.ipvs). */
   ipvs?: RestoreSet;
+  /** What annotations may ask for (the hook entry's); absent: the defaults. */
+  policy?: AnnotationPolicy;
 }
 
 /**
- * Where Kata keeps a sandbox's QEMU sockets, tried in order when the hook is
- * not told: /run/vc/vm/ID/ (Kata 2.x's VM directory), then ocinet's own
- * /run/ocinet/vm/ID/; each must hold qmp.sock and qga.sock.
+ * A VM sandbox's QEMU sockets. Named by the hook entry (--qmp/--qga, the
+ * admin's): used as given. Named by an annotation: checked against the
+ * policy before any connect. Not named: Kata's `/run/vc/vm/ID/`, then
+ * `/run/ocinet/vm/ID/`, each holding qmp.sock and qga.sock.
  */
-export const VM_SOCKET_DIRS = ['/run/vc/vm', '/run/ocinet/vm'];
-
-function vmSockets(id: string, given: { qmp?: string; qga?: string } | undefined): VmSockets {
+function vmSockets(req: SetupRequest): VmSockets {
+  const policy = req.policy ?? DEFAULT_POLICY;
+  for (const k of ['qmp', 'qga'] as const) {
+    const p = req.vm?.[k];
+    if (p && req.vmAnnotated?.[k]) checkVmSocket(policy, p, req.id, `annotation io.ocinet.${k}`);
+  }
+  const given = req.vm;
   if (given?.qmp && given.qga) return { qmp: given.qmp, qga: given.qga };
   const tried: string[] = [];
-  for (const dir of VM_SOCKET_DIRS) {
-    const qmp = given?.qmp ?? `${dir}/${id}/qmp.sock`;
-    const qga = given?.qga ?? `${dir}/${id}/qga.sock`;
-    if (existsSync(qmp) && existsSync(qga)) return { qmp, qga };
+  for (const dir of isPlainId(req.id) ? VM_SOCKET_DIRS : []) {
+    const qmp = given?.qmp ?? `${dir}/${req.id}/qmp.sock`;
+    const qga = given?.qga ?? `${dir}/${req.id}/qga.sock`;
+    if (existsSync(qmp) && existsSync(qga) && isSocketBelow(dir, qmp, given?.qmp) && isSocketBelow(dir, qga, given?.qga)) return { qmp, qga };
     tried.push(`${qmp} + ${qga}`);
   }
-  throw new OcinetError('ENOTFOUND', `no QEMU sockets for VM sandbox ${id} (tried ${tried.join(', ')}; name them with io.ocinet.qmp and io.ocinet.qga)`);
+  throw new OcinetError('ENOTFOUND', `no QEMU sockets for VM sandbox ${req.id} (tried ${tried.join(', ') || 'nothing: the id is not a plain name'}; name them with io.ocinet.qmp and io.ocinet.qga)`);
+}
+
+/** A default-directory socket: no symlink below the directory (the given one was checked already). */
+function isSocketBelow(dir: string, path: string, given: string | undefined): boolean {
+  if (given === path) return true;
+  try {
+    safeBelow(dir, path, (why) => {
+      throw new OcinetError('EINPUT', why);
+    });
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** Host links no kata-network add-iface may take: ocinet's bridges and the hook's veth ends. */
@@ -164,7 +187,9 @@ async function claim(db: Db, req: SetupRequest, prefix: number, gateway: string,
 async function addExtras(rec: ContainerRecord, req: SetupRequest, nsPath?: string): Promise<void> {
   const t = targetOf(rec, nsPath);
   if (!t) return;
-  for (const i of req.interfaces ?? []) await addIface(t, i, { stateDir: req.stateDir, reserved: reservedLink(req.stateDir) });
+  // Annotations' interfaces: the policy decides which host devices they may take or make.
+  const policy = req.policy ?? DEFAULT_POLICY;
+  for (const i of req.interfaces ?? []) await addIface(t, i, { stateDir: req.stateDir, reserved: reservedLink(req.stateDir), policy });
   if (req.routes?.length) await addRoutes(t, req.routes, req.stateDir);
   if (req.ipvs) {
     await ipvsRestore(t, req.ipvs, req.stateDir).catch((e: unknown) => {
@@ -358,7 +383,7 @@ function qemuIdentity(vm: VmSockets, statePid: number): Pick<ContainerRecord, 'p
  * its agent (address, MTU, default route).
  */
 async function setupVm(req: SetupRequest, log?: OpLog): Promise<SetupResult> {
-  const vm = vmSockets(req.id, req.vm);
+  const vm = vmSockets(req);
   const sn = parseSubnet(req.subnet);
   const gateway = intToIp(gatewayOf(sn));
   const qemu = qemuIdentity(vm, req.pid);

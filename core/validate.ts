@@ -25,10 +25,11 @@ export function check<T>(validator: Validator, data: unknown, what: string): T {
   throw new OcinetError('EINPUT', `${what}${index}${where ? ` field '${where}'` : ''}: ${msg}`);
 }
 
-export function parseJson(text: string, what: string): unknown {
+/** Parse JSON; `echo` false keeps the text out of the error (V8 quotes a piece of it). */
+export function parseJson(text: string, what: string, echo = true): unknown {
   try {
     return JSON.parse(text);
   } catch (e) {
-    throw new OcinetError('EINPUT', `${what} is not valid JSON: ${(e as Error).message}`);
+    throw new OcinetError('EINPUT', `${what} is not valid JSON${echo ? `: ${(e as Error).message}` : ''}`);
   }
 }

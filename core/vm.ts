@@ -16,8 +16,9 @@
 import { existsSync, statSync } from 'node:fs';
 import { deleteLink, linkExists } from './bridge.js';
 import { OcinetError } from './errors.js';
+import { outputReason } from './exec.js';
 import type { AddedIface, IfaceInput } from './kata-network.js';
-import { QgaClient, type GuestNetworkInterface } from './qga.js';
+import { QgaClient, type GuestExecOptions, type GuestExecResult, type GuestNetworkInterface } from './qga.js';
 import { QmpClient, QmpCommandError, type JsonObject } from './qmp.js';
 import { ensureTap, restoreTap, type TapResult } from './tap.js';
 
@@ -136,8 +137,7 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 async function guestIp(qga: QgaClient, args: string[], input?: string): Promise<string> {
   const r = await qga.exec('ip', args, { ...(input !== undefined && { input }), timeoutMs: GUEST_EXEC_MS });
   if (r.exitcode !== 0) {
-    const why = (r.stderr || r.stdout).trim().split('\n').slice(-3).join('; ') || `exit ${r.exitcode}`;
-    throw new OcinetError('EEXEC', `guest: ip ${args.join(' ')}: ${why}`);
+    throw new OcinetError('EEXEC', `guest: ip ${args.join(' ')}: ${outputReason(r.stderr, r.stdout, 3) || `exit ${r.exitcode}`}`);
   }
   return r.stdout;
 }
@@ -413,12 +413,16 @@ export async function vmAlive(vm: VmSockets): Promise<boolean> {
   }
 }
 
-/** Run a program in the guest through its agent (exit code and output, not thrown on non-zero). */
+/**
+ * Run a program in the guest through its agent (exit code and output, not
+ * thrown on non-zero). Output is capped as run()'s is (head and tail kept);
+ * a reply too large for the agent client fails the call.
+ */
 export async function guestRun(
   vm: VmSockets,
   path: string,
   args: string[],
-  o: { input?: string; timeoutMs?: number } = {},
-): Promise<{ exitcode: number; stdout: string; stderr: string }> {
-  return withQga(vm, (qga) => qga.exec(path, args, { ...(o.input !== undefined && { input: o.input }), timeoutMs: o.timeoutMs ?? GUEST_EXEC_MS }));
+  o: Pick<GuestExecOptions, 'input' | 'timeoutMs' | 'maxStdout' | 'maxStderr'> = {},
+): Promise<GuestExecResult> {
+  return withQga(vm, (qga) => qga.exec(path, args, { ...o, timeoutMs: o.timeoutMs ?? GUEST_EXEC_MS }));
 }

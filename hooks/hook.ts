@@ -3,7 +3,7 @@
  * `setup` or `teardown` (default: from the state's status) a bridge network.
  * Exit 0 on success; on failure one line on stderr and exit 1.
  */
-import { readFileSync } from 'node:fs';
+import { readSync } from 'node:fs';
 import { resolveConfig, type HookFlags } from '../core/config.js';
 import { errorLine, isOcinetError, OcinetError } from '../core/errors.js';
 import { OpLog } from '../core/log.js';
@@ -25,6 +25,10 @@ const FLAGS: FlagSpec = {
   '--mode': { key: 'mode', kind: 'string' },
   '--qmp': { key: 'qmp', kind: 'string' },
   '--qga': { key: 'qga', kind: 'string' },
+  '--allow-host-device': { key: 'allowHostDevice', kind: 'list' },
+  '--annotation-device-prefix': { key: 'annotationDevicePrefix', kind: 'string' },
+  '--allow-vm-sockets': { key: 'allowVmSockets', kind: 'list' },
+  '--publish-range': { key: 'publishRange', kind: 'string' },
   '--help': { key: 'help', kind: 'bool' },
   '--version': { key: 'version', kind: 'bool' },
 };
@@ -43,7 +47,40 @@ const USAGE = `usage: ocinet-hook [setup|teardown] [flags] < state.json
   --mode veth|tap      veth: a container's netns (default); tap: a QEMU VM sandbox
   --qmp SOCKET         tap mode: QEMU's QMP socket (annotation io.ocinet.qmp wins)
   --qga SOCKET         tap mode: the guest agent's socket (annotation io.ocinet.qga wins)
+What annotations (the container user's) may ask for; the defaults are safe for shared hosts:
+  --allow-host-device PATTERN   host devices io.ocinet.interfaces may move in (repeatable, * globs; default none)
+  --annotation-device-prefix P  host devices io.ocinet.interfaces creates must start with P (default ocx)
+  --allow-vm-sockets DIR        io.ocinet.qmp/qga may name sockets below DIR (repeatable; default only
+                                /run/vc/vm/ID/ and /run/ocinet/vm/ID/ of the container's own id)
+  --publish-range LO-HI         host ports io.ocinet.publish may take (default 1024-65535; --publish is not limited)
   --version, --help`;
+
+/** The state on stdin carries the container's annotations (each capped): a bound for the whole. */
+const STATE_MAX_BYTES = 8 << 20;
+
+function readStdin(max: number): string {
+  const chunks: Buffer[] = [];
+  const buf = Buffer.alloc(1 << 16);
+  let total = 0;
+  for (;;) {
+    let n: number;
+    try {
+      n = readSync(0, buf, 0, buf.length, null);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EAGAIN') {
+        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5); // a non-blocking stdin: wait, do not spin
+        continue;
+      }
+      if ((e as NodeJS.ErrnoException).code === 'EOF') break;
+      throw e;
+    }
+    if (n === 0) break;
+    total += n;
+    if (total > max) throw new OcinetError('EINPUT', `state on stdin is larger than ${max} bytes`);
+    chunks.push(Buffer.from(buf.subarray(0, n)));
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
 
 async function main(argv: string[]): Promise<number> {
   const { flags, positional } = parseArgs<HookFlags & { help?: boolean; version?: boolean }>(argv, FLAGS);
@@ -59,7 +96,7 @@ async function main(argv: string[]): Promise<number> {
   if (positional.length > 1 || (stageArg !== undefined && stageArg !== 'setup' && stageArg !== 'teardown')) {
     throw new OcinetError('EINPUT', `unexpected argument '${positional.join(' ')}' (stage is setup or teardown)`);
   }
-  const state = parseState(readFileSync(0, 'utf8'));
+  const state = parseState(readStdin(STATE_MAX_BYTES));
   const stage = stageArg ?? stageFromStatus(state);
   const cfg = resolveConfig(flags, stage === 'setup' ? ocinetAnnotations(state) : {}, process.env);
   const log = new OpLog(cfg.logFile, (w) => process.stderr.write(`ocinet-hook: warning: ${w}\n`));

@@ -163,7 +163,7 @@ t.test('containers ocinet did not set up: --runtime-root, --pid, --netns', async
 
 t.test('hook annotations add interfaces and routes; teardown and gc remove them', async (t) => {
   const ann = {
-    'io.ocinet.interfaces': JSON.stringify([{ device: 'tap-ann', name: 'eth-ann', IPAddresses: [{ address: '172.16.0.5', mask: '16' }], hwAddr: '02:42:20:6f:a3:70', mtu: 1400 }]),
+    'io.ocinet.interfaces': JSON.stringify([{ device: 'ocxann', name: 'eth-ann', IPAddresses: [{ address: '172.16.0.5', mask: '16' }], hwAddr: '02:42:20:6f:a3:70', mtu: 1400 }]),
     'io.ocinet.routes': JSON.stringify([{ dest: '177.18.0.0/24', gateway: '172.16.0.9', device: 'eth-ann' }]),
   };
   const b = await rc.bundle('annotated', { OCINET_ANNOTATIONS: JSON.stringify(ann) });
@@ -173,9 +173,9 @@ t.test('hook annotations add interfaces and routes; teardown and gc remove them'
   t.match((await rc.exec('annotated', ['ip', 'route'])).stdout, /177\.18\.0\.0\/24 via 172\.16\.0\.9 dev eth-ann/);
   t.equal((await net(['list-ifaces', 'annotated'])).stdout, '[{"name":"eth-ann","mac":"02:42:20:6f:a3:70","ip":["172.16.0.5/16"],"mtu":1400}]');
   await rc.stop('annotated');
-  t.notMatch((await sh('ip', ['-o', 'link'])).stdout, /tap-ann/, 'teardown removed the host end');
+  t.notMatch((await sh('ip', ['-o', 'link'])).stdout, /ocxann/, 'teardown removed the host end');
 
-  const bad = { 'io.ocinet.interfaces': JSON.stringify([{ device: 'tap-bad', name: 'eth-bad', hwAddr: '02:42:20:6f:a3:71', mtu: 9601 }]) };
+  const bad = { 'io.ocinet.interfaces': JSON.stringify([{ device: 'ocxbad', name: 'eth-bad', hwAddr: '02:42:20:6f:a3:71', mtu: 9601 }]) };
   const rb = await rc.start('badann', await rc.bundle('badann', { OCINET_ANNOTATIONS: JSON.stringify(bad) }));
   t.not(rb.exitCode, 0);
   t.match(rb.stderr, /annotation io\.ocinet\.interfaces\[0\] field 'mtu': must be <= 9600/);

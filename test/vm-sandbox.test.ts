@@ -18,7 +18,8 @@ const G = guest.sockets;
 const qemuPid = guest.qemuPid;
 const stateDir = join(DIR, 'state');
 const VM = ['--qmp', G.qmp, '--qga', G.qga, '--state-dir', stateDir];
-const HOOK_ARGS = ['--state-dir', stateDir, '--subnet', '10.213.0.0/24'];
+// The guest's sockets live in the test's temp dir: the hook entry allows annotations to name them there.
+const HOOK_ARGS = ['--state-dir', stateDir, '--subnet', '10.213.0.0/24', '--allow-vm-sockets', join(DIR, 'guest')];
 
 const inGuest = guest.exec;
 

@@ -58,8 +58,8 @@ hook() {
     {ociVersion: "1.0.2", id: $id, status: $status} + (if $pid == "" then {} else {pid: ($pid | tonumber)} end)
     + {bundle: "/nonexistent", annotations: {"io.ocinet.mode": "tap", "io.ocinet.qmp": "\($g)/qmp.sock",
        "io.ocinet.qga": "\($g)/qga.sock", "io.ocinet.publish": "8080:80"}}')
-  printf "$ echo '%s' \\\\\n    | env -i dist/bin/ocinet-hook --state-dir %s\n" "$st" "$STATE"
-  env -i "$HOOK" --state-dir "$STATE" <<<"$st" | tee "$work/hook.out"
+  printf "$ echo '%s' \\\\\n    | env -i dist/bin/ocinet-hook --state-dir %s --allow-vm-sockets %s\n" "$st" "$STATE" "$G"
+  env -i "$HOOK" --state-dir "$STATE" --allow-vm-sockets "$G" <<<"$st" | tee "$work/hook.out"
 }
 
 # guest PATH [ARG...]: run PATH in the guest through its agent (guest-exec,
