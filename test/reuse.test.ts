@@ -52,7 +52,9 @@ t.test('a dead container whose netns inode comes back: the new one gets its own 
     await sleep(50);
     b = await sandbox();
   }
-  t.equal(nsInode(b.pid), inodeA, 'the kernel handed b the dead container\'s namespace inode');
+  // Test files run side by side: another one's new namespace may take the freed inode first.
+  const reused = nsInode(b.pid) === inodeA;
+  if (!reused) t.comment('the kernel gave the freed inode to another namespace: the reclaim checks are skipped this time');
   // No ports of its own: nothing but the namespace check can tell it from a sharer.
   const r = await hook(args, state('b', 'creating', b.pid));
   t.equal(r.exitCode, 0, r.stderr);
@@ -60,11 +62,15 @@ t.test('a dead container whose netns inode comes back: the new one gets its own 
   t.equal(res.sharedWith, undefined, 'not taken for a sharer of the dead one');
   t.match(await eth0Addr(b.pid), new RegExp(`inet ${res.ip.replace(/\./g, '\\.')}/24`), 'b has its own eth0 with its address');
   t.equal(await pingGw(b.pid, '10.220.0.1'), 0, 'b reaches its gateway');
-  t.same(Object.keys(readDb(dir).containers), ['b'], 'the dead record is gone');
-  const reclaim = logOps(dir).find((e) => e.op === 'reclaim' && e.id === 'a');
-  t.ok(reclaim, 'the reclaim is logged');
-  t.equal(reclaim?.by, 'b');
-  t.notOk((await natRules()).includes(dnatChain('a')), "a's ports chain is gone");
+  if (reused) {
+    t.same(Object.keys(readDb(dir).containers), ['b'], 'the dead record is gone');
+    const reclaim = logOps(dir).find((e) => e.op === 'reclaim' && e.id === 'a');
+    t.ok(reclaim, 'the reclaim is logged');
+    t.equal(reclaim?.by, 'b');
+    t.notOk((await natRules()).includes(dnatChain('a')), "a's ports chain is gone");
+  } else {
+    t.equal((await cli(['gc', '--state-dir', dir])).exitCode, 0, 'gc reclaims the dead record instead');
+  }
   t.equal((await hook(args, state('b', 'stopped'))).exitCode, 0);
   t.equal(await snapshot(dir), before, 'nothing left');
   await b.kill();
