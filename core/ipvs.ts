@@ -10,7 +10,7 @@ import { isIPv4 } from './cidr.js';
 import { OcinetError } from './errors.js';
 import { run } from './exec.js';
 import { loadRecord, saveRecord, type Target } from './kata-network.js';
-import { withLock } from './lock.js';
+import { withSandboxLock } from './lock.js';
 import { guestRun } from './vm.js';
 
 export const MAX_RULES = 20000;
@@ -242,7 +242,7 @@ async function recordCount(t: Target, stateDir: string, n: number): Promise<void
 
 /** One ipvsadm command. Returns ipvsadm's output (the listing for -L). */
 export async function ipvsadm(t: Target, rule: IpvsRule, stateDir: string): Promise<string> {
-  return withLock(stateDir, async () => {
+  return withSandboxLock(stateDir, t.key, async () => {
     // The kernel's count, not only ours: it cannot drift from what is really there.
     if (rule.command === 'add-service' || rule.command === 'add-server') {
       const before = await countRules(t);
@@ -258,7 +258,7 @@ export async function ipvsadm(t: Target, rule: IpvsRule, stateDir: string): Prom
 
 /** Batch restore: only into an empty table, within the limit, in one exec. */
 export async function ipvsRestore(t: Target, parsed: RestoreSet, stateDir: string): Promise<void> {
-  await withLock(stateDir, async () => {
+  await withSandboxLock(stateDir, t.key, async () => {
     const before = await countRules(t);
     if (before > 0) throw new OcinetError('ECONFLICT', `restore refused: the sandbox already has ${before} rules (clear them first)`);
     // The table was empty: emptying it again undoes the rules that got in before a failure,

@@ -12,7 +12,7 @@ import { errorLine, OcinetError } from './errors.js';
 import { run } from './exec.js';
 import { validateKataIface, validateKataIfaceName, validateKataIfaces, validateKataRoute } from './generated/validators.js';
 import { linkDetails, linkExists } from './bridge.js';
-import { withLock } from './lock.js';
+import { withSandboxLock } from './lock.js';
 import { ipBatch, ipBatchIn, netnsId } from './netns.js';
 import { check } from './validate.js';
 import { guestIpBatch, guestLinks, guestRoutes, vmAddIface, vmDelIface, type GuestLink, type GuestRoute, type VmSockets } from './vm.js';
@@ -292,7 +292,8 @@ export interface AddOptions {
 }
 
 export async function addIface(t: Target, input: IfaceInput, o: AddOptions): Promise<IfaceOutput> {
-  return withLock(o.stateDir, async () => {
+  // The sandbox's own lock: another sandbox's records are read as files (each replaced atomically).
+  return withSandboxLock(o.stateDir, t.key, async () => {
     const rec = loadRecord(o.stateDir, t);
     if (input.vhostUserSocket !== undefined && !t.vm) {
       throw new OcinetError('EINPUT', `interface field 'vhostUserSocket': only VM sandboxes take vhost-user NICs; this is a container sandbox`);
@@ -303,7 +304,7 @@ export async function addIface(t: Target, input: IfaceInput, o: AddOptions): Pro
       if (!hit) continue;
       // A dead sandbox does not keep the device: its interfaces are undone here (moved devices come home).
       if (other.key !== t.key && !sandboxAlive(other)) {
-        await releaseSandboxLocked(o.stateDir, recordTarget(other));
+        await withSandboxLock(o.stateDir, other.key, () => releaseSandboxLocked(o.stateDir, recordTarget(other)));
         continue;
       }
       throw new OcinetError('ECONFLICT', `device '${input.device}' is already used by sandbox ${other.containerId ?? other.key} (as ${hit.name})`);
@@ -409,7 +410,7 @@ async function undoIface(t: Target, a: AddedIface): Promise<void> {
 
 /** del-iface: by `name` only. Throws an error carrying the interface that could not be removed. */
 export async function delIface(t: Target, name: string, stateDir: string): Promise<void> {
-  await withLock(stateDir, async () => {
+  await withSandboxLock(stateDir, t.key, async () => {
     const rec = loadRecord(stateDir, t);
     const a = rec.ifaces.find((i) => i.name === name);
     if (!a) throw new OcinetError('ENOTFOUND', `no interface '${name}' was added to this sandbox`);
@@ -444,7 +445,7 @@ function routeLine(op: 'add' | 'del', r: RouteSpec): string {
 }
 
 export async function addRoutes(t: Target, routes: RouteSpec[], stateDir: string): Promise<RouteSpec[]> {
-  return withLock(stateDir, async () => {
+  return withSandboxLock(stateDir, t.key, async () => {
     const rec = loadRecord(stateDir, t);
     const names = new Set((await linksIn(t)).map((l) => l.ifname));
     const existing = await routesIn(t);
@@ -472,7 +473,7 @@ export async function addRoutes(t: Target, routes: RouteSpec[], stateDir: string
 
 /** del-route: every route matching the fields given (fuzzy, as kata does). */
 export async function delRoutes(t: Target, routes: RouteSpec[], stateDir: string): Promise<RouteSpec[]> {
-  return withLock(stateDir, async () => {
+  return withSandboxLock(stateDir, t.key, async () => {
     const rec = loadRecord(stateDir, t);
     const existing = await routesIn(t);
     const hits: IpRoute[] = [];
@@ -502,7 +503,7 @@ export async function delRoutes(t: Target, routes: RouteSpec[], stateDir: string
 export async function releaseSandbox(stateDir: string, t: Target): Promise<void> {
   // Most sandboxes never had kata-network changes: no record, no lock to take.
   if (!hasRecord(stateDir, t)) return;
-  await withLock(stateDir, () => releaseSandboxLocked(stateDir, t));
+  await withSandboxLock(stateDir, t.key, () => releaseSandboxLocked(stateDir, t));
 }
 
 export function hasRecord(stateDir: string, t: Target): boolean {

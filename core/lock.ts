@@ -8,7 +8,7 @@
  * small N-API addon (build/lock.c, dist/bin/lock.node) opens and locks.
  */
 import { closeSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { OcinetError } from './errors.js';
 import { useStateDir } from './statedir.js';
@@ -61,8 +61,13 @@ function tryLock(path: string): number {
   }
 }
 
-export async function acquire(stateDir: string, timeoutMs = 30_000): Promise<Lock> {
-  const path = lockName(stateDir);
+/**
+ * `name`: `lock` is the state lock (state.json: addresses, ports, records);
+ * `lock.sb-<key>` a sandbox's own lock (its kata-network record and IPVS
+ * table), so that a slow guest or a big batch holds up only its sandbox.
+ */
+export async function acquire(stateDir: string, timeoutMs = 30_000, name = 'lock'): Promise<Lock> {
+  const path = name === 'lock' ? lockName(stateDir) : join(dirname(lockName(stateDir)), name);
   const deadline = Date.now() + timeoutMs;
   let wait = 1;
   for (;;) {
@@ -83,11 +88,17 @@ export async function acquire(stateDir: string, timeoutMs = 30_000): Promise<Loc
 }
 
 /** Run fn while holding the state lock. */
-export async function withLock<T>(stateDir: string, fn: () => Promise<T> | T): Promise<T> {
-  const lock = await acquire(stateDir);
+export async function withLock<T>(stateDir: string, fn: () => Promise<T> | T, name = 'lock'): Promise<T> {
+  const lock = await acquire(stateDir, 30_000, name);
   try {
     return await fn();
   } finally {
     await lock.release();
   }
+}
+
+/** Run fn while holding one sandbox's own lock (not the state lock: other containers go on). */
+export function withSandboxLock<T>(stateDir: string, sandboxKey: string, fn: () => Promise<T> | T): Promise<T> {
+  if (!/^[A-Za-z0-9-]+$/.test(sandboxKey)) throw new OcinetError('EINPUT', `sandbox key '${sandboxKey}' is not a lock name`);
+  return withLock(stateDir, fn, `lock.sb-${sandboxKey}`);
 }

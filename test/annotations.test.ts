@@ -205,3 +205,29 @@ t.test('the state on stdin is bounded', async (t) => {
   t.ok(oneLine(r.stderr), 'one line');
   cleanup(dir);
 });
+
+t.test("a guest that never answers holds up only its own sandbox, not other containers' setups", async (t) => {
+  const dir = tempDir('slowguest');
+  const socks = tempDir('slowsocks');
+  // A QEMU guest agent that accepts and never answers (and a QMP socket beside it).
+  const silent: Server[] = [];
+  for (const name of ['qmp.sock', 'qga.sock']) {
+    const s = createServer(() => undefined);
+    await new Promise<void>((r) => s.listen(join(socks, name), () => r()));
+    silent.push(s);
+  }
+  const { spawn } = await import('node:child_process');
+  const { CLI } = await import('./lib/env.js');
+  const stuck = spawn(CLI, ['ipvs', 'ipvsadm', '--parameters', '--add-service --tcp-service 10.10.11.12:100 --scheduler rr', '--state-dir', dir, '--qmp', join(socks, 'qmp.sock'), '--qga', join(socks, 'qga.sock')], { stdio: 'ignore' });
+  await new Promise((r) => setTimeout(r, 1500)); // it holds its sandbox's lock, waiting for the guest
+  t.equal(stuck.exitCode, null, 'the IPVS call is still waiting for the guest');
+  const sb = await sandbox();
+  const r = await hook(['--state-dir', dir, ...SUBNET], state('other', 'creating', sb.pid));
+  t.equal(r.exitCode, 0, `another container's setup goes on: ${r.stderr}`);
+  t.equal((await hook(['--state-dir', dir, ...SUBNET], state('other', 'stopped'))).exitCode, 0);
+  stuck.kill('SIGKILL');
+  for (const s of silent) s.close();
+  await sb.kill();
+  cleanup(socks);
+  cleanup(dir);
+});
