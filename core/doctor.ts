@@ -3,6 +3,7 @@
  * tried for real, but inside a throwaway network namespace, so the machine's
  * own network is never touched.
  */
+import { DEFAULT_POLICY, VM_SOCKET_DIRS, type AnnotationPolicy } from './policy.js';
 import { accessSync, constants, existsSync, lstatSync } from 'node:fs';
 import { errorLine } from './errors.js';
 import { hasProgram, run } from './exec.js';
@@ -74,8 +75,25 @@ export async function doctor(stateDir: string): Promise<Check[]> {
     detail: ipvs ? 'present' : 'absent', ...(ipvs ? {} : { fix: 'modprobe ip_vs (CONFIG_IP_VS)' }),
   });
   checks.push(...(await stateDirChecks(stateDir)));
-  // The hook-entry policy (what annotations may ask for) is reported here, after the state dir.
+  checks.push(policyCheck(DEFAULT_POLICY));
   return checks;
+}
+
+/**
+ * What annotations may ask for. The policy is in each hook entry's args, which
+ * doctor cannot see: it reports the defaults and the flags that widen them.
+ */
+function policyCheck(p: AnnotationPolicy): Check {
+  const detail = [
+    `host devices moved in: ${p.hostDevices.join(', ') || 'none'}`,
+    `host devices created: ${p.devicePrefix || 'any unused name'}*`,
+    `QEMU sockets: ${[...p.vmSocketDirs, ...VM_SOCKET_DIRS.map((d) => `${d}/<id>/`)].join(', ')}`,
+    `host ports: ${p.publishRange[0]}-${p.publishRange[1]}`,
+  ].join('; ');
+  return {
+    name: 'annotation policy (defaults; a hook entry widens them with --allow-host-device, --annotation-device-prefix, --allow-vm-sockets, --publish-range)',
+    ok: true, required: false, detail,
+  };
 }
 
 /** The state dir is root's alone (else the hook refuses it), writable, and its lock can be taken. */

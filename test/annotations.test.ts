@@ -231,3 +231,10 @@ t.test("a guest that never answers holds up only its own sandbox, not other cont
   cleanup(socks);
   cleanup(dir);
 });
+
+t.test('ocinet doctor reports the annotation policy', async (t) => {
+  const dir = tempDir('doctorpolicy');
+  const r = await cli(['doctor', '--state-dir', join(dir, 'state')]);
+  t.match(r.stdout, /annotation policy \(defaults; a hook entry widens them with --allow-host-device.*\): host devices moved in: none; host devices created: ocx\*; QEMU sockets: \/run\/vc\/vm\/<id>\/, \/run\/ocinet\/vm\/<id>\/; host ports: 1024-65535/);
+  cleanup(dir);
+});
