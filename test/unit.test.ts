@@ -80,8 +80,8 @@ t.test('ports: parsing and conflicts', async (t) => {
 });
 
 t.test('rule generation', async (t) => {
-  const s = publishScript('web-1', '10.0.0.2', '10.0.0.0/24', [{ hostPort: 8080, containerPort: 80, proto: 'tcp' }]).text();
   const chain = dnatChain('web-1');
+  const s = publishScript({ chain, tag: 'web-1' }, '10.0.0.2', '10.0.0.0/24', [{ hostPort: 8080, containerPort: 80, proto: 'tcp' }]).text();
   t.equal(
     s,
     `*nat
@@ -93,7 +93,7 @@ t.test('rule generation', async (t) => {
 COMMIT
 `,
   );
-  t.equal(unpublishScript('web-1').text(), `*nat\n-D OCINET-DNAT -m comment --comment ocinet:web-1 -j ${chain}\n-F ${chain}\n-X ${chain}\nCOMMIT\n`);
+  t.equal(unpublishScript({ chain, tag: 'web-1' }).text(), `*nat\n-D OCINET-DNAT -m comment --comment ocinet:web-1 -j ${chain}\n-F ${chain}\n-X ${chain}\nCOMMIT\n`);
   t.equal(new RestoreScript().append({ table: 'filter', chain: 'C', args: ['-m', 'comment', '--comment', 'two words'] }).text(), '*filter\n-A C -m comment --comment "two words"\nCOMMIT\n');
   t.throws(() => new RestoreScript().append({ table: 'nat', chain: 'C', args: ['a"b'] }), /cannot be quoted/);
   t.equal(new RestoreScript().text(), '');
