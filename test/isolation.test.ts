@@ -1,10 +1,10 @@
 // Issue 9, items 9 and 10: rules are matched by exact tags, and one state dir
 // owns its networks: teardown, reload and gc of one state dir never touch
 // another's rules, links or bridges, and a bridge has one state dir.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { isolate } from './lib/isolate.js';
 isolate(new URL(import.meta.url).pathname);
-import { cleanup, cli, hook, inNs, readDb, sandbox, sh, state, tempDir } from './lib/env.js';
+import { cleanup, cli, hook, inNs, readDb, sandbox, sh, state, tempDir, type Sandbox } from './lib/env.js';
 import { savedComment, savedTarget, savedWords } from '../core/iptables.js';
 import { containerTag, dnatChain, hostVethName, stateId } from '../core/names.js';
 import { publishScript } from '../core/portmap.js';
@@ -23,6 +23,12 @@ async function links(): Promise<string[]> {
 /** A network's own rules, whatever their tag: its MASQUERADE and both FORWARD rules. */
 function networkRules(all: string[], bridge: string, subnet: string): string[] {
   return all.filter((l) => l.includes(`-s ${subnet} ! -d ${subnet}`) || l.includes(`-i ${bridge} `) || l.includes(`-o ${bridge} `));
+}
+/** A stand-in container that dies with the test, even one that failed halfway. */
+async function box(t: Test): Promise<Sandbox> {
+  const sb = await sandbox();
+  t.teardown(() => sb.kill());
+  return sb;
 }
 const pings = async (pid: number, gw: string): Promise<boolean> => (await inNs(pid, ['busybox', 'ping', '-c1', '-W2', gw], false)).exitCode === 0;
 
@@ -56,8 +62,8 @@ t.test('item 9: a network on oc1 does not take the rules of oc10 (same state dir
   const other = tempDir('iso-sub2');
   const n10 = net('oc10', '10.221.0.0/24');
   const n1 = net('oc1', '10.222.0.0/24');
-  const sb10 = await sandbox();
-  const sb1 = await sandbox();
+  const sb10 = await box(t);
+  const sb1 = await box(t);
   t.equal((await setup(dir, n10, 'c10', sb10.pid)).exitCode, 0);
   const mine = networkRules(await rules(), 'oc10', '10.221.0.0/24');
   t.equal(mine.length, 3, "oc10's MASQUERADE and FORWARD rules");
@@ -81,8 +87,8 @@ t.test('item 10: the last teardown of one state dir keeps every rule of another'
   const b = tempDir('iso-b');
   const na = net('ocA', '10.223.0.0/24');
   const nb = net('ocB', '10.224.0.0/24');
-  const sa = await sandbox();
-  const sbb = await sandbox();
+  const sa = await box(t);
+  const sbb = await box(t);
   t.equal((await setup(a, na, 'a1', sa.pid, ['--publish', '8181:80'])).exitCode, 0);
   const before = await rules();
   t.ok(before.some((l) => l.includes('--dport 8181')), "a's published port");
@@ -108,10 +114,10 @@ t.test("item 10: gc in one state dir keeps another's veths, ports chains and bri
   const a = tempDir('iso-gca');
   const b = tempDir('iso-gcb');
   const na = net('ocgA', '10.225.0.0/24');
-  const sa = await sandbox();
+  const sa = await box(t);
   t.equal((await setup(a, na, 'a1', sa.pid, ['--publish', '8183:80'])).exitCode, 0);
   // b once had a network of its own, so its gc has a bridge and rules to look at.
-  const sbb = await sandbox();
+  const sbb = await box(t);
   t.equal((await setup(b, net('ocgB', '10.226.0.0/24'), 'b1', sbb.pid)).exitCode, 0);
   const vb = readDb(b).containers.b1!.hostVeth;
   await sbb.kill();
@@ -141,8 +147,8 @@ t.test('item 10: a bridge another state dir uses is refused (no address handed o
   const a = tempDir('iso-bra');
   const b = tempDir('iso-brb');
   const n = net('ocS', '10.227.0.0/24');
-  const sa = await sandbox();
-  const sbb = await sandbox();
+  const sa = await box(t);
+  const sbb = await box(t);
   t.equal((await setup(a, n, 'a1', sa.pid)).exitCode, 0);
   const l0 = await links();
   const r0 = await rules();
@@ -159,7 +165,7 @@ t.test('item 10: a bridge another state dir uses is refused (no address handed o
 
   // A bridge ocinet did not make (no alias): the other state dir's rules for it say it is taken.
   await sh('ip', ['link', 'add', 'ocadm', 'type', 'bridge']);
-  const sa2 = await sandbox();
+  const sa2 = await box(t);
   t.equal((await setup(a, net('ocadm', '10.228.0.0/24'), 'a2', sa2.pid)).exitCode, 0);
   const r2 = await setup(b, net('ocadm', '10.228.0.0/24'), 'b2', sbb.pid);
   t.equal(r2.exitCode, 1);
@@ -179,8 +185,8 @@ t.test('item 10: the same container id in two state dirs gets two veths and two 
   const b = tempDir('iso-idb');
   const na = net('ocIA', '10.229.0.0/24');
   const nb = net('ocIB', '10.230.0.0/24');
-  const sa = await sandbox();
-  const sbb = await sandbox();
+  const sa = await box(t);
+  const sbb = await box(t);
   t.equal((await setup(a, na, 'same', sa.pid, ['--publish', '8184:80'])).exitCode, 0);
   const ra = (await rules()).filter((l) => l.includes('--dport 8184') || l.includes('OCINET-DN'));
   const r = await setup(b, nb, 'same', sbb.pid, ['--publish', '8185:80']);
@@ -203,7 +209,7 @@ t.test('item 10: the same container id in two state dirs gets two veths and two 
 t.test("item 9: removing a ports chain by listing matches its comment whole, never another tool's rule", async (t) => {
   const dir = tempDir('iso-tag');
   const n = net('ocT', '10.231.0.0/24');
-  const sb = await sandbox();
+  const sb = await box(t);
   t.equal((await setup(dir, n, 'c1', sb.pid, ['--publish', '8186:80'])).exitCode, 0);
   // Another tool's rules whose comments hold the text `ocinet:c1` (or ours with a prefix).
   await sh('iptables', ['-t', 'nat', '-N', 'FOREIGN']);
