@@ -106,7 +106,7 @@ export function savedChain(line: string): string {
   return line.split(' ')[1]!;
 }
 
-/** A saved line's words, as iptables-save quotes them (`"..."` with `\\"` and `\\\\` escapes). */
+/** A saved line's words, as iptables-save quotes them (`"..."`, with `\"` and `\\` escaped). */
 export function savedWords(line: string): string[] {
   const out: string[] = [];
   let i = 0;
