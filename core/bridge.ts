@@ -1,7 +1,8 @@
 /**
  * The Linux bridge containers attach to. Created with a pinned MAC, the
- * gateway address and an alias marking it as ocinet's; an existing bridge is
- * reused only when it carries exactly our gateway address.
+ * gateway address and an alias marking it as this state dir's
+ * (`ocinet:<state id>`); an existing bridge is reused only when it carries
+ * exactly our gateway address and no other state dir's alias.
  */
 import { readFileSync } from 'node:fs';
 import { ipToInt, maskOf, parseSubnet } from './cidr.js';
@@ -10,7 +11,16 @@ import { run } from './exec.js';
 import { bridgeMac } from './names.js';
 import { ipBatch } from './netns.js';
 
-export const BRIDGE_ALIAS = 'ocinet';
+/** The alias of the previous version's bridges: no state dir named. */
+export const LEGACY_BRIDGE_ALIAS = 'ocinet';
+
+/** The alias marking a bridge as made by the state dir with identity `sid`. */
+export const bridgeAlias = (sid: string): string => `${LEGACY_BRIDGE_ALIAS}:${sid}`;
+
+/** The state id in an ocinet bridge alias, or undefined (not ocinet's, or the previous version's). */
+export function aliasOwner(alias: string | undefined): string | undefined {
+  return /^ocinet:([0-9a-f]{8})$/.exec(alias ?? '')?.[1];
+}
 
 /** Interface names of the caller's namespace. /proc/net follows the caller's netns; /sys only the mounter's. */
 export function linkNames(): Set<string> {
@@ -43,8 +53,9 @@ export async function linkDetails(name: string): Promise<LinkDetails | undefined
   return (JSON.parse(r.stdout || '[]') as LinkDetails[])[0];
 }
 
-export async function createdByOcinet(name: string): Promise<boolean> {
-  return (await linkDetails(name))?.ifalias === BRIDGE_ALIAS;
+/** True when this state dir made bridge `name` (its alias says so). */
+export async function createdByOcinet(name: string, sid: string): Promise<boolean> {
+  return (await linkDetails(name))?.ifalias === bridgeAlias(sid);
 }
 
 /** The kernel's connected route for the subnet on the bridge: a file read, no exec. */
@@ -75,12 +86,16 @@ async function ipv4Addresses(dev: string): Promise<string[]> {
  * Make sure `bridge` exists, is up and holds `gateway/prefix`.
  * Returns whether this call created it. Caller holds the state lock.
  */
-export async function ensureBridge(bridge: string, subnet: string, gateway: string, mtu: number): Promise<boolean> {
+export async function ensureBridge(sid: string, bridge: string, subnet: string, gateway: string, mtu: number): Promise<boolean> {
   const { prefix } = parseSubnet(subnet);
   const want = `${gateway}/${prefix}`;
   const info = await linkDetails(bridge);
   if (info) {
     if (info.linkinfo?.info_kind !== 'bridge') throw new OcinetError('ECONFLICT', `${bridge} exists and is not a bridge`);
+    const owner = aliasOwner(info.ifalias);
+    if (owner && owner !== sid) {
+      throw new OcinetError('ECONFLICT', `bridge ${bridge} belongs to another ocinet state dir (network id ${owner}); use another --bridge`);
+    }
     const addrs = await ipv4Addresses(bridge);
     if (addrs.length && !addrs.includes(want)) {
       throw new OcinetError('ECONFLICT', `bridge ${bridge} exists with address ${addrs.join(', ')}, not ${want}; pick another --bridge or --subnet`);
@@ -92,7 +107,7 @@ export async function ensureBridge(bridge: string, subnet: string, gateway: stri
   void ipToInt(gateway); // validated address
   await ipBatch([
     `link add ${bridge} address ${bridgeMac(bridge)} mtu ${mtu} type bridge`,
-    `link set ${bridge} alias ${BRIDGE_ALIAS}`,
+    `link set ${bridge} alias ${bridgeAlias(sid)}`,
     `addr add ${want} dev ${bridge}`,
     `link set ${bridge} up`,
   ]);

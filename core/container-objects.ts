@@ -5,12 +5,12 @@
  */
 import { deleteLink } from './bridge.js';
 import { errorLine } from './errors.js';
-import { purge, restore } from './iptables.js';
+import { purge, restore, savedComment } from './iptables.js';
 import { ipvsadm, parseParameters } from './ipvs.js';
 import { loadRecord, releaseSandbox, releaseSandboxLocked, targetKey, vmTarget, type AddedIface, type Target } from './kata-network.js';
 import { vmMac } from './names.js';
 import { pidNetnsPath } from './netns.js';
-import { unpublishScript } from './portmap.js';
+import { portsComment, unpublishScript, type PortsChain } from './portmap.js';
 import type { ContainerRecord } from './store.js';
 import { vmDelIface } from './vm.js';
 
@@ -39,16 +39,19 @@ async function unplugVm(rec: ContainerRecord, vmAlive: boolean): Promise<void> {
   }
 }
 
-const escapeRe = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-const tagPattern = (tag: string): RegExp => new RegExp(`ocinet:${escapeRe(tag)}(?=["\\s]|$)`);
+const portsOf = (r: ContainerRecord): PortsChain | null => (r.chain && r.tag ? { chain: r.chain, tag: r.tag } : null);
 
-/** Remove a container's ports chain: exactly when we can, by listing when parts are missing. */
+/**
+ * Remove a container's ports chain: exactly when we can, by listing when
+ * parts are missing. The listing matches the record's comment whole (never a
+ * pattern made from the id) and its own chain by name.
+ */
 export async function unpublish(r: ContainerRecord): Promise<void> {
-  if (!r.chain || !r.tag) return;
-  if (await restore(unpublishScript(r.tag), true)) return;
-  const pat = tagPattern(r.tag);
-  const chain = r.chain;
-  await purge(['nat'], (l) => pat.test(l), (c) => c === chain);
+  const c = portsOf(r);
+  if (!c) return;
+  if (await restore(unpublishScript(c), true)) return;
+  const comment = portsComment(c.tag);
+  await purge(['nat'], (l) => savedComment(l) === comment, (ch) => ch === c.chain);
 }
 
 /**
@@ -56,9 +59,9 @@ export async function unpublish(r: ContainerRecord): Promise<void> {
  * for all of them, each on its own only when that fails.
  */
 export async function unpublishAll(recs: ContainerRecord[]): Promise<void> {
-  const tags = recs.filter((r) => r.chain && r.tag).map((r) => r.tag!);
-  if (tags.length === 0) return;
-  if (tags.length > 1 && (await restore(unpublishScript(...tags), true))) return;
+  const chains = recs.map(portsOf).filter((c): c is PortsChain => c !== null);
+  if (chains.length === 0) return;
+  if (chains.length > 1 && (await restore(unpublishScript(...chains), true))) return;
   for (const r of recs) await unpublish(r);
 }
 

@@ -1,20 +1,22 @@
 /**
  * Garbage collection: the crash and reboot case. Every record is asked
  * whether it is alive, through the same reclaim code a setup uses for the
- * dead records in its way; veths, ports chains and bridges ocinet made that
- * no record owns are removed; temp files of dead writers are deleted. A state
+ * dead records in its way; veths, ports chains and bridges this state dir
+ * provably made (its bridge alias, its identity in the chain's name, a veth
+ * on its bridge) that no record owns are removed, another state dir's never; temp files of dead writers are deleted. A state
  * file damaged beyond reading is rebuilt from the kernel first.
  */
 import { readdirSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
-import { BRIDGE_ALIAS } from './bridge.js';
+import { bridgeAlias } from './bridge.js';
 import { errorLine } from './errors.js';
-import { purge, save } from './iptables.js';
+import { purge, save, savedTarget } from './iptables.js';
 import { allRecords, recordTarget, releaseSandbox, sandboxAlive } from './kata-network.js';
 import { deleteLinks, listLinks } from './links.js';
 import { withLock } from './lock.js';
 import type { OpLog } from './log.js';
 import { Reclaimer } from './reclaim.js';
+import { DNAT_CHAIN_PREFIX, stateId } from './names.js';
 import { loadForChange } from './recover.js';
 import { removeNetwork } from './sandbox.js';
 import { ensureStateDir, saveDb } from './store.js';
@@ -55,27 +57,29 @@ export async function gc(stateDir: string, log?: OpLog): Promise<GcReport> {
       if (r.error) report.errors.push(`container ${r.id}: ${r.error}`);
     }
 
+    const sid = stateId(stateDir);
     const records = Object.values(db.containers);
     const links = await listLinks();
+    // This state dir's bridges: its records, and those carrying its alias (a bridge has one state dir).
+    const bridges = new Set([...Object.keys(db.networks), ...links.filter((l) => l.kind === 'bridge' && l.alias === bridgeAlias(sid)).map((l) => l.name)]);
     const owned = new Set(records.map((c) => c.hostVeth));
-    const orphans = links.filter((l) => /^ocv[0-9a-f]{10}$/.test(l.name) && !owned.has(l.name));
+    // A veth is provably ours only on one of our bridges; any other `ocv…` may be another state dir's.
+    const orphans = links.filter((l) => /^ocv[0-9a-f]{10}$/.test(l.name) && !owned.has(l.name) && l.master !== undefined && bridges.has(l.master));
     await deleteLinks(orphans.map((l) => l.index));
     report.links = orphans.map((l) => l.name);
 
+    // Ports chains named with this state dir's identity; the previous version's unnamed ones are left be.
     const chains = new Set(records.map((c) => c.chain));
-    const stale = [...(await save('nat')).chains].filter((c) => c.startsWith('OCINET-DN-') && !chains.has(c));
+    const mine = `${DNAT_CHAIN_PREFIX}${sid}-`;
+    const stale = [...(await save('nat')).chains].filter((c) => c.startsWith(mine) && !chains.has(c));
     if (stale.length) {
-      await purge(['nat'], (l) => stale.some((c) => l.endsWith(`-j ${c}`)), (c) => stale.includes(c));
+      await purge(['nat'], (l) => stale.includes(savedTarget(l) ?? ''), (c) => stale.includes(c));
     }
     report.chains = stale;
 
     const used = new Set(records.map((c) => c.bridge));
-    const bridges = new Set([
-      ...Object.keys(db.networks),
-      ...links.filter((l) => l.kind === 'bridge' && l.alias === BRIDGE_ALIAS).map((l) => l.name),
-    ]);
     for (const b of bridges) {
-      if (!used.has(b) && (await removeNetwork(db, b))) report.bridges.push(b);
+      if (!used.has(b) && (await removeNetwork(db, b, stateDir))) report.bridges.push(b);
     }
     saveDb(stateDir, db);
   });

@@ -106,9 +106,44 @@ export function savedChain(line: string): string {
   return line.split(' ')[1]!;
 }
 
+/** A saved line's words, as iptables-save quotes them (`"..."`, with `\"` and `\\` escaped). */
+export function savedWords(line: string): string[] {
+  const out: string[] = [];
+  let i = 0;
+  while (i < line.length) {
+    if (line[i] === ' ') {
+      i++;
+      continue;
+    }
+    let w = '';
+    if (line[i] === '"') {
+      for (i++; i < line.length && line[i] !== '"'; i++) w += line[i] === '\\' && i + 1 < line.length ? line[++i] : line[i];
+      i++;
+    } else {
+      for (; i < line.length && line[i] !== ' '; i++) w += line[i];
+    }
+    out.push(w);
+  }
+  return out;
+}
+
+/** The comment of a saved rule (`-m comment --comment X`), or undefined: the tag, compared whole. */
+export function savedComment(line: string): string | undefined {
+  const w = savedWords(line);
+  const i = w.indexOf('--comment');
+  return i >= 0 ? w[i + 1] : undefined;
+}
+
+/** The target of a saved `... -j TARGET` rule, compared whole. */
+export function savedTarget(line: string): string | undefined {
+  const w = savedWords(line);
+  const i = w.lastIndexOf('-j');
+  return i >= 0 ? w[i + 1] : undefined;
+}
+
 /** True when a saved line is a jump from `chain` to `target`. */
 export function isJump(line: string, chain: string, target: string): boolean {
-  return line.startsWith(`-A ${chain} `) && line.endsWith(`-j ${target}`);
+  return savedChain(line) === chain && savedTarget(line) === target;
 }
 
 /**

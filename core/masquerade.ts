@@ -3,7 +3,9 @@
  * (hairpin/localhost) traffic masqueraded, forwarding allowed to and from the
  * bridge. Shared chains are jumped to from the built-in ones once.
  */
-import { isJump, purge, restore, RestoreScript, save, savedChain, type Rule, type Table } from './iptables.js';
+import { OcinetError } from './errors.js';
+import { isJump, restore, RestoreScript, save, savedChain, savedComment, type Rule, type SavedTable, type Table } from './iptables.js';
+import { DNAT_CHAIN_PREFIX } from './names.js';
 
 export const DNAT_CHAIN = 'OCINET-DNAT';
 export const POST_CHAIN = 'OCINET-POSTROUTING';
@@ -30,10 +32,26 @@ const JUMPS: Jump[] = [
   { table: 'filter', from: 'FORWARD', to: FWD_CHAIN, args: [], insert: true },
 ];
 
-const netTag = (bridge: string): string => `ocinet-net:${bridge}`;
+const NET_TAG = 'ocinet-net:';
+/** A network's rules are tagged `ocinet-net:<state id>:<bridge>`; the previous version wrote `ocinet-net:<bridge>`. */
+const netTag = (sid: string, bridge: string): string => `${NET_TAG}${sid}:${bridge}`;
 
-function networkRules(bridge: string, subnet: string): Rule[] {
-  const tag = [...COMMENT, netTag(bridge)];
+/** The network a saved rule is tagged with (exact comment), or undefined: `sid` is undefined for the old form. */
+function networkOf(line: string): { sid?: string; bridge: string } | undefined {
+  const c = savedComment(line);
+  if (!c?.startsWith(NET_TAG)) return undefined;
+  const m = /^([0-9a-f]{8}):(.+)$/.exec(c.slice(NET_TAG.length));
+  return m ? { sid: m[1]!, bridge: m[2]! } : { bridge: c.slice(NET_TAG.length) };
+}
+
+/** This state dir's rules for `bridge`, and the previous version's untagged ones for it (adopted). */
+const ownRule = (sid: string, bridge: string) => (line: string): boolean => {
+  const n = networkOf(line);
+  return n !== undefined && n.bridge === bridge && (n.sid === sid || n.sid === undefined);
+};
+
+function networkRules(sid: string, bridge: string, subnet: string): Rule[] {
+  const tag = [...COMMENT, netTag(sid, bridge)];
   return [
     { table: 'nat', chain: POST_CHAIN, args: ['-s', subnet, '!', '-d', subnet, ...tag, '-j', 'MASQUERADE'] },
     { table: 'filter', chain: FWD_CHAIN, args: ['-i', bridge, ...tag, '-j', 'ACCEPT'] },
@@ -45,11 +63,20 @@ function networkRules(bridge: string, subnet: string): Rule[] {
   ];
 }
 
-/** Install the shared chains (if missing) and this network's rules (replacing leftovers). */
-export async function installNetworkRules(bridge: string, subnet: string): Promise<void> {
+/**
+ * Install the shared chains (if missing) and this network's rules (replacing
+ * leftovers). A bridge another state dir has rules for is refused: two state
+ * dirs on one bridge would hand out the same addresses.
+ */
+export async function installNetworkRules(sid: string, bridge: string, subnet: string): Promise<void> {
   const script = new RestoreScript();
+  const own = ownRule(sid, bridge);
   for (const table of ['nat', 'filter'] as const) {
     const saved = await save(table);
+    const other = saved.rules.map(networkOf).find((n) => n?.bridge === bridge && n.sid !== undefined && n.sid !== sid);
+    if (other) {
+      throw new OcinetError('ECONFLICT', `bridge ${bridge} is in use by another ocinet state dir (network id ${other.sid}); use another --bridge`);
+    }
     const shared = table === 'nat' ? [DNAT_CHAIN, POST_CHAIN] : [FWD_CHAIN];
     for (const c of shared) {
       if (saved.chains.has(c)) continue;
@@ -64,24 +91,42 @@ export async function installNetworkRules(bridge: string, subnet: string): Promi
       if (j.insert) script.insert(r);
       else script.append(r);
     }
-    for (const l of saved.rules) if (l.includes(netTag(bridge))) script.deleteSaved(table, l);
+    for (const l of saved.rules) if (own(l)) script.deleteSaved(table, l);
   }
-  for (const r of networkRules(bridge, subnet)) script.append(r);
+  for (const r of networkRules(sid, bridge, subnet)) script.append(r);
   await restore(script);
 }
 
+const SHARED = new Set([DNAT_CHAIN, POST_CHAIN, FWD_CHAIN]);
+
+/** A rule that keeps the shared chains: anything in them but their own mark rule, or a ports chain. */
+function keepsShared(table: Table, line: string): boolean {
+  const chain = savedChain(line);
+  if (chain.startsWith(DNAT_CHAIN_PREFIX)) return true;
+  if (!SHARED.has(chain)) return false;
+  return !(table === 'nat' && chain === POST_CHAIN && savedComment(line) === 'ocinet');
+}
+
 /**
- * Remove this network's rules; when no other network remains, the shared
- * chains and jumps too. Goes by listing, so it works after partial setups.
+ * Remove this network's rules (this state dir's tag, exactly). The shared
+ * chains and their jumps go too when no rule of any network, of any state
+ * dir, is left in them: decided by listing, not by one state's records, so
+ * it also works after partial setups.
  */
-export async function removeNetworkRules(bridge: string, lastNetwork: boolean): Promise<void> {
-  const tag = netTag(bridge);
-  if (!lastNetwork) {
-    await purge(['nat', 'filter'], (l) => l.includes(tag), () => false);
-    return;
+export async function removeNetworkRules(sid: string, bridge: string): Promise<void> {
+  const own = ownRule(sid, bridge);
+  const saved: [Table, SavedTable][] = [];
+  for (const table of ['nat', 'filter'] as const) saved.push([table, await save(table)]);
+  const script = new RestoreScript();
+  const inUse = saved.some(([table, s]) => s.rules.some((l) => !own(l) && keepsShared(table, l)));
+  for (const [table, s] of saved) {
+    for (const l of s.rules) {
+      const jump = JUMPS.some((j) => j.table === table && isJump(l, j.from, j.to));
+      if (own(l) || (!inUse && (jump || SHARED.has(savedChain(l))))) script.deleteSaved(table, l);
+    }
+    if (!inUse) for (const c of s.chains) if (SHARED.has(c)) script.deleteChain(table, c);
   }
-  const ours = (c: string): boolean => c.startsWith('OCINET-');
-  await purge(['nat', 'filter'], (l) => l.includes(tag) || JUMPS.some((j) => isJump(l, j.from, j.to)) || ours(savedChain(l)), ours);
+  await restore(script);
 }
 
 /** True when every shared jump is in place (for doctor and list). */

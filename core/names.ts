@@ -1,4 +1,11 @@
-/** Deterministic names derived from ids, so teardown finds them even without state. */
+/**
+ * Deterministic names derived from ids, so teardown finds them even without
+ * state, and the state dir's network identity that keeps two state dirs'
+ * objects apart (names, rule tags, bridge alias).
+ */
+import { realpathSync } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
+
 /**
  * 64-bit FNV-1a as hex, from two 32-bit lanes. Names need stability, not
  * secrecy, and node:crypto costs ~2 ms to load on the hook's start path.
@@ -14,14 +21,43 @@ export function shortHash(s: string, len: number): string {
   return (b.toString(16).padStart(8, '0') + a.toString(16).padStart(8, '0')).slice(0, len);
 }
 
-/** Host end of a container's veth: `ocv` + 10 hex = 13 chars (IFNAMSIZ is 16). */
-export function hostVethName(containerId: string): string {
-  return 'ocv' + shortHash(containerId, 10);
+/** The path with symlinks resolved as far as it exists (the state dir may not be made yet). */
+function realPath(p: string): string {
+  try {
+    return realpathSync.native(p);
+  } catch {
+    const up = dirname(p);
+    return up === p ? p : join(realPath(up), basename(p));
+  }
+}
+
+const ids = new Map<string, string>();
+
+/**
+ * A state dir's network identity: 8 hex of its real path. It is in every
+ * tag, alias and per-container name the state dir makes, so that teardown,
+ * reload and gc of one state dir only ever touch its own objects.
+ */
+export function stateId(stateDir: string): string {
+  let id = ids.get(stateDir);
+  if (!id) ids.set(stateDir, (id = shortHash(realPath(resolve(stateDir)), 8)));
+  return id;
+}
+
+/** The hash input of a per-container name: the id alone in records of the previous version. */
+const seed = (containerId: string, sid?: string): string => (sid === undefined ? containerId : `${sid}/${containerId}`);
+
+/**
+ * Host end of a container's veth: `ocv` + 10 hex = 13 chars (IFNAMSIZ is 16).
+ * Without `sid`, the name the previous version gave (records keep their names).
+ */
+export function hostVethName(containerId: string, sid?: string): string {
+  return 'ocv' + shortHash(seed(containerId, sid), 10);
 }
 
 /** Host TAP of a VM sandbox the hook sets up: `oct` + 10 hex. */
-export function tapName(containerId: string): string {
-  return 'oct' + shortHash(containerId, 10);
+export function tapName(containerId: string, sid?: string): string {
+  return 'oct' + shortHash(seed(containerId, sid), 10);
 }
 
 /** A stable, locally administered unicast MAC derived from `seed`. */
@@ -34,9 +70,25 @@ export function vmMac(containerId: string): string {
   return localMac('vm:' + containerId);
 }
 
-/** Per-container DNAT chain (iptables chain names are at most 28 chars). */
-export function dnatChain(containerId: string): string {
-  return 'OCINET-DN-' + shortHash(containerId, 12);
+export const DNAT_CHAIN_PREFIX = 'OCINET-DN-';
+
+/**
+ * Per-container DNAT chain, named with the state dir's identity so that gc
+ * can prove it its own: `OCINET-DN-<sid>-<9 hex>` = 28 chars, the most
+ * iptables takes. Without `sid`: the previous version's `OCINET-DN-<12 hex>`.
+ */
+export function dnatChain(containerId: string, sid?: string): string {
+  if (sid === undefined) return DNAT_CHAIN_PREFIX + shortHash(containerId, 12);
+  return `${DNAT_CHAIN_PREFIX}${sid}-${shortHash(seed(containerId, sid), 9)}`;
+}
+
+/**
+ * The tag of a container's rules (comment `ocinet:<tag>`): `<sid>:<id>`,
+ * exact. An id too long for a comment (256 bytes) keeps a hash of the whole.
+ */
+export function containerTag(containerId: string, sid: string): string {
+  const id = containerId.length <= 200 ? containerId : `${containerId.slice(0, 180)}~${shortHash(containerId, 16)}`;
+  return `${sid}:${id}`;
 }
 
 /** A stable, locally administered MAC for a bridge, so it does not change as ports join. */

@@ -10,13 +10,13 @@
  * gc's orphan pass.
  */
 import { readdirSync, readFileSync, renameSync } from 'node:fs';
-import { BRIDGE_ALIAS, type LinkDetails } from './bridge.js';
+import { aliasOwner, bridgeAlias, type LinkDetails } from './bridge.js';
 import { intToIp, ipToInt, maskOf } from './cidr.js';
 import { errorLine, isOcinetError } from './errors.js';
 import { run } from './exec.js';
-import { save } from './iptables.js';
+import { save, savedWords } from './iptables.js';
 import type { OpLog } from './log.js';
-import { hostVethName } from './names.js';
+import { DNAT_CHAIN_PREFIX, hostVethName, stateId } from './names.js';
 import { netnsId } from './netns.js';
 import { startTime } from './proc.js';
 import { dbPath, emptyDb, loadDb, saveDb, type ContainerRecord, type Db, type PortMapping } from './store.js';
@@ -54,16 +54,42 @@ async function ipJson(args: string[], nsPath?: string): Promise<IpLink[]> {
   return JSON.parse(r.stdout || '[]') as IpLink[];
 }
 
-/** Ports chains by container id, from their tagged DNAT rules. */
-async function portsByTag(): Promise<Map<string, { chain: string; ip: string; ports: PortMapping[] }>> {
-  const out = new Map<string, { chain: string; ip: string; ports: PortMapping[] }>();
+interface TaggedPorts {
+  chain: string;
+  /** The tag as the comment has it (`<sid>:<id>`, or a bare id from the previous version). */
+  tag: string;
+  /** The host veth name the id has under that tag's naming. */
+  veth: string;
+  ip: string;
+  ports: PortMapping[];
+}
+
+/**
+ * Ports chains by container id, from their DNAT rules' comments (parsed as
+ * words, compared whole): this state dir's tags, and the previous version's
+ * untagged ones (kept only when their container's veth is found on our bridge).
+ */
+async function portsByTag(sid: string): Promise<Map<string, TaggedPorts>> {
+  const out = new Map<string, TaggedPorts>();
   for (const line of (await save('nat')).rules) {
-    const m = /^-A (OCINET-DN-[0-9a-f]+) -p (tcp|udp) .*--dport (\d+) .*--comment "?ocinet:(\S+?)"? -j DNAT --to-destination ([\d.]+):(\d+)$/.exec(line);
-    if (!m) continue;
-    const [, chain, proto, hostPort, id, ip, containerPort] = m;
-    const e = out.get(id!) ?? { chain: chain!, ip: ip!, ports: [] };
-    e.ports.push({ hostPort: Number(hostPort), containerPort: Number(containerPort), proto: proto as 'tcp' | 'udp' });
-    out.set(id!, e);
+    const w = savedWords(line);
+    const at = (flag: string): string | undefined => {
+      const i = w.indexOf(flag);
+      return i >= 0 ? w[i + 1] : undefined;
+    };
+    const chain = w[1] ?? '';
+    const proto = at('-p');
+    const hostPort = at('--dport');
+    const comment = at('--comment');
+    const dest = /^([\d.]+):(\d+)$/.exec(at('--to-destination') ?? '');
+    if (!chain.startsWith(DNAT_CHAIN_PREFIX) || at('-j') !== 'DNAT' || (proto !== 'tcp' && proto !== 'udp') || !hostPort || !dest || !comment?.startsWith('ocinet:')) continue;
+    const tag = comment.slice('ocinet:'.length);
+    const m = /^([0-9a-f]{8}):(.+)$/.exec(tag);
+    if (m && m[1] !== sid) continue; // another state dir's
+    const id = m ? m[2]! : tag;
+    const e = out.get(id) ?? { chain, tag, veth: m ? hostVethName(id, sid) : hostVethName(id), ip: dest[1]!, ports: [] };
+    e.ports.push({ hostPort: Number(hostPort), containerPort: Number(dest[2]), proto });
+    out.set(id, e);
   }
   return out;
 }
@@ -100,21 +126,24 @@ export async function rebuildState(stateDir: string, why: string): Promise<{ db:
   const aside = `${dbPath(stateDir)}.damaged-${Date.now()}`;
   renameSync(dbPath(stateDir), aside);
   const db = emptyDb();
+  const sid = stateId(stateDir);
   const links = await ipJson(['-d', 'addr', 'show']);
-  const vethOf = new Map(links.filter((l) => /^ocv[0-9a-f]{10}$/.test(l.ifname)).map((l) => [l.ifindex, l]));
+  // Another state dir's bridges (their alias names it) and what is on them are not ours to take.
+  const foreign = new Set(links.filter((l) => aliasOwner(l.ifalias) !== undefined && aliasOwner(l.ifalias) !== sid).map((l) => l.ifname));
+  const vethOf = new Map(links.filter((l) => /^ocv[0-9a-f]{10}$/.test(l.ifname) && !(l.master && foreign.has(l.master))).map((l) => [l.ifindex, l]));
   const bridges = new Set([...vethOf.values()].map((l) => l.master).filter((m): m is string => Boolean(m)));
-  for (const l of links) if (l.linkinfo?.info_kind === 'bridge' && l.ifalias === BRIDGE_ALIAS) bridges.add(l.ifname);
+  for (const l of links) if (l.linkinfo?.info_kind === 'bridge' && l.ifalias === bridgeAlias(sid)) bridges.add(l.ifname);
   const gateways = new Map<string, string>();
   for (const b of bridges) {
     const l = links.find((x) => x.ifname === b);
     const a = l?.addr_info?.find((x) => x.family === 'inet');
     if (!l || !a) continue;
     const subnet = `${intToIp((ipToInt(a.local) & maskOf(a.prefixlen)) >>> 0)}/${a.prefixlen}`;
-    db.networks[b] = { bridge: b, subnet, gateway: a.local, createdBridge: l.ifalias === BRIDGE_ALIAS };
+    db.networks[b] = { bridge: b, subnet, gateway: a.local, createdBridge: l.ifalias === bridgeAlias(sid) };
     gateways.set(a.local, b);
   }
-  const tagged = await portsByTag();
-  const idOfVeth = new Map([...tagged.keys()].map((id) => [hostVethName(id), id]));
+  const tagged = await portsByTag(sid);
+  const idOfVeth = new Map([...tagged].map(([id, e]) => [e.veth, id]));
   // Only namespaces routed through one of our bridges are entered (one exec each).
   for (const [nsId, pid] of namespaces()) {
     const gw = defaultGateway(pid);
@@ -138,7 +167,7 @@ export async function rebuildState(stateDir: string, why: string): Promise<{ db:
       }
       if (ports) {
         r.chain = ports.chain;
-        r.tag = id;
+        r.tag = ports.tag;
       }
       db.containers[id] = r;
       vethOf.delete(inner.link_index!);

@@ -20,7 +20,7 @@ import { addIface, addRoutes, type IfaceInput, type RouteSpec } from './kata-net
 import { withLock } from './lock.js';
 import type { OpLog } from './log.js';
 import { installNetworkRules, removeNetworkRules } from './masquerade.js';
-import { dnatChain, hostVethName, tapName } from './names.js';
+import { containerTag, dnatChain, hostVethName, stateId, tapName } from './names.js';
 import { ipBatch, ipBatchIn, openContainerNetns, type NetnsHandle } from './netns.js';
 import { checkVmSocket, DEFAULT_POLICY, isPlainId, safeBelow, VM_SOCKET_DIRS, type AnnotationPolicy } from './policy.js';
 import { checkPortConflicts, publishScript } from './portmap.js';
@@ -153,18 +153,18 @@ async function ensureNetwork(db: Db, net: NetworkRecord, o: NetworkOptions): Pro
     enableForwarding(o.bridge);
     return;
   }
-  const created = await ensureBridge(o.bridge, o.subnet, net.gateway, o.mtu);
+  const sid = stateId(o.stateDir);
+  const created = await ensureBridge(sid, o.bridge, o.subnet, net.gateway, o.mtu);
   try {
     enableForwarding(o.bridge);
-    await installNetworkRules(o.bridge, o.subnet);
+    await installNetworkRules(sid, o.bridge, o.subnet);
   } catch (e) {
     // iptables-restore commits table by table: take back whatever got in.
-    const others = Object.keys(db.networks).some((b) => b !== o.bridge);
-    await removeNetworkRules(o.bridge, !others).catch(() => undefined);
+    await removeNetworkRules(sid, o.bridge).catch(() => undefined);
     if (created) await deleteLink(o.bridge);
     throw e;
   }
-  net.createdBridge = net.createdBridge || created || (await createdByOcinet(o.bridge));
+  net.createdBridge = net.createdBridge || created || (await createdByOcinet(o.bridge, sid));
   db.networks[o.bridge] = net;
   if (created && known) {
     const running = Object.values(db.containers).filter((c) => c.bridge === o.bridge && c.mode === 'veth' && c.hostVeth && linkExists(c.hostVeth));
@@ -254,8 +254,8 @@ function recordLease(db: Db, req: SetupRequest, ip: string, prefix: number, kind
   };
   if (req.bundle) r.bundle = req.bundle;
   if (req.ports.length) {
-    r.chain = dnatChain(req.id);
-    r.tag = req.id;
+    r.chain = dnatChain(req.id, stateId(req.stateDir));
+    r.tag = containerTag(req.id, stateId(req.stateDir));
   }
   db.containers[req.id] = r;
   saveDb(req.stateDir, db);
@@ -288,7 +288,7 @@ async function setupVeth(req: SetupRequest, ns: NetnsHandle, log?: OpLog): Promi
   const gateway = intToIp(gatewayOf(sn));
   log?.step('check');
 
-  const plan: VethPlan = { hostVeth: hostVethName(req.id), iface: req.iface, mtu: req.mtu, netns: ns.path, bridge: req.bridge };
+  const plan: VethPlan = { hostVeth: hostVethName(req.id, stateId(req.stateDir)), iface: req.iface, mtu: req.mtu, netns: ns.path, bridge: req.bridge };
   // The veth pair does not depend on the address: when the bridge is already
   // there, make it while the lock is taken and the address chosen. A veth made
   // here is removed again if the locked phase refuses the container.
@@ -350,7 +350,7 @@ async function setupVeth(req: SetupRequest, ns: NetnsHandle, log?: OpLog): Promi
       .then(() => ipBatchIn(ns.path, containerLines(req.iface, ip, sn.prefix, gateway)))
       .then(() => log?.step('container'));
     // Firewall rules do not depend on the links: apply them while the links are made.
-    const fw = req.ports.length ? restore(publishScript(req.id, rec.ip!, req.subnet, req.ports)) : Promise.resolve(true);
+    const fw = req.ports.length ? restore(publishScript({ chain: rec.chain!, tag: rec.tag! }, rec.ip!, req.subnet, req.ports)) : Promise.resolve(true);
     const done = await Promise.allSettled([links, fw]);
     for (const d of done) if (d.status === 'rejected') throw d.reason;
     await addExtras(rec, req, ns.path);
@@ -390,11 +390,11 @@ async function setupVm(req: SetupRequest, log?: OpLog): Promise<SetupResult> {
   log?.step('check');
   const rec = await decide(req, log, async (db, reclaim) => {
     assertNew(db, req.id, reclaim);
-    return claim(db, req, sn.prefix, gateway, { mode: 'tap', hostVeth: tapName(req.id), vm, ...qemu }, reclaim);
+    return claim(db, req, sn.prefix, gateway, { mode: 'tap', hostVeth: tapName(req.id, stateId(req.stateDir)), vm, ...qemu }, reclaim);
   });
   log?.step('ipam');
   try {
-    const fw = req.ports.length ? restore(publishScript(req.id, rec.ip!, req.subnet, req.ports)) : Promise.resolve(true);
+    const fw = req.ports.length ? restore(publishScript({ chain: rec.chain!, tag: rec.tag! }, rec.ip!, req.subnet, req.ports)) : Promise.resolve(true);
     const nic = vmNicOf(rec);
     await vmAddIface(vm, { ...nic, IPAddresses: [{ address: rec.ip!, mask: String(sn.prefix) }] }, { bridge: req.bridge });
     log?.step('hotplug');
@@ -436,7 +436,7 @@ export async function teardownContainer(
 ): Promise<TeardownResult> {
   const found = await withLock(o.stateDir, async () => {
     const db = await loadForChange(o.stateDir, log);
-    const rec = db.containers[id] ?? recoveredRecord(db, id);
+    const rec = db.containers[id] ?? recoveredRecord(db, id, stateId(o.stateDir));
     if (!rec) return { rec };
     const skipped = notOwner(rec, who);
     if (skipped) return { rec, skipped };
@@ -459,7 +459,7 @@ export async function teardownContainer(
     extrasError = await removeObjects(rec, { stateDir: o.stateDir, locked: false, vmAlive: rec.mode !== 'tap' || isAlive(rec) });
     log?.step('kernel');
   } else {
-    await deleteLink(hostVethName(id)); // a setup killed before it could record anything more
+    await deleteLink(hostVethName(id, stateId(o.stateDir))); // a setup killed before it could record anything more
   }
   const bridge = rec?.bridge || o.bridge;
   const bridgeRemoved = await withLock(o.stateDir, async () => {
@@ -471,7 +471,7 @@ export async function teardownContainer(
     const left = Object.values(db.containers).some((c) => c.bridge === bridge && reclaim.blocks(c, `bridge ${bridge} kept for it after ${id} left`) !== null);
     await reclaim.finish();
     let removed = false;
-    if (!left && !o.keepBridge) removed = await removeNetwork(db, bridge);
+    if (!left && !o.keepBridge) removed = await removeNetwork(db, bridge, o.stateDir);
     if (rec || removed || reclaim.done.length) saveDb(o.stateDir, db);
     return removed;
   });
@@ -484,12 +484,12 @@ export async function teardownContainer(
  * Remove a network nobody uses: its rules, and its bridge if ocinet made it
  * (known from the state, or from the bridge's alias after a crash). Caller holds the lock.
  */
-export async function removeNetwork(db: Db, bridge: string): Promise<boolean> {
+export async function removeNetwork(db: Db, bridge: string, stateDir: string): Promise<boolean> {
   const net = db.networks[bridge];
-  const ours = net?.createdBridge || (linkExists(bridge) && (await createdByOcinet(bridge)));
+  const sid = stateId(stateDir);
+  const ours = net?.createdBridge || (linkExists(bridge) && (await createdByOcinet(bridge, sid)));
   if (!net && !ours) return false;
-  const last = Object.keys(db.networks).filter((b) => b !== bridge).length === 0;
-  await removeNetworkRules(bridge, last);
+  await removeNetworkRules(sid, bridge);
   if (ours) await deleteLink(bridge);
   delete db.networks[bridge];
   return true;

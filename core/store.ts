@@ -6,7 +6,7 @@
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { OcinetError } from './errors.js';
-import { dnatChain, hostVethName } from './names.js';
+import { containerTag, dnatChain, hostVethName, stateId } from './names.js';
 import { useStateDir } from './statedir.js';
 
 export type Proto = 'tcp' | 'udp';
@@ -128,7 +128,7 @@ export function loadDb(dir: string, warnings?: string[]): Db {
       db.containers[id] = Array.isArray(r.ports) ? r : { ...r, ports: [] }; // older records: no ports field
       continue;
     }
-    const salvaged = salvage(id, c, why);
+    const salvaged = salvage(id, c, why, stateId(dir));
     db.containers[id] = salvaged;
     warnings?.push(`state file ${dbPath(dir)}: record '${id}' is damaged (${why}); kept by its names for teardown and 'ocinet gc'`);
   }
@@ -176,15 +176,21 @@ function containerProblem(id: string, c: unknown): string | null {
 }
 
 /**
- * A damaged record reduced to what its id names: the host veth and the ports
- * chain. No address (it would be trusted for IPAM), no process: it counts as
- * dead, so the next setup it stands in the way of, or gc, removes its objects.
+ * A damaged record reduced to its names: the host veth and the ports chain
+ * it holds when they have ocinet's forms (records of the previous version
+ * keep theirs), else what its id names in this state dir (`sid`), never a
+ * name another state dir could hold. No address (it would be trusted for
+ * IPAM), no process: it counts as dead, so the next setup it stands in the
+ * way of, or gc, removes its objects.
  */
-function salvage(id: string, c: unknown, why: string): ContainerRecord {
+function salvage(id: string, c: unknown, why: string, sid: string): ContainerRecord {
   const o = isObject(c) ? c : {};
   const bridge = typeof o.bridge === 'string' && IFNAME.test(o.bridge) ? o.bridge : '';
+  const hostVeth = typeof o.hostVeth === 'string' && /^oc[vt][0-9a-f]{10}$/.test(o.hostVeth) ? o.hostVeth : hostVethName(id, sid);
+  const chain = typeof o.chain === 'string' && /^OCINET-DN-(?:[0-9a-f]{12}|[0-9a-f]{8}-[0-9a-f]{9})$/.test(o.chain) ? o.chain : dnatChain(id, sid);
+  const tag = o.tag === id || o.tag === containerTag(id, sid) ? (o.tag as string) : containerTag(id, sid);
   return {
-    id, mode: 'veth', bridge, ports: [], hostVeth: hostVethName(id), chain: dnatChain(id), tag: id,
+    id, mode: 'veth', bridge, ports: [], hostVeth, chain, tag,
     createdAt: typeof o.createdAt === 'string' ? o.createdAt : '', setupPid: 0, damaged: why,
   };
 }
@@ -196,11 +202,11 @@ export function saveDb(dir: string, db: Db): void {
   renameSync(tmp, p);
 }
 
-/** Find a container by full id or unique prefix. */
-export function findContainer(db: Db, idOrPrefix: string): ContainerRecord {
+/** Find a container by full id or unique prefix (`sid`: the state dir's id, stateId()). */
+export function findContainer(db: Db, idOrPrefix: string, sid: string): ContainerRecord {
   const exact = db.containers[idOrPrefix];
   if (exact) return exact;
-  const recovered = recoveredRecord(db, idOrPrefix);
+  const recovered = recoveredRecord(db, idOrPrefix, sid);
   if (recovered) return recovered;
   const hits = Object.keys(db.containers).filter((k) => k.startsWith(idOrPrefix));
   if (hits.length === 1) return db.containers[hits[0]!]!;
@@ -210,9 +216,10 @@ export function findContainer(db: Db, idOrPrefix: string): ContainerRecord {
 
 /**
  * A record rebuilt from kernel objects whose id could not be recovered is
- * keyed by its veth: the id's veth name finds it again.
+ * keyed by its veth: the id's veth name (this state dir's, or the previous
+ * version's) finds it again.
  */
-export function recoveredRecord(db: Db, id: string): ContainerRecord | undefined {
-  const veth = hostVethName(id);
-  return Object.values(db.containers).find((c) => c.recovered && c.hostVeth === veth);
+export function recoveredRecord(db: Db, id: string, sid: string): ContainerRecord | undefined {
+  const veths = [hostVethName(id, sid), hostVethName(id)];
+  return Object.values(db.containers).find((c) => c.recovered && c.hostVeth !== undefined && veths.includes(c.hostVeth));
 }

@@ -7,6 +7,7 @@ import { OcinetError } from './errors.js';
 import { run } from './exec.js';
 import { targetKey, vmTarget, type Target } from './kata-network.js';
 import type { VmSockets } from './vm.js';
+import { stateId } from './names.js';
 import { netnsId, pidNetnsPath } from './netns.js';
 import { isAlive } from './reclaim.js';
 import { findContainer, loadDb } from './store.js';
@@ -59,7 +60,7 @@ export async function resolveTarget(id: string | undefined, o: TargetOptions): P
   if (!id) throw new OcinetError('EINPUT', 'missing container id (or --netns PATH / --pid PID)');
   let rec;
   try {
-    rec = findContainer(loadDb(o.stateDir), id);
+    rec = findContainer(loadDb(o.stateDir), id, stateId(o.stateDir));
   } catch (e) {
     if ((e as OcinetError).code !== 'ENOTFOUND') throw e;
     return fromRunc(id, o.runtimeRoot);

@@ -259,6 +259,8 @@ t.test('gc removes networks of dead sandboxes and orphans; list shows state', as
   t.equal((await hook(['--state-dir', dir, ...SUBNET, '--publish', '8090:80'], state('dead', 'creating', dead.pid))).exitCode, 0);
   await dead.kill();
   await sh('ip', ['link', 'add', 'ocv0123456789', 'type', 'veth', 'peer', 'name', 'ocjunk0']);
+  // On this state dir's bridge: provably its own (gc leaves other `ocv…` links be).
+  await sh('ip', ['link', 'set', 'ocv0123456789', 'master', 'ocinet0']);
   writeFileSync(`${dir}/state.json.4194001.tmp`, '{');
   const table = (await cli(['list', '--state-dir', dir])).stdout;
   t.match(table, /live\s+10\.213\.0\.\d+\/24\s+ocinet0\s+-\s+\d+\s+running/);

@@ -9,7 +9,7 @@ import { spawn } from 'node:child_process';
 import { readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { acquire } from '../core/lock.js';
-import { dnatChain, hostVethName } from '../core/names.js';
+import { dnatChain, hostVethName, stateId } from '../core/names.js';
 import { cleanup, cli, hook, HOOK, inNs, readDb, sandbox, sh, sleep, snapshot, state, tempDir, type Sandbox } from './lib/env.js';
 import { Runc } from './lib/runc.js';
 
@@ -45,7 +45,7 @@ t.test('a dead container whose netns inode comes back: the new one gets its own 
   t.equal(up.exitCode, 0, up.stderr);
   await a.kill(); // no poststop: a failed start, a killed runtime
   // The kernel frees a namespace in a worker, later under load: its veth going tells it is done.
-  for (let i = 0; i < 250 && (await sh('ip', ['link', 'show', hostVethName('a')], { reject: false })).exitCode === 0; i++) await sleep(20);
+  for (let i = 0; i < 250 && (await sh('ip', ['link', 'show', hostVethName('a', stateId(dir))], { reject: false })).exitCode === 0; i++) await sleep(20);
   let b = await sandbox();
   for (let i = 0; i < 30 && nsInode(b.pid) !== inodeA; i++) {
     await b.kill();
@@ -67,7 +67,7 @@ t.test('a dead container whose netns inode comes back: the new one gets its own 
     const reclaim = logOps(dir).find((e) => e.op === 'reclaim' && e.id === 'a');
     t.ok(reclaim, 'the reclaim is logged');
     t.equal(reclaim?.by, 'b');
-    t.notOk((await natRules()).includes(dnatChain('a')), "a's ports chain is gone");
+    t.notOk((await natRules()).includes(dnatChain('a', stateId(dir))), "a's ports chain is gone");
   } else {
     t.equal((await cli(['gc', '--state-dir', dir])).exitCode, 0, 'gc reclaims the dead record instead');
   }
@@ -95,7 +95,7 @@ t.test("a dead owner's published port goes to the new container that asks for it
   t.equal(r.exitCode, 0, r.stderr);
   await sleep(200);
   t.equal(await get('http://127.0.0.1:8282/'), 'from b', 'the port answers from the new container');
-  t.notOk((await natRules()).includes(dnatChain('a')), "a's rules are gone");
+  t.notOk((await natRules()).includes(dnatChain('a', stateId(dir))), "a's rules are gone");
   t.same(Object.keys(readDb(dir).containers).sort(), ['b', 'resident']);
   stop();
   for (const id of ['b', 'resident']) t.equal((await hook(args, state(id, 'stopped'))).exitCode, 0);
@@ -313,7 +313,7 @@ t.test('a truncated state file, then teardown and gc: nothing left', async (t) =
   const d = await hook(args, state('qa', 'stopped'));
   t.equal(d.exitCode, 0, d.stderr);
   t.match(d.stderr, /warning: state file .* is damaged/);
-  t.notOk((await natRules()).includes(dnatChain('qa')), "qa's rules are gone");
+  t.notOk((await natRules()).includes(dnatChain('qa', stateId(dir))), "qa's rules are gone");
   await sb.kill(); // qb dies without a poststop: only gc can know
   writeFileSync(join(dir, 'state.json'), '');
   const g = await cli(['gc', '--json', '--state-dir', dir]);
@@ -352,8 +352,8 @@ t.test('damaged records: a missing ports field is repaired, a bad address is kep
   t.equal(again.stderr, '', 'said once: the repaired record is saved');
   const d = await hook(args, state('rb', 'stopped'));
   t.equal(d.exitCode, 0, d.stderr);
-  t.notOk((await natRules()).includes(dnatChain('rb')), "rb's rules are gone by name");
-  t.equal((await sh('ip', ['link', 'show', hostVethName('rb')], { reject: false })).exitCode, 1, "rb's veth is gone by name");
+  t.notOk((await natRules()).includes(dnatChain('rb', stateId(dir))), "rb's rules are gone by name");
+  t.equal((await sh('ip', ['link', 'show', hostVethName('rb', stateId(dir))], { reject: false })).exitCode, 1, "rb's veth is gone by name");
   for (const id of ['ra', 'rc', 'rd']) t.equal((await hook(args, state(id, 'stopped'))).exitCode, 0);
   t.equal(await snapshot(dir), before);
   await Promise.all([sa.kill(), sb.kill(), sc.kill(), sd.kill()]);
@@ -393,7 +393,7 @@ t.test('the bridge deleted behind ocinet\'s back: the next setup makes it again 
   t.not(await pingGw(sa.pid, '10.232.0.1'), 0, 'without the bridge, ba is cut off');
   const sb = await sandbox();
   t.equal((await hook(args, state('bb', 'creating', sb.pid))).exitCode, 0);
-  t.match((await sh('ip', ['-o', 'link', 'show', hostVethName('ba')])).stdout, /master ocgone0/, "ba's veth is on the bridge again");
+  t.match((await sh('ip', ['-o', 'link', 'show', hostVethName('ba', stateId(dir))])).stdout, /master ocgone0/, "ba's veth is on the bridge again");
   // Its neighbour entry for the gateway failed while the bridge was gone: allow ARP a retry.
   t.equal((await inNs(sa.pid, ['busybox', 'ping', '-c3', '-W5', '10.232.0.1'], false)).exitCode, 0, 'ba reaches its gateway again');
   t.equal(await pingGw(sb.pid, '10.232.0.1'), 0);

@@ -6,7 +6,7 @@ import { OcinetError } from '../core/errors.js';
 import { allocate } from '../core/ipam.js';
 import { checkPortConflicts, parsePort, parsePortList, publishScript, unpublishScript } from '../core/portmap.js';
 import { parseState, stageFromStatus } from '../core/oci.js';
-import { bridgeMac, dnatChain, hostVethName, isIfName, shortHash } from '../core/names.js';
+import { bridgeMac, dnatChain, hostVethName, isIfName, shortHash, stateId } from '../core/names.js';
 import { RestoreScript } from '../core/iptables.js';
 import { emptyDb, findContainer, type Db, type NetworkRecord } from '../core/store.js';
 import { parseArgs } from '../hooks/args.js';
@@ -80,8 +80,8 @@ t.test('ports: parsing and conflicts', async (t) => {
 });
 
 t.test('rule generation', async (t) => {
-  const s = publishScript('web-1', '10.0.0.2', '10.0.0.0/24', [{ hostPort: 8080, containerPort: 80, proto: 'tcp' }]).text();
   const chain = dnatChain('web-1');
+  const s = publishScript({ chain, tag: 'web-1' }, '10.0.0.2', '10.0.0.0/24', [{ hostPort: 8080, containerPort: 80, proto: 'tcp' }]).text();
   t.equal(
     s,
     `*nat
@@ -93,7 +93,7 @@ t.test('rule generation', async (t) => {
 COMMIT
 `,
   );
-  t.equal(unpublishScript('web-1').text(), `*nat\n-D OCINET-DNAT -m comment --comment ocinet:web-1 -j ${chain}\n-F ${chain}\n-X ${chain}\nCOMMIT\n`);
+  t.equal(unpublishScript({ chain, tag: 'web-1' }).text(), `*nat\n-D OCINET-DNAT -m comment --comment ocinet:web-1 -j ${chain}\n-F ${chain}\n-X ${chain}\nCOMMIT\n`);
   t.equal(new RestoreScript().append({ table: 'filter', chain: 'C', args: ['-m', 'comment', '--comment', 'two words'] }).text(), '*filter\n-A C -m comment --comment "two words"\nCOMMIT\n');
   t.throws(() => new RestoreScript().append({ table: 'nat', chain: 'C', args: ['a"b'] }), /cannot be quoted/);
   t.equal(new RestoreScript().text(), '');
@@ -135,9 +135,9 @@ t.test('argv parser', async (t) => {
 t.test('container lookup by unique prefix', async (t) => {
   const db = emptyDb();
   for (const id of ['abc123', 'abd456']) db.containers[id] = { id, mode: 'veth', bridge: 'b', ports: [], createdAt: '', setupPid: 1 };
-  t.equal(findContainer(db, 'abc').id, 'abc123');
-  t.throws(() => findContainer(db, 'ab'), /ambiguous/);
-  t.throws(() => findContainer(db, 'zz'), /no container 'zz'/);
+  t.equal(findContainer(db, 'abc', '00000000').id, 'abc123');
+  t.throws(() => findContainer(db, 'ab', '00000000'), /ambiguous/);
+  t.throws(() => findContainer(db, 'zz', '00000000'), /no container 'zz'/);
 });
 
 t.test('ipvs: parameters, restore, cleanup validation', async (t) => {
@@ -217,8 +217,8 @@ t.test('state records: checked on load, damaged ones kept by name, prototype ids
   t.same(got.containers.ok?.ports, [], 'a missing ports field reads as none');
   t.match(got.containers.bad?.damaged, /field 'ip': "10\.0\.0\.300" is not an IPv4 address/);
   t.equal(got.containers.bad?.ip, undefined, 'no address is trusted from a damaged record');
-  t.equal(got.containers.bad?.hostVeth, hostVethName('bad'), 'kept by its veth name');
-  t.equal(got.containers.bad?.chain, dnatChain('bad'), 'and its ports chain');
+  t.equal(got.containers.bad?.hostVeth, hostVethName('bad', stateId(dir)), "kept by its veth name in this state dir");
+  t.equal(got.containers.bad?.chain, dnatChain('bad', stateId(dir)), 'and its ports chain');
   t.equal(warnings.length, 1);
   writeFileSync(`${dir}/state.json`, '{"version":1,"containers":{');
   t.equal(code(() => loadDb(dir)), 'EDAMAGED');
