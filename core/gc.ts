@@ -11,9 +11,9 @@ import { join } from 'node:path';
 import { bridgeAlias } from './bridge.js';
 import { errorLine } from './errors.js';
 import { purge, save, savedTarget } from './iptables.js';
-import { allRecords, recordTarget, releaseSandbox, sandboxAlive } from './kata-network.js';
+import { allRecords, hasRecord, recordTarget, releaseSandbox, sandboxAlive } from './kata-network.js';
 import { deleteLinks, listLinks } from './links.js';
-import { withLock } from './lock.js';
+import { acquire, withLock } from './lock.js';
 import type { OpLog } from './log.js';
 import { Reclaimer } from './reclaim.js';
 import { DNAT_CHAIN_PREFIX, stateId } from './names.js';
@@ -99,6 +99,18 @@ export async function gc(stateDir: string, log?: OpLog): Promise<GcReport> {
     if (m && !pidAlive(Number(m[1]))) {
       unlinkSync(join(stateDir, f));
       report.tempFiles.push(f);
+    }
+    // A sandbox's own lock file, once the sandbox has no record: removed while held. Waiters
+    // open the path anew at every try (build/lock.c), so none is left holding the old file.
+    const sb = /^lock\.sb-([A-Za-z0-9-]+)$/.exec(f);
+    if (sb && !hasRecord(stateDir, { key: sb[1]!, nsPath: '', nsId: '' })) {
+      const held = await acquire(stateDir, 0, f).catch(() => null);
+      if (!held) continue;
+      if (!hasRecord(stateDir, { key: sb[1]!, nsPath: '', nsId: '' })) {
+        unlinkSync(join(stateDir, f));
+        report.tempFiles.push(f);
+      }
+      await held.release();
     }
   }
   return report;

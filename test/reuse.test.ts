@@ -420,5 +420,8 @@ t.test('kata-network: a device held by a dead sandbox is released for the next o
   t.equal(readdirSync(join(dir, 'sandboxes')).length, 1, "only b's sandbox record is left");
   t.equal((await cli(['network', 'del-iface', '--state-dir', dir, '--pid', String(b.pid), '-'], JSON.stringify({ name: 'nb' }))).exitCode, 0);
   await b.kill();
+  t.ok(readdirSync(dir).some((f) => f.startsWith('lock.sb-')), 'each sandbox had a lock of its own');
+  t.equal((await cli(['gc', '--state-dir', dir])).exitCode, 0);
+  t.same(readdirSync(dir).filter((f) => f.startsWith('lock.sb-')), [], 'gc removes the locks of sandboxes without a record');
   cleanup(dir);
 });
