@@ -15,6 +15,7 @@ import { QgaClient } from '../core/qga.js';
 import { MAX_LINE } from '../core/qmp.js';
 import { guestRun } from '../core/vm.js';
 import { ROOT, tempDir } from './lib/env.js';
+import { fakeAgent as agentOn, reply, type FakeAgent } from './lib/fake-agent.js';
 
 const DIR = tempDir('bounded');
 const MB20 = 20_000_000;
@@ -108,44 +109,18 @@ t.test('run(): a timeout is kept even when a grandchild holds the pipes open', a
 
 // ---- the guest agent ----
 
-interface FakeAgent {
-  close(): void;
-}
-
 /**
  * A stand-in guest agent: answers guest-sync, guest-ping and guest-exec;
  * guest-exec-status is answered by `status` (which writes the reply itself,
  * so it can stream a huge one).
  */
 function fakeAgent(path: string, status: (c: net.Socket, id: string) => void): FakeAgent {
-  const conns = new Set<net.Socket>();
-  const server = net.createServer((c) => {
-    conns.add(c);
-    let buf = '';
-    c.on('error', () => undefined);
-    c.on('data', (d) => {
-      buf += d.toString('latin1');
-      let i: number;
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, i);
-        buf = buf.slice(i + 1);
-        const start = line.indexOf('{');
-        if (start < 0) continue;
-        const msg = JSON.parse(line.slice(start)) as { execute: string; arguments?: { id?: number }; id: string };
-        if (msg.execute === 'guest-sync') c.write(JSON.stringify({ return: msg.arguments?.id }) + '\n');
-        else if (msg.execute === 'guest-exec') c.write(JSON.stringify({ return: { pid: 42 }, id: msg.id }) + '\n');
-        else if (msg.execute === 'guest-exec-status') status(c, msg.id);
-        else c.write(JSON.stringify({ return: {}, id: msg.id }) + '\n');
-      }
-    });
+  return agentOn(path, (c, msg) => {
+    if (msg.execute === 'guest-sync') reply(c, { return: msg.arguments?.id });
+    else if (msg.execute === 'guest-exec') reply(c, { return: { pid: 42 }, id: msg.id });
+    else if (msg.execute === 'guest-exec-status') status(c, msg.id ?? '');
+    else reply(c, { return: {}, id: msg.id });
   });
-  server.listen(path);
-  return {
-    close: () => {
-      for (const c of conns) c.destroy();
-      server.close();
-    },
-  };
 }
 
 /** Stream a guest-exec-status reply whose err-data is `bytes` bytes of 'E', without building it whole. */

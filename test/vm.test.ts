@@ -8,7 +8,6 @@ import { isolate } from './lib/isolate.js';
 isolate(new URL(import.meta.url).pathname);
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
-import net from 'node:net';
 import { join } from 'node:path';
 import { isOcinetError } from '../core/errors.js';
 import type { IfaceInput } from '../core/kata-network.js';
@@ -18,6 +17,7 @@ import { ensureTap } from '../core/tap.js';
 import { deleteLink } from '../core/bridge.js';
 import { guestIpBatch, guestLinks, guestRoutes, vmAddIface, vmAlive, vmDelIface, type VmSockets } from '../core/vm.js';
 import { ROOT, sleep, tempDir } from './lib/env.js';
+import { fakeAgent as agentOn, reply, type FakeAgent } from './lib/fake-agent.js';
 
 const DIR = tempDir('vm');
 const GUEST: VmSockets = { qmp: join(DIR, 'guest/qmp.sock'), qga: join(DIR, 'guest/qga.sock') };
@@ -77,37 +77,12 @@ async function bareQemu(name: string, machine: 'pc' | 'q35'): Promise<{ vmQmp: s
  * A stand-in guest agent: 'silent' accepts and never answers; 'empty'
  * answers guest-sync and reports no network interfaces, ever.
  */
-function fakeAgent(path: string, mode: 'silent' | 'empty'): { close(): void; requests: string[] } {
-  const requests: string[] = [];
-  const conns = new Set<net.Socket>();
-  const server = net.createServer((c) => {
-    conns.add(c);
-    let buf = '';
-    c.on('error', () => undefined);
-    c.on('data', (d) => {
-      buf += d.toString('latin1');
-      let i: number;
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, i);
-        buf = buf.slice(i + 1);
-        const start = line.indexOf('{');
-        if (start < 0) continue;
-        const msg = JSON.parse(line.slice(start)) as { execute: string; arguments?: { id?: number }; id?: string };
-        requests.push(msg.execute);
-        if (mode === 'silent') continue;
-        const reply = msg.execute === 'guest-sync' ? { return: msg.arguments?.id } : msg.execute === 'guest-network-get-interfaces' ? { return: [], id: msg.id } : { return: {}, id: msg.id };
-        c.write(JSON.stringify(reply) + '\n');
-      }
-    });
+function fakeAgent(path: string, mode: 'silent' | 'empty'): FakeAgent {
+  return agentOn(path, (c, msg) => {
+    if (mode === 'silent') return;
+    if (msg.execute === 'guest-sync') reply(c, { return: msg.arguments?.id });
+    else reply(c, { return: msg.execute === 'guest-network-get-interfaces' ? [] : {}, id: msg.id });
   });
-  server.listen(path);
-  return {
-    requests,
-    close: () => {
-      for (const c of conns) c.destroy();
-      server.close();
-    },
-  };
 }
 
 async function qmpDo<T>(sock: string, command: string, args?: Record<string, unknown>): Promise<T> {
