@@ -7,7 +7,7 @@ import { deleteLink } from './bridge.js';
 import { errorLine } from './errors.js';
 import { purge, restore, savedComment } from './iptables.js';
 import { ipvsadm, parseParameters } from './ipvs.js';
-import { loadRecord, releaseSandbox, releaseSandboxLocked, targetKey, vmTarget, type AddedIface, type Target } from './kata-network.js';
+import { loadRecord, releaseSandbox, targetKey, vmTarget, type AddedIface, type Target } from './kata-network.js';
 import { vmMac } from './names.js';
 import { pidNetnsPath } from './netns.js';
 import { portsComment, unpublishScript, type PortsChain } from './portmap.js';
@@ -67,8 +67,12 @@ export async function unpublishAll(recs: ContainerRecord[]): Promise<void> {
 
 export interface RemoveOptions {
   stateDir: string;
-  /** The caller holds the state lock (reclaim, gc): nothing here may take it again. */
-  locked: boolean;
+  /**
+   * How long to wait for the sandbox's own lock. Reclaim holds the state lock
+   * and must not wait on a slow sandbox: 0, and what it cannot take now is
+   * left (in its sandbox record) for gc.
+   */
+  sandboxLockWaitMs?: number;
   /** False for a reclaimed VM sandbox: its QEMU is gone, talk to nobody. */
   vmAlive: boolean;
   /** The caller removes the ports chains itself, for many records at once (unpublishAll). */
@@ -85,10 +89,10 @@ export async function removeObjects(rec: ContainerRecord, o: RemoveOptions): Pro
   const t = targetOf(rec);
   if (t) {
     // A VM outlives its network: take back the IPVS rules given to it.
-    if (t.vm && o.vmAlive && !o.locked && loadRecord(o.stateDir, t).ipvsRules) {
+    if (t.vm && o.vmAlive && loadRecord(o.stateDir, t).ipvsRules) {
       await ipvsadm(t, parseParameters('--clear'), o.stateDir).catch(() => undefined);
     }
-    await (o.locked ? releaseSandboxLocked(o.stateDir, t) : releaseSandbox(o.stateDir, t)).catch((e: unknown) => {
+    await releaseSandbox(o.stateDir, t, o.sandboxLockWaitMs).catch((e: unknown) => {
       extrasError = errorLine(e);
     });
   }

@@ -3,8 +3,9 @@
  * whether it is alive, through the same reclaim code a setup uses for the
  * dead records in its way; veths, ports chains and bridges this state dir
  * provably made (its bridge alias, its identity in the chain's name, a veth
- * on its bridge) that no record owns are removed, another state dir's never; temp files of dead writers are deleted. A state
- * file damaged beyond reading is rebuilt from the kernel first.
+ * on its bridge) that no record owns are removed, another state dir's
+ * never; temp files of dead writers are deleted. A state file damaged
+ * beyond reading is rebuilt from the kernel first.
  */
 import { readdirSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
@@ -103,10 +104,10 @@ export async function gc(stateDir: string, log?: OpLog): Promise<GcReport> {
     // A sandbox's own lock file, once the sandbox has no record: removed while held. Waiters
     // open the path anew at every try (build/lock.c), so none is left holding the old file.
     const sb = /^lock\.sb-([A-Za-z0-9-]+)$/.exec(f);
-    if (sb && !hasRecord(stateDir, { key: sb[1]!, nsPath: '', nsId: '' })) {
+    if (sb && !hasRecord(stateDir, sb[1]!)) {
       const held = await acquire(stateDir, 0, f).catch(() => null);
       if (!held) continue;
-      if (!hasRecord(stateDir, { key: sb[1]!, nsPath: '', nsId: '' })) {
+      if (!hasRecord(stateDir, sb[1]!)) {
         unlinkSync(join(stateDir, f));
         report.tempFiles.push(f);
       }

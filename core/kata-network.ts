@@ -304,7 +304,7 @@ export async function addIface(t: Target, input: IfaceInput, o: AddOptions): Pro
       if (!hit) continue;
       // A dead sandbox does not keep the device: its interfaces are undone here (moved devices come home).
       if (other.key !== t.key && !sandboxAlive(other)) {
-        await withSandboxLock(o.stateDir, other.key, () => releaseSandboxLocked(o.stateDir, recordTarget(other)));
+        await releaseSandbox(o.stateDir, recordTarget(other));
         continue;
       }
       throw new OcinetError('ECONFLICT', `device '${input.device}' is already used by sandbox ${other.containerId ?? other.key} (as ${hit.name})`);
@@ -500,30 +500,28 @@ export async function delRoutes(t: Target, routes: RouteSpec[], stateDir: string
  * teardown, gc). Takes the lock. An interface that cannot be undone stays in
  * the record, for gc to try again, and is named in the error thrown.
  */
-export async function releaseSandbox(stateDir: string, t: Target): Promise<void> {
+export async function releaseSandbox(stateDir: string, t: Target, lockWaitMs = 30_000): Promise<void> {
   // Most sandboxes never had kata-network changes: no record, no lock to take.
-  if (!hasRecord(stateDir, t)) return;
-  await withSandboxLock(stateDir, t.key, () => releaseSandboxLocked(stateDir, t));
-}
-
-export function hasRecord(stateDir: string, t: Target): boolean {
-  return existsSync(join(recordDir(stateDir), `${t.key}.json`));
-}
-
-/** releaseSandbox for a caller that holds the state lock (reclaim, gc). */
-export async function releaseSandboxLocked(stateDir: string, t: Target): Promise<void> {
-  if (!hasRecord(stateDir, t)) return;
-  const rec = loadRecord(stateDir, t);
-  const kept: AddedIface[] = [];
-  const why: string[] = [];
-  for (const a of [...rec.ifaces].reverse()) {
-    try {
-      await undoIface(t, a);
-    } catch (e) {
-      kept.push(a);
-      why.push(`${a.name} (${a.device}): ${errorLine(e)}`);
+  if (!hasRecord(stateDir, t.key)) return;
+  await withSandboxLock(stateDir, t.key, async () => {
+    if (!hasRecord(stateDir, t.key)) return;
+    const rec = loadRecord(stateDir, t);
+    const kept: AddedIface[] = [];
+    const why: string[] = [];
+    for (const a of [...rec.ifaces].reverse()) {
+      try {
+        await undoIface(t, a);
+      } catch (e) {
+        kept.push(a);
+        why.push(`${a.name} (${a.device}): ${errorLine(e)}`);
+      }
     }
-  }
-  saveRecord(stateDir, { ...rec, ifaces: kept, routes: [], ipvsRules: 0 });
-  if (why.length) throw new OcinetError('EEXEC', `could not remove interface ${why.join('; ')}; kept for 'ocinet gc'`);
+    saveRecord(stateDir, { ...rec, ifaces: kept, routes: [], ipvsRules: 0 });
+    if (why.length) throw new OcinetError('EEXEC', `could not remove interface ${why.join('; ')}; kept for 'ocinet gc'`);
+  }, lockWaitMs);
+}
+
+/** Whether sandbox `key` has a kata-network record. */
+export function hasRecord(stateDir: string, key: string): boolean {
+  return existsSync(join(recordDir(stateDir), `${key}.json`));
 }

@@ -88,8 +88,8 @@ export async function acquire(stateDir: string, timeoutMs = 30_000, name = 'lock
 }
 
 /** Run fn while holding the state lock. */
-export async function withLock<T>(stateDir: string, fn: () => Promise<T> | T, name = 'lock'): Promise<T> {
-  const lock = await acquire(stateDir, 30_000, name);
+export async function withLock<T>(stateDir: string, fn: () => Promise<T> | T, name = 'lock', timeoutMs = 30_000): Promise<T> {
+  const lock = await acquire(stateDir, timeoutMs, name);
   try {
     return await fn();
   } finally {
@@ -98,7 +98,7 @@ export async function withLock<T>(stateDir: string, fn: () => Promise<T> | T, na
 }
 
 /** Run fn while holding one sandbox's own lock (not the state lock: other containers go on). */
-export function withSandboxLock<T>(stateDir: string, sandboxKey: string, fn: () => Promise<T> | T): Promise<T> {
+export function withSandboxLock<T>(stateDir: string, sandboxKey: string, fn: () => Promise<T> | T, timeoutMs = 30_000): Promise<T> {
   if (!/^[A-Za-z0-9-]+$/.test(sandboxKey)) throw new OcinetError('EINPUT', `sandbox key '${sandboxKey}' is not a lock name`);
-  return withLock(stateDir, fn, `lock.sb-${sandboxKey}`);
+  return withLock(stateDir, fn, `lock.sb-${sandboxKey}`, timeoutMs);
 }

@@ -13,9 +13,9 @@ import { OcinetError } from './errors.js';
 export interface AnnotationPolicy {
   /** Host devices an annotation may move into its container (glob patterns, `*` only). */
   hostDevices: string[];
-  /** Host devices an annotation creates must start with this (empty: any name not in use). */
+  /** Host devices an annotation creates must start with this (empty string: every unused name is allowed). */
   devicePrefix: string;
-  /** Admin-allowed directories: any QEMU socket below them. */
+  /** Admin-allowed directories: every QEMU socket below them is allowed. */
   vmSocketDirs: string[];
   /** Host ports an annotation may publish. */
   publishRange: [number, number];

@@ -103,7 +103,7 @@ export class Reclaimer {
         const remove = heir === null;
         const r: Reclaimed = { id: rec.id, why };
         try {
-          const extras = remove ? await removeObjects(rec, { stateDir: this.stateDir, locked: true, vmAlive: false, skipPorts: true }) : undefined;
+          const extras = remove ? await removeObjects(rec, { stateDir: this.stateDir, vmAlive: false, skipPorts: true, sandboxLockWaitMs: 0 }) : undefined;
           if (extras || (remove && ports)) r.error = extras ?? ports;
         } catch (e) {
           r.error = errorLine(e);

@@ -456,7 +456,7 @@ export async function teardownContainer(
   if ('handedOver' in found) return { id, removed: true, bridgeRemoved: false };
   let extrasError: string | undefined;
   if (rec) {
-    extrasError = await removeObjects(rec, { stateDir: o.stateDir, locked: false, vmAlive: rec.mode !== 'tap' || isAlive(rec) });
+    extrasError = await removeObjects(rec, { stateDir: o.stateDir, vmAlive: rec.mode !== 'tap' || isAlive(rec) });
     log?.step('kernel');
   } else {
     await deleteLink(hostVethName(id, stateId(o.stateDir))); // a setup killed before it could record anything more
