@@ -6,7 +6,8 @@
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { OcinetError } from './errors.js';
-import { containerTag, dnatChain, hostVethName, stateId } from './names.js';
+import { isIPv4 } from './cidr.js';
+import { containerTag, dnatChain, hostVethName, isIfName, stateId } from './names.js';
 import { useStateDir } from './statedir.js';
 
 export type Proto = 'tcp' | 'udp';
@@ -139,15 +140,15 @@ function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
-const IFNAME = /^[A-Za-z][A-Za-z0-9_.-]{0,14}$/;
-const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
+const isName = (v: unknown): v is string => typeof v === 'string' && isIfName(v);
+const isAddress = (v: unknown): v is string => typeof v === 'string' && isIPv4(v);
 const isPort = (p: unknown): boolean => Number.isInteger(p) && (p as number) >= 1 && (p as number) <= 65535;
 
 function networkProblem(bridge: string, n: unknown): string | null {
   if (!isObject(n)) return 'not an object';
-  if (n.bridge !== bridge || !IFNAME.test(bridge)) return `field 'bridge' is not '${bridge}'`;
+  if (n.bridge !== bridge || !isIfName(bridge)) return `field 'bridge' is not '${bridge}'`;
   if (typeof n.subnet !== 'string' || !/^[\d.]+\/\d{1,2}$/.test(n.subnet)) return `field 'subnet' is not a CIDR`;
-  if (typeof n.gateway !== 'string' || !IPV4.test(n.gateway)) return `field 'gateway' is not an IPv4 address`;
+  if (!isAddress(n.gateway)) return `field 'gateway' is not an IPv4 address`;
   return null;
 }
 
@@ -156,11 +157,11 @@ function containerProblem(id: string, c: unknown): string | null {
   if (!isObject(c)) return 'not an object';
   if (c.id !== id) return `field 'id' is not '${id}'`;
   if (c.mode !== 'veth' && c.mode !== 'shared' && c.mode !== 'tap') return `field 'mode' is not veth, shared or tap`;
-  if (typeof c.bridge !== 'string' || !IFNAME.test(c.bridge)) return `field 'bridge' is not an interface name`;
-  if (c.ip !== undefined && (typeof c.ip !== 'string' || !IPV4.test(c.ip))) return `field 'ip': ${JSON.stringify(c.ip)} is not an IPv4 address`;
+  if (!isName(c.bridge)) return `field 'bridge' is not an interface name`;
+  if (c.ip !== undefined && !isAddress(c.ip)) return `field 'ip': ${JSON.stringify(c.ip)} is not an IPv4 address`;
   if (c.prefix !== undefined && !(Number.isInteger(c.prefix) && (c.prefix as number) >= 0 && (c.prefix as number) <= 32)) return `field 'prefix' is not 0-32`;
   for (const k of ['hostVeth', 'iface'] as const) {
-    if (c[k] !== undefined && (typeof c[k] !== 'string' || !IFNAME.test(c[k] as string))) return `field '${k}' is not an interface name`;
+    if (c[k] !== undefined && !isName(c[k])) return `field '${k}' is not an interface name`;
   }
   for (const k of ['pid', 'start'] as const) {
     if (c[k] !== undefined && !(Number.isInteger(c[k]) && (c[k] as number) >= 0)) return `field '${k}' is not a whole number`;
@@ -185,7 +186,7 @@ function containerProblem(id: string, c: unknown): string | null {
  */
 function salvage(id: string, c: unknown, why: string, sid: string): ContainerRecord {
   const o = isObject(c) ? c : {};
-  const bridge = typeof o.bridge === 'string' && IFNAME.test(o.bridge) ? o.bridge : '';
+  const bridge = isName(o.bridge) ? o.bridge : '';
   const hostVeth = typeof o.hostVeth === 'string' && /^oc[vt][0-9a-f]{10}$/.test(o.hostVeth) ? o.hostVeth : hostVethName(id, sid);
   const chain = typeof o.chain === 'string' && /^OCINET-DN-(?:[0-9a-f]{12}|[0-9a-f]{8}-[0-9a-f]{9})$/.test(o.chain) ? o.chain : dnatChain(id, sid);
   const tag = o.tag === id || o.tag === containerTag(id, sid) ? (o.tag as string) : containerTag(id, sid);
