@@ -79,14 +79,14 @@ export function parseRange(text: string, what: string): [number, number] {
  * no symlink below the directory, and a socket. Checked before any connect.
  */
 export function checkVmSocket(p: AnnotationPolicy, path: string, id: string, where: string): void {
-  const refuse = (why: string): never => {
-    throw new OcinetError('EINPUT', `${where}: '${path}' ${why}`);
-  };
-  if (!path.startsWith('/') || normalize(path) !== path) refuse('must be an absolute, normalized path');
   const roots = [...p.vmSocketDirs.map((d) => d.replace(/\/+$/, '')), ...(isPlainId(id) ? VM_SOCKET_DIRS.map((d) => `${d}/${id}`) : [])];
   const root = roots.find((r) => path.startsWith(r + '/'));
-  if (!root) refuse(`is not in a directory the hook entry allows (${roots.join(', ')}; --allow-vm-sockets DIR)`);
-  safeBelow(root!, path, refuse);
+  const why = !path.startsWith('/') || normalize(path) !== path
+    ? 'must be an absolute, normalized path'
+    : !root
+      ? `is not in a directory the hook entry allows (${roots.join(', ')}; --allow-vm-sockets DIR)`
+      : socketProblem(root, path);
+  if (why) throw new OcinetError('EINPUT', `${where}: '${path}' ${why}`);
 }
 
 /** The per-id default paths: the id must be a plain name, never `.` or `..`. */
@@ -94,19 +94,16 @@ export function isPlainId(id: string): boolean {
   return id !== '.' && id !== '..' && !id.includes('/');
 }
 
-/** Every component from below `root` to `path`: no symlink; the last one a socket. */
-export function safeBelow(root: string, path: string, refuse: (why: string) => never): void {
+/** What is wrong below `root` on the way to `path` (a symlink, a missing part, not a socket), or null. */
+export function socketProblem(root: string, path: string): string | null {
   const parts = path.slice(root.length + 1).split('/');
   let cur = root;
   for (const [i, part] of parts.entries()) {
     cur += '/' + part;
-    let st;
-    try {
-      st = lstatSync(cur);
-    } catch {
-      refuse('does not exist');
-    }
-    if (st!.isSymbolicLink()) refuse(`has a symlink (${cur})`);
-    if (i === parts.length - 1 && !st!.isSocket()) refuse('is not a unix socket');
+    const st = lstatSync(cur, { throwIfNoEntry: false });
+    if (!st) return 'does not exist';
+    if (st.isSymbolicLink()) return `has a symlink (${cur})`;
+    if (i === parts.length - 1 && !st.isSocket()) return 'is not a unix socket';
   }
+  return null;
 }

@@ -123,8 +123,6 @@ function defaultGateway(pid: number): string | null {
 }
 
 export async function rebuildState(stateDir: string, why: string): Promise<{ db: Db; summary: string }> {
-  const aside = `${dbPath(stateDir)}.damaged-${Date.now()}`;
-  renameSync(dbPath(stateDir), aside);
   const db = emptyDb();
   const sid = stateId(stateDir);
   const links = await ipJson(['-d', 'addr', 'show']);
@@ -173,6 +171,10 @@ export async function rebuildState(stateDir: string, why: string): Promise<{ db:
       vethOf.delete(inner.link_index!);
     }
   }
+  // Only once the new state is made: a rebuild that fails leaves the damaged file (and says why),
+  // never an empty state that would make gc take live containers' veths for orphans.
+  const aside = `${dbPath(stateDir)}.damaged-${Date.now()}`;
+  renameSync(dbPath(stateDir), aside);
   saveDb(stateDir, db);
   const n = Object.keys(db.containers).length;
   const summary = `${why}; moved it to ${aside} and rebuilt the state from the kernel: ${n} container${n === 1 ? '' : 's'}, ${bridges.size} bridge${bridges.size === 1 ? '' : 's'}`;

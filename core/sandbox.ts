@@ -22,7 +22,7 @@ import type { OpLog } from './log.js';
 import { installNetworkRules, removeNetworkRules } from './masquerade.js';
 import { containerTag, dnatChain, hostVethName, stateId, tapName } from './names.js';
 import { ipBatch, ipBatchIn, openContainerNetns, type NetnsHandle } from './netns.js';
-import { checkVmSocket, DEFAULT_POLICY, isPlainId, safeBelow, VM_SOCKET_DIRS, type AnnotationPolicy } from './policy.js';
+import { checkVmSocket, DEFAULT_POLICY, isPlainId, socketProblem, VM_SOCKET_DIRS, type AnnotationPolicy } from './policy.js';
 import { checkPortConflicts, publishScript } from './portmap.js';
 import { socketOwner, startTime } from './proc.js';
 import { forget, isAlive, Reclaimer } from './reclaim.js';
@@ -89,23 +89,12 @@ function vmSockets(req: SetupRequest): VmSockets {
   for (const dir of isPlainId(req.id) ? VM_SOCKET_DIRS : []) {
     const qmp = given?.qmp ?? `${dir}/${req.id}/qmp.sock`;
     const qga = given?.qga ?? `${dir}/${req.id}/qga.sock`;
-    if (existsSync(qmp) && existsSync(qga) && isSocketBelow(dir, qmp, given?.qmp) && isSocketBelow(dir, qga, given?.qga)) return { qmp, qga };
+    // A given one was checked above; a default one has no symlink below the directory.
+    const ok = (p: string, g: string | undefined): boolean => (p === g ? existsSync(p) : socketProblem(dir, p) === null);
+    if (ok(qmp, given?.qmp) && ok(qga, given?.qga)) return { qmp, qga };
     tried.push(`${qmp} + ${qga}`);
   }
   throw new OcinetError('ENOTFOUND', `no QEMU sockets for VM sandbox ${req.id} (tried ${tried.join(', ') || 'nothing: the id is not a plain name'}; name them with io.ocinet.qmp and io.ocinet.qga)`);
-}
-
-/** A default-directory socket: no symlink below the directory (the given one was checked already). */
-function isSocketBelow(dir: string, path: string, given: string | undefined): boolean {
-  if (given === path) return true;
-  try {
-    safeBelow(dir, path, (why) => {
-      throw new OcinetError('EINPUT', why);
-    });
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** Host links no kata-network add-iface may take: ocinet's bridges and the hook's veth ends. */
@@ -215,15 +204,12 @@ function decide<T>(req: SetupRequest, log: OpLog | undefined, fn: (db: Db, recla
   return withLock(req.stateDir, async () => {
     const db = await loadForChange(req.stateDir, log);
     const reclaim = new Reclaimer(db, req.stateDir, req.id, log);
-    let saved = false;
     try {
-      const out = await fn(db, reclaim);
-      saved = true; // fn saves the state it changed
-      return out;
+      return await fn(db, reclaim);
     } finally {
-      const late = reclaim.pending > 0;
-      if (late) await reclaim.finish();
-      if (reclaim.done.length && (late || !saved)) saveDb(req.stateDir, db);
+      // fn saves what it decided; the reclaims are saved also when it refused.
+      await reclaim.finish();
+      if (reclaim.done.length) saveDb(req.stateDir, db);
     }
   });
 }
@@ -323,7 +309,6 @@ async function setupVeth(req: SetupRequest, ns: NetnsHandle, log?: OpLog): Promi
           ...(req.bundle ? { bundle: req.bundle } : {}),
         };
         db.containers[req.id] = shared;
-        await reclaim.finish();
         saveDb(req.stateDir, db);
         return shared;
       }
@@ -434,26 +419,24 @@ function notOwner(rec: ContainerRecord, who: Requester): string | null {
 export async function teardownContainer(
   id: string, o: Omit<NetworkOptions, 'iface' | 'mtu' | 'subnet'>, who: Requester = {}, log?: OpLog,
 ): Promise<TeardownResult> {
-  const found = await withLock(o.stateDir, async () => {
+  type Lookup = { rec?: ContainerRecord; foreign?: string; handedOver?: boolean };
+  const { rec, foreign, handedOver } = await withLock(o.stateDir, async (): Promise<Lookup> => {
     const db = await loadForChange(o.stateDir, log);
     const rec = db.containers[id] ?? recoveredRecord(db, id, stateId(o.stateDir));
-    if (!rec) return { rec };
-    const skipped = notOwner(rec, who);
-    if (skipped) return { rec, skipped };
+    if (!rec) return {};
+    const foreign = notOwner(rec, who);
+    if (foreign) return { foreign };
     // A sharer that is still alive inherits the namespace's network instead of losing it.
-    if (forget(db, { ...rec })) {
-      saveDb(o.stateDir, db);
-      return { rec, handedOver: true };
-    }
-    return { rec };
+    if (!forget(db, { ...rec })) return { rec };
+    saveDb(o.stateDir, db);
+    return { handedOver: true };
   });
   log?.step('lookup');
-  const { rec } = found;
-  if ('skipped' in found && found.skipped) {
-    log?.write({ op: 'teardown-skipped', id, ok: true, why: found.skipped });
-    return { id, removed: false, bridgeRemoved: false, skipped: found.skipped };
+  if (foreign) {
+    log?.write({ op: 'teardown-skipped', id, ok: true, why: foreign });
+    return { id, removed: false, bridgeRemoved: false, skipped: foreign };
   }
-  if ('handedOver' in found) return { id, removed: true, bridgeRemoved: false };
+  if (handedOver) return { id, removed: true, bridgeRemoved: false };
   let extrasError: string | undefined;
   if (rec) {
     extrasError = await removeObjects(rec, { stateDir: o.stateDir, vmAlive: rec.mode !== 'tap' || isAlive(rec) });
