@@ -38,12 +38,18 @@ export function linkExists(name: string): boolean {
 
 /** One link as `ip -j -d link show` describes it (the fields ocinet reads). */
 export interface LinkDetails {
+  ifindex: number;
   ifname: string;
   address?: string;
   mtu: number;
   master?: string;
   ifalias?: string;
   linkinfo?: { info_kind?: string; info_data?: { type?: string; multi_queue?: boolean } };
+}
+
+/** Every link of the caller's namespace, in detail (one exec). */
+export async function allLinkDetails(): Promise<LinkDetails[]> {
+  return JSON.parse((await run('ip', ['-j', '-d', 'link', 'show'])).stdout || '[]') as LinkDetails[];
 }
 
 /** The link's details, or undefined when there is no such link. */

@@ -11,7 +11,7 @@ import { ipToInt, isIPv4, maskOf, intToIp } from './cidr.js';
 import { errorLine, OcinetError } from './errors.js';
 import { run } from './exec.js';
 import { validateKataIface, validateKataIfaceName, validateKataIfaces, validateKataRoute } from './generated/validators.js';
-import { linkDetails, linkExists } from './bridge.js';
+import { allLinkDetails, linkDetails, linkExists } from './bridge.js';
 import { withSandboxLock } from './lock.js';
 import { ipBatch, ipBatchIn, netnsId } from './netns.js';
 import { check } from './validate.js';
@@ -313,10 +313,10 @@ export async function addIface(t: Target, input: IfaceInput, o: AddOptions): Pro
     if (inside.some((l) => l.ifname === input.name)) throw new OcinetError('ECONFLICT', `interface '${input.name}' already exists in the sandbox`);
     if (input.device === 'lo' || o.reserved?.(input.device)) throw new OcinetError('ECONFLICT', `device '${input.device}' belongs to the host or to ocinet and cannot be given to a sandbox`);
     if (o.policy) {
-      if (linkExists(input.device) && !mayMoveHostDevice(o.policy, input.device)) {
+      if (!linkExists(input.device)) checkNewDeviceName(o.policy, input.device, 'interface');
+      else if (!mayMoveHostDevice(o.policy, input.device)) {
         throw new OcinetError('ECONFLICT', `device '${input.device}' is a host device; an annotation may only take one the hook entry allows (--allow-host-device)`);
       }
-      if (!linkExists(input.device)) checkNewDeviceName(o.policy, input.device, 'interface');
     }
     if (o.bridge && !linkExists(o.bridge)) throw new OcinetError('ENOTFOUND', `bridge '${o.bridge}' does not exist`);
     if (t.vm) {
@@ -334,7 +334,7 @@ export async function addIface(t: Target, input: IfaceInput, o: AddOptions): Pro
       a.prefix = Number(ip.mask);
     }
     if (linkExists(input.device)) {
-      const l = (await linkDetails(input.device)) as Indexed | undefined;
+      const l = await linkDetails(input.device);
       a.kind = 'moved';
       if (l?.address) a.origMac = l.address;
       if (l?.mtu) a.origMtu = l.mtu;
@@ -346,7 +346,7 @@ export async function addIface(t: Target, input: IfaceInput, o: AddOptions): Pro
         `link add ${a.device} mtu ${a.mtu}${q} type veth peer name ${a.name} mtu ${a.mtu} address ${a.hwAddr}${q} netns ${t.nsPath}`,
         o.bridge ? `link set ${a.device} master ${o.bridge} up` : `link set ${a.device} up`,
       ]);
-      const l = (await linkDetails(input.device)) as Indexed | undefined;
+      const l = await linkDetails(input.device);
       if (l?.ifindex) a.hostIndex = l.ifindex;
     }
     try {
@@ -357,7 +357,7 @@ export async function addIface(t: Target, input: IfaceInput, o: AddOptions): Pro
         `link set ${a.name} up`,
       ]);
       // Its index in the sandbox: the container may rename it, not renumber it.
-      const inner = (await linksIn(t)).find((l) => l.ifname === a.name) as Indexed | undefined;
+      const inner = (await linksIn(t)).find((l) => l.ifname === a.name);
       if (inner?.ifindex) a.innerIndex = inner.ifindex;
     } catch (e) {
       await undoIface(t, a).catch(() => undefined);
@@ -367,12 +367,6 @@ export async function addIface(t: Target, input: IfaceInput, o: AddOptions): Pro
     saveRecord(o.stateDir, rec);
     return ifaceOutput(a);
   });
-}
-
-type Indexed = { ifindex: number; ifname: string; address?: string; mtu?: number; linkinfo?: { info_kind?: string } };
-
-async function hostLinks(): Promise<Indexed[]> {
-  return JSON.parse((await run('ip', ['-j', '-d', 'link', 'show'])).stdout || '[]') as Indexed[];
 }
 
 /**
@@ -387,18 +381,18 @@ async function undoIface(t: Target, a: AddedIface): Promise<void> {
   }
   if (a.kind === 'veth') {
     // The pair dies with the namespace; a link of that name now may be someone else's.
-    const l = (await linkDetails(a.device)) as Indexed | undefined;
+    const l = await linkDetails(a.device);
     if (l && (a.hostIndex === undefined || l.ifindex === a.hostIndex)) await ipBatch([`link del ${a.device}`], true);
     return;
   }
   if (a.kind !== 'moved') return;
   if (alive(t)) {
-    const inner = (await linksIn(t)) as unknown as Indexed[];
+    const inner = await linksIn(t);
     const dev = a.innerIndex !== undefined ? inner.find((l) => l.ifindex === a.innerIndex) : inner.find((l) => l.ifname === a.name);
     if (dev) await ipBatchIn(t.nsPath, [`link set ${dev.ifname} down`, `link set ${dev.ifname} netns /proc/${process.pid}/ns/net name ${a.device}`]);
   } else if (!linkExists(a.device)) {
     // A physical device comes home under whatever name it had in the sandbox when the namespace dies.
-    const home = (await hostLinks()).find((l) =>
+    const home = (await allLinkDetails()).find((l) =>
       a.hostIndex !== undefined ? l.ifindex === a.hostIndex && l.address === a.hwAddr : l.ifname === a.name && l.address === a.hwAddr && l.linkinfo?.info_kind !== 'bridge');
     if (home) await ipBatch([`link set ${home.ifname} down`, `link set ${home.ifname} name ${a.device}`], true);
   }

@@ -369,6 +369,7 @@ export async function vmDelIface(vm: VmSockets, a: AddedIface & { createdTap?: b
 // ---- guest views (list-ifaces, add-route, del-route) ----
 
 export interface GuestLink {
+  ifindex: number;
   ifname: string;
   address?: string;
   mtu: number;

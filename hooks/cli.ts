@@ -7,7 +7,7 @@ import { doctor } from '../core/doctor.js';
 import { errorLine, OcinetError } from '../core/errors.js';
 import { gc, isAlive } from '../core/gc.js';
 import { OpLog } from '../core/log.js';
-import { run } from '../core/exec.js';
+import { listLinks } from '../core/links.js';
 import { loadDb, type Db } from '../core/store.js';
 import { parseArgs, type FlagSpec } from './args.js';
 import { networkCommand } from './network-cmd.js';
@@ -53,12 +53,6 @@ function readState(stateDir: string): Db {
   }
 }
 
-async function linkMasters(): Promise<Map<string, string>> {
-  const r = await run('ip', ['-j', 'link', 'show'], { allowFail: true });
-  const links = JSON.parse(r.stdout || '[]') as { ifname: string; master?: string }[];
-  return new Map(links.map((l) => [l.ifname, l.master ?? '']));
-}
-
 function table(rows: string[][]): string {
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
   return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ')).join('\n') + '\n';
@@ -78,8 +72,8 @@ async function main(argv: string[]): Promise<number> {
   switch (cmd) {
     case 'list': {
       const db = readState(stateDir);
-      // The bridge each host veth hangs on: one exec, to show the detached ones.
-      const masters = await linkMasters();
+      // The bridge each host veth hangs on (netlink, as gc reads links), to show the detached ones.
+      const masters = new Map((await listLinks()).map((l) => [l.name, l.master ?? '']));
       const rows = Object.values(db.containers).map((c) => {
         const alive = isAlive(c);
         const detached = alive && c.mode === 'veth' && c.hostVeth !== undefined && masters.get(c.hostVeth) !== c.bridge;
