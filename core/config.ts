@@ -51,6 +51,7 @@ export interface HookFlags {
   annotationDevicePrefix?: string;
   allowVmSockets?: string[];
   publishRange?: string;
+  allowSpoofing?: boolean;
 }
 
 export interface HookConfig extends NetworkOptions {
@@ -68,6 +69,8 @@ export interface HookConfig extends NetworkOptions {
   policy: AnnotationPolicy;
   /** Which VM sockets an annotation named (checked against the policy before any connect). */
   vmAnnotated: { qmp: boolean; qga: boolean };
+  /** --allow-spoofing (the admin's): containers may send from any MAC and address. */
+  allowSpoofing: boolean;
 }
 
 function jsonAnnotation(annotations: Record<string, string>, key: string): unknown {
@@ -173,7 +176,7 @@ export function resolveConfig(flags: HookFlags, annotations: Record<string, stri
   const vmAnnotated = { qmp: annotations[ANNOTATIONS.qmp] !== undefined, qga: annotations[ANNOTATIONS.qga] !== undefined };
   const cfg: HookConfig = {
     bridge, iface, subnet, mtu: Number(mtuText), ports, stateDir, logFile, keepBridge: Boolean(flags.keepBridge), requested, interfaces, routes,
-    mode: modeText, policy, vmAnnotated,
+    mode: modeText, policy, vmAnnotated, allowSpoofing: flags.allowSpoofing === true,
   };
   if (vm.qmp || vm.qga) cfg.vm = vm;
   const ipvs = annotations[ANNOTATIONS.ipvs];

@@ -10,6 +10,7 @@ import { ipvsadm, parseParameters } from './ipvs.js';
 import { loadRecord, releaseSandbox, targetKey, vmTarget, type AddedIface, type Target } from './kata-network.js';
 import { vmMac } from './names.js';
 import { pidNetnsPath } from './netns.js';
+import { removeGuards, type Guard } from './portguard.js';
 import { portsComment, unpublishScript, type PortsChain } from './portmap.js';
 import type { ContainerRecord } from './store.js';
 import { vmDelIface } from './vm.js';
@@ -54,15 +55,27 @@ export async function unpublish(r: ContainerRecord): Promise<void> {
   await purge(['nat'], (l) => savedComment(l) === comment, (ch) => ch === c.chain);
 }
 
+const guardOf = (r: ContainerRecord): Pick<Guard, 'chain' | 'port'> | null => (r.guard && r.hostVeth ? { chain: r.guard, port: r.hostVeth } : null);
+
+/** Remove the records' port guards (one ebtables-restore for all). */
+export async function unguardAll(recs: ContainerRecord[]): Promise<void> {
+  await removeGuards(recs.map(guardOf).filter((g) => g !== null));
+}
+
 /**
- * Remove many containers' ports chains (reclaim, gc): one iptables-restore
- * for all of them, each on its own only when that fails.
+ * Remove many containers' rules (reclaim, gc): one iptables-restore for all
+ * their ports chains, each on its own only when that fails, and one
+ * ebtables-restore for all their port guards.
  */
 export async function unpublishAll(recs: ContainerRecord[]): Promise<void> {
   const chains = recs.map(portsOf).filter((c): c is PortsChain => c !== null);
-  if (chains.length === 0) return;
-  if (chains.length > 1 && (await restore(unpublishScript(...chains), true))) return;
-  for (const r of recs) await unpublish(r);
+  const ports = async (): Promise<void> => {
+    if (chains.length === 0) return;
+    if (chains.length > 1 && (await restore(unpublishScript(...chains), true))) return;
+    for (const r of recs) await unpublish(r);
+  };
+  const done = await Promise.allSettled([ports(), unguardAll(recs)]);
+  for (const d of done) if (d.status === 'rejected') throw d.reason;
 }
 
 export interface RemoveOptions {
@@ -75,8 +88,8 @@ export interface RemoveOptions {
   sandboxLockWaitMs?: number;
   /** False for a reclaimed VM sandbox: its QEMU is gone, talk to nobody. */
   vmAlive: boolean;
-  /** The caller removes the ports chains itself, for many records at once (unpublishAll). */
-  skipPorts?: boolean;
+  /** The caller removes the ports chains and port guards itself, for many records at once (unpublishAll). */
+  skipRules?: boolean;
 }
 
 /**
@@ -98,7 +111,8 @@ export async function removeObjects(rec: ContainerRecord, o: RemoveOptions): Pro
   }
   // Independent kernel objects: remove them side by side.
   const link = rec.mode === 'tap' ? unplugVm(rec, o.vmAlive) : rec.hostVeth ? deleteLink(rec.hostVeth) : undefined;
-  const done = await Promise.allSettled([o.skipPorts ? undefined : unpublish(rec), link]);
+  const rules = o.skipRules ? [] : [unpublish(rec), unguardAll([rec])];
+  const done = await Promise.allSettled([...rules, link]);
   for (const d of done) if (d.status === 'rejected') throw d.reason;
   return extrasError;
 }

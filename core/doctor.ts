@@ -24,6 +24,8 @@ const PROGRAMS: { prog: string; pkg: string; required: boolean; why: string }[] 
   { prog: 'unshare', pkg: 'util-linux', required: true, why: 'doctor and tests use throwaway namespaces' },
   { prog: 'iptables-restore', pkg: 'iptables', required: true, why: 'NAT and published ports' },
   { prog: 'iptables-save', pkg: 'iptables', required: true, why: 'finding rules to remove' },
+  { prog: 'ebtables-restore', pkg: 'iptables', required: true, why: 'port guards: anti-spoofing, no router advertisements from containers' },
+  { prog: 'ebtables-save', pkg: 'iptables', required: true, why: 'finding port guards to remove' },
   { prog: 'conntrack', pkg: 'conntrack', required: false, why: 'flushing stale UDP mappings' },
   { prog: 'runc', pkg: 'runc', required: false, why: 'the runtime that calls the hooks' },
 ];
@@ -45,6 +47,15 @@ COMMIT
 COMMIT
 `;
 
+const GUARD_PROBE = `*nat
+:OCINET-PROBE RETURN
+-A OCINET-PROBE -s ! 02:00:00:00:00:01 -j DROP
+-A OCINET-PROBE -p ARP --arp-ip-src ! 10.0.0.2 -j DROP
+-A OCINET-PROBE -p IPv6 --ip6-proto ipv6-icmp --ip6-icmp-type 134 -j DROP
+-A PREROUTING -i ocprobe0 -j OCINET-PROBE
+COMMIT
+`;
+
 export async function doctor(stateDir: string): Promise<Check[]> {
   const checks: Check[] = [];
   for (const p of PROGRAMS) {
@@ -63,6 +74,9 @@ export async function doctor(stateDir: string): Promise<Check[]> {
     ];
     if (hasProgram('iptables-restore')) {
       probes.push(['kernel: NAT, DNAT, MASQUERADE, mark, conntrack', ['iptables-restore', '--noflush'], NAT_PROBE, 'enable nf_tables/nat/conntrack (CONFIG_NF_NAT, CONFIG_NETFILTER_XT_*)']);
+    }
+    if (hasProgram('ebtables-restore')) {
+      probes.push(['kernel: bridge filtering (port guards)', ['ebtables-restore', '--noflush'], GUARD_PROBE, 'enable nf_tables bridge filtering (CONFIG_NF_TABLES_BRIDGE)']);
     }
     for (const [name, args, input, fix] of probes) {
       const r = await inThrowawayNs(args, input);

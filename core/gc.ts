@@ -16,6 +16,7 @@ import { allRecords, hasRecord, recordTarget, releaseSandbox, sandboxAlive } fro
 import { deleteLinks, listLinks } from './links.js';
 import { acquire, withLock } from './lock.js';
 import type { OpLog } from './log.js';
+import { staleGuards } from './portguard.js';
 import { Reclaimer } from './reclaim.js';
 import { DNAT_CHAIN_PREFIX, stateId } from './names.js';
 import { loadForChange } from './recover.js';
@@ -77,6 +78,8 @@ export async function gc(stateDir: string, log?: OpLog): Promise<GcReport> {
       await purge(['nat'], (l) => stale.includes(savedTarget(l) ?? ''), (c) => stale.includes(c));
     }
     report.chains = stale;
+    // Port guards named with this state dir's identity that no record holds.
+    report.chains.push(...(await staleGuards(sid, new Set(records.map((c) => c.guard)))));
 
     const used = new Set(records.map((c) => c.bridge));
     for (const b of bridges) {

@@ -1,7 +1,13 @@
 /**
  * Network-wide rules of a bridge: outbound MASQUERADE for its subnet, marked
  * (hairpin/localhost) traffic masqueraded, forwarding allowed to and from the
- * bridge. Shared chains are jumped to from the built-in ones once.
+ * bridge after the admin's own FORWARD rules, and the localhost guard. Shared
+ * chains are jumped to from the built-in ones once.
+ *
+ * FORWARD, in order: `OCINET-USER` (the admin's chain, first: ocinet creates it
+ * empty and never changes what is in it), the admin's own FORWARD rules, then
+ * `OCINET-FORWARD` (appended, so a DROP or REJECT of the admin's wins over
+ * ocinet's accepts). INPUT: `OCINET-INPUT` first; it only drops.
  */
 import { OcinetError } from './errors.js';
 import { isJump, restore, RestoreScript, save, savedChain, savedComment, type Rule, type SavedTable, type Table } from './iptables.js';
@@ -10,6 +16,9 @@ import { DNAT_CHAIN_PREFIX } from './names.js';
 export const DNAT_CHAIN = 'OCINET-DNAT';
 export const POST_CHAIN = 'OCINET-POSTROUTING';
 export const FWD_CHAIN = 'OCINET-FORWARD';
+export const INPUT_CHAIN = 'OCINET-INPUT';
+/** The admin's chain, evaluated before any of ocinet's accepts (like Docker's DOCKER-USER). */
+export const USER_CHAIN = 'OCINET-USER';
 /** Mark bit set on published-port traffic that must be masqueraded (same bit CNI portmap uses). */
 export const MASQ_MARK = '0x2000';
 
@@ -28,8 +37,11 @@ const JUMPS: Jump[] = [
   { table: 'nat', from: 'PREROUTING', to: DNAT_CHAIN, args: ['-m', 'addrtype', '--dst-type', 'LOCAL'], insert: false },
   { table: 'nat', from: 'OUTPUT', to: DNAT_CHAIN, args: ['-m', 'addrtype', '--dst-type', 'LOCAL'], insert: false },
   { table: 'nat', from: 'POSTROUTING', to: POST_CHAIN, args: [], insert: false },
-  // Ahead of any DROP policy rules other tools put in FORWARD.
-  { table: 'filter', from: 'FORWARD', to: FWD_CHAIN, args: [], insert: true },
+  // Drops only: first, so no accept of the admin's lets a container at the host's 127.0.0.1.
+  { table: 'filter', from: 'INPUT', to: INPUT_CHAIN, args: [], insert: true },
+  { table: 'filter', from: 'FORWARD', to: USER_CHAIN, args: [], insert: true },
+  // After the admin's own FORWARD rules: ocinet's accepts never override them.
+  { table: 'filter', from: 'FORWARD', to: FWD_CHAIN, args: [], insert: false },
 ];
 
 const NET_TAG = 'ocinet-net:';
@@ -54,6 +66,13 @@ function networkRules(sid: string, bridge: string, subnet: string): Rule[] {
   const tag = [...COMMENT, netTag(sid, bridge)];
   return [
     { table: 'nat', chain: POST_CHAIN, args: ['-s', subnet, '!', '-d', subnet, ...tag, '-j', 'MASQUERADE'] },
+    // The localhost guard (CVE-2020-8558's class): route_localnet lets 127.0.0.0/8 in on the
+    // bridge for the replies of 127.0.0.1 publishing; anything else a container sends there is dropped.
+    {
+      table: 'filter',
+      chain: INPUT_CHAIN,
+      args: ['-i', bridge, '-d', '127.0.0.0/8', '-m', 'conntrack', '!', '--ctstate', 'RELATED,ESTABLISHED,DNAT', ...tag, '-j', 'DROP'],
+    },
     { table: 'filter', chain: FWD_CHAIN, args: ['-i', bridge, ...tag, '-j', 'ACCEPT'] },
     {
       table: 'filter',
@@ -77,7 +96,12 @@ export async function installNetworkRules(sid: string, bridge: string, subnet: s
     if (other) {
       throw new OcinetError('ECONFLICT', `bridge ${bridge} is in use by another ocinet state dir (network id ${other.sid}); use another --bridge`);
     }
-    const shared = table === 'nat' ? [DNAT_CHAIN, POST_CHAIN] : [FWD_CHAIN];
+    const shared = table === 'nat' ? [DNAT_CHAIN, POST_CHAIN] : [INPUT_CHAIN, USER_CHAIN, FWD_CHAIN];
+    // The previous version inserted its FORWARD jump first: move it after the admin's rules.
+    if (table === 'filter' && !saved.rules.some((l) => isJump(l, 'FORWARD', USER_CHAIN))) {
+      for (const l of saved.rules) if (isJump(l, 'FORWARD', FWD_CHAIN)) script.deleteSaved(table, l);
+      saved.rules = saved.rules.filter((l) => !isJump(l, 'FORWARD', FWD_CHAIN));
+    }
     for (const c of shared) {
       if (saved.chains.has(c)) continue;
       script.chain(table, c);
@@ -97,7 +121,7 @@ export async function installNetworkRules(sid: string, bridge: string, subnet: s
   await restore(script);
 }
 
-const SHARED = new Set([DNAT_CHAIN, POST_CHAIN, FWD_CHAIN]);
+const SHARED = new Set([DNAT_CHAIN, POST_CHAIN, FWD_CHAIN, INPUT_CHAIN]);
 
 /** A rule that keeps the shared chains: anything in them but their own mark rule, or a ports chain. */
 function keepsShared(table: Table, line: string): boolean {
@@ -125,6 +149,9 @@ export async function removeNetworkRules(sid: string, bridge: string): Promise<v
       if (own(l) || (!inUse && (jump || SHARED.has(savedChain(l))))) script.deleteSaved(table, l);
     }
     if (!inUse) for (const c of s.chains) if (SHARED.has(c)) script.deleteChain(table, c);
+    // The admin's chain goes only when empty: what the admin put there stays for the next network.
+    const userRules = s.rules.some((l) => savedChain(l) === USER_CHAIN);
+    if (!inUse && table === 'filter' && s.chains.has(USER_CHAIN) && !userRules) script.deleteChain(table, USER_CHAIN);
   }
   await restore(script);
 }

@@ -65,6 +65,11 @@ function localMac(seed: string): string {
   return ['02', ...shortHash(seed, 10).match(/../g)!].join(':');
 }
 
+/** A container's eth0 MAC, stable for its id in this state dir (`sid`); its port guard allows only it. */
+export function containerMac(containerId: string, sid: string): string {
+  return localMac(`ct:${sid}/${containerId}`);
+}
+
 /** A VM sandbox's NIC MAC, stable for its id. */
 export function vmMac(containerId: string): string {
   return localMac('vm:' + containerId);
@@ -80,6 +85,13 @@ export const DNAT_CHAIN_PREFIX = 'OCINET-DN-';
 export function dnatChain(containerId: string, sid?: string): string {
   if (sid === undefined) return DNAT_CHAIN_PREFIX + shortHash(containerId, 12);
   return `${DNAT_CHAIN_PREFIX}${sid}-${shortHash(seed(containerId, sid), 9)}`;
+}
+
+export const GUARD_CHAIN_PREFIX = 'OCINET-SP-';
+
+/** The port guard chain (portguard.ts) of host port `port`: `OCINET-SP-<sid>-<9 hex>` = 28 chars, the most ebtables takes. */
+export function guardChain(sid: string, port: string): string {
+  return `${GUARD_CHAIN_PREFIX}${sid}-${shortHash(port, 9)}`;
 }
 
 /**

@@ -96,14 +96,14 @@ export class Reclaimer {
   async finish(): Promise<Reclaimed[]> {
     const batch = this.queue.splice(0);
     const removed = batch.filter((b) => b.heir === null).map((b) => b.rec);
-    // All their ports chains in one exec; a failure there is each one's error.
+    // All their ports chains and port guards at once; a failure there is each one's error.
     const ports = await unpublishAll(removed).then(() => undefined, (e: unknown) => errorLine(e));
     await Promise.all(
       batch.map(async ({ rec, why, heir }) => {
         const remove = heir === null;
         const r: Reclaimed = { id: rec.id, why };
         try {
-          const extras = remove ? await removeObjects(rec, { stateDir: this.stateDir, vmAlive: false, skipPorts: true, sandboxLockWaitMs: 0 }) : undefined;
+          const extras = remove ? await removeObjects(rec, { stateDir: this.stateDir, vmAlive: false, skipRules: true, sandboxLockWaitMs: 0 }) : undefined;
           if (extras || (remove && ports)) r.error = extras ?? ports;
         } catch (e) {
           r.error = errorLine(e);

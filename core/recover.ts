@@ -16,7 +16,7 @@ import { errorLine, isOcinetError } from './errors.js';
 import { run } from './exec.js';
 import { save, savedWords } from './iptables.js';
 import type { OpLog } from './log.js';
-import { DNAT_CHAIN_PREFIX, hostVethName, stateId } from './names.js';
+import { DNAT_CHAIN_PREFIX, guardChain, hostVethName, stateId } from './names.js';
 import { netnsId } from './netns.js';
 import { startTime } from './proc.js';
 import { dbPath, emptyDb, loadDb, saveDb, type ContainerRecord, type Db, type PortMapping } from './store.js';
@@ -157,6 +157,8 @@ export async function rebuildState(stateDir: string, why: string): Promise<{ db:
       const r: ContainerRecord = {
         id, mode: 'veth', bridge: host.master, iface: inner.ifname, hostVeth: host.ifname, mtu: host.mtu,
         ports: ports?.ports ?? [], pid, netns: nsId, createdAt: new Date().toISOString(), setupPid: 0, recovered: true,
+        // Its guard's name follows from its port's; removal looks for it by listing when it is not there.
+        guard: guardChain(sid, host.ifname),
       };
       if (start !== null) r.start = start;
       if (a) {

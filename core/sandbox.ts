@@ -20,16 +20,17 @@ import { addIface, addRoutes, type IfaceInput, type RouteSpec } from './kata-net
 import { withLock } from './lock.js';
 import type { OpLog } from './log.js';
 import { installNetworkRules, removeNetworkRules } from './masquerade.js';
-import { containerTag, dnatChain, hostVethName, stateId, tapName } from './names.js';
+import { containerMac, containerTag, dnatChain, guardChain, hostVethName, stateId, tapName, vmMac } from './names.js';
 import { ipBatch, ipBatchIn, openContainerNetns, type NetnsHandle } from './netns.js';
 import { checkVmSocket, DEFAULT_POLICY, isPlainId, socketProblem, VM_SOCKET_DIRS, type AnnotationPolicy } from './policy.js';
+import { installGuard } from './portguard.js';
 import { checkPortConflicts, publishScript } from './portmap.js';
 import { socketOwner, startTime } from './proc.js';
 import { forget, isAlive, Reclaimer } from './reclaim.js';
 import { loadForChange } from './recover.js';
 import { defaultRoute } from './route.js';
 import { loadDb, recoveredRecord, saveDb, type ContainerRecord, type Db, type NetworkRecord, type PortMapping } from './store.js';
-import { enableForwarding } from './sysctl.js';
+import { networkSysctls, portSysctls } from './sysctl.js';
 import { containerLines, hostLines, reattachLines, type VethPlan } from './veth.js';
 import { guestIpBatch, vmAddIface, type VmSockets } from './vm.js';
 
@@ -69,6 +70,8 @@ export interface SetupRequest extends NetworkOptions {
   ipvs?: RestoreSet;
   /** What annotations may ask for (the hook entry's); absent: the defaults. */
   policy?: AnnotationPolicy;
+  /** --allow-spoofing: the port guard keeps only its router-advertisement drops. */
+  allowSpoofing?: boolean;
 }
 
 /**
@@ -139,13 +142,14 @@ function networkRecord(db: Db, o: NetworkOptions, gateway: string): NetworkRecor
 async function ensureNetwork(db: Db, net: NetworkRecord, o: NetworkOptions): Promise<void> {
   const known = db.networks[o.bridge] === net;
   if (known && linkExists(o.bridge) && bridgeHasSubnetRoute(o.bridge, o.subnet)) {
-    enableForwarding(o.bridge);
+    networkSysctls(o.bridge, net.createdBridge);
     return;
   }
   const sid = stateId(o.stateDir);
   const created = await ensureBridge(sid, o.bridge, o.subnet, net.gateway, o.mtu);
   try {
-    enableForwarding(o.bridge);
+    net.createdBridge = net.createdBridge || created || (await createdByOcinet(o.bridge, sid));
+    networkSysctls(o.bridge, net.createdBridge);
     await installNetworkRules(sid, o.bridge, o.subnet);
   } catch (e) {
     // iptables-restore commits table by table: take back whatever got in.
@@ -153,7 +157,6 @@ async function ensureNetwork(db: Db, net: NetworkRecord, o: NetworkOptions): Pro
     if (created) await deleteLink(o.bridge);
     throw e;
   }
-  net.createdBridge = net.createdBridge || created || (await createdByOcinet(o.bridge, sid));
   db.networks[o.bridge] = net;
   if (created && known) {
     const running = Object.values(db.containers).filter((c) => c.bridge === o.bridge && c.mode === 'veth' && c.hostVeth && linkExists(c.hostVeth));
@@ -230,7 +233,7 @@ async function makeVeth(plan: VethPlan): Promise<boolean> {
   }
 }
 
-type RecordKind = Pick<ContainerRecord, 'mode' | 'hostVeth' | 'pid' | 'start' | 'netns' | 'vm'>;
+type RecordKind = Pick<ContainerRecord, 'mode' | 'hostVeth' | 'mac' | 'pid' | 'start' | 'netns' | 'vm'>;
 
 /** Write the record that holds a new container's lease and ports (under the lock). */
 function recordLease(db: Db, req: SetupRequest, ip: string, prefix: number, kind: RecordKind): ContainerRecord {
@@ -239,6 +242,7 @@ function recordLease(db: Db, req: SetupRequest, ip: string, prefix: number, kind
     createdAt: new Date().toISOString(), setupPid: process.pid, ...kind,
   };
   if (req.bundle) r.bundle = req.bundle;
+  if (kind.hostVeth) r.guard = guardChain(stateId(req.stateDir), kind.hostVeth);
   if (req.ports.length) {
     r.chain = dnatChain(req.id, stateId(req.stateDir));
     r.tag = containerTag(req.id, stateId(req.stateDir));
@@ -274,7 +278,8 @@ async function setupVeth(req: SetupRequest, ns: NetnsHandle, log?: OpLog): Promi
   const gateway = intToIp(gatewayOf(sn));
   log?.step('check');
 
-  const plan: VethPlan = { hostVeth: hostVethName(req.id, stateId(req.stateDir)), iface: req.iface, mtu: req.mtu, netns: ns.path, bridge: req.bridge };
+  const sid = stateId(req.stateDir);
+  const plan: VethPlan = { hostVeth: hostVethName(req.id, sid), iface: req.iface, mac: containerMac(req.id, sid), mtu: req.mtu, netns: ns.path, bridge: req.bridge };
   // The veth pair does not depend on the address: when the bridge is already
   // there, make it while the lock is taken and the address chosen. A veth made
   // here is removed again if the locked phase refuses the container.
@@ -312,7 +317,7 @@ async function setupVeth(req: SetupRequest, ns: NetnsHandle, log?: OpLog): Promi
         saveDb(req.stateDir, db);
         return shared;
       }
-      return claim(db, req, sn.prefix, gateway, { mode: 'veth', hostVeth: plan.hostVeth, ...identity }, reclaim);
+      return claim(db, req, sn.prefix, gateway, { mode: 'veth', hostVeth: plan.hostVeth, mac: plan.mac, ...identity }, reclaim);
     });
   } catch (e) {
     await dropEarly();
@@ -331,12 +336,14 @@ async function setupVeth(req: SetupRequest, ns: NetnsHandle, log?: OpLog): Promi
       .then(async (made) => {
         if (!made) await ipBatch(hostLines(plan));
       })
-      .then(() => log?.step('host'))
+      .then(() => {
+        portSysctls(plan.hostVeth);
+        log?.step('host');
+      })
       .then(() => ipBatchIn(ns.path, containerLines(req.iface, ip, sn.prefix, gateway)))
       .then(() => log?.step('container'));
     // Firewall rules do not depend on the links: apply them while the links are made.
-    const fw = req.ports.length ? restore(publishScript({ chain: rec.chain!, tag: rec.tag! }, rec.ip!, req.subnet, req.ports)) : Promise.resolve(true);
-    const done = await Promise.allSettled([links, fw]);
+    const done = await Promise.allSettled([links, ...firewall(rec, req)]);
     for (const d of done) if (d.status === 'rejected') throw d.reason;
     await addExtras(rec, req, ns.path);
     log?.step('extra');
@@ -350,6 +357,13 @@ async function setupVeth(req: SetupRequest, ns: NetnsHandle, log?: OpLog): Promi
     throw e;
   }
   return resultOf(rec, gateway);
+}
+
+/** A new container's own rules: its port guard, and its published ports. Neither needs its link to exist yet. */
+function firewall(rec: ContainerRecord, req: SetupRequest): Promise<unknown>[] {
+  const out: Promise<unknown>[] = [installGuard({ chain: rec.guard!, port: rec.hostVeth!, mac: rec.mac!, ip: rec.ip!, allowSpoofing: req.allowSpoofing === true })];
+  if (req.ports.length) out.push(restore(publishScript({ chain: rec.chain!, tag: rec.tag! }, rec.ip!, req.subnet, req.ports)));
+  return out;
 }
 
 /**
@@ -375,11 +389,11 @@ async function setupVm(req: SetupRequest, log?: OpLog): Promise<SetupResult> {
   log?.step('check');
   const rec = await decide(req, log, async (db, reclaim) => {
     assertNew(db, req.id, reclaim);
-    return claim(db, req, sn.prefix, gateway, { mode: 'tap', hostVeth: tapName(req.id, stateId(req.stateDir)), vm, ...qemu }, reclaim);
+    return claim(db, req, sn.prefix, gateway, { mode: 'tap', hostVeth: tapName(req.id, stateId(req.stateDir)), mac: vmMac(req.id), vm, ...qemu }, reclaim);
   });
   log?.step('ipam');
   try {
-    const fw = req.ports.length ? restore(publishScript({ chain: rec.chain!, tag: rec.tag! }, rec.ip!, req.subnet, req.ports)) : Promise.resolve(true);
+    const fw = Promise.all(firewall(rec, req));
     const nic = vmNicOf(rec);
     await vmAddIface(vm, { ...nic, IPAddresses: [{ address: rec.ip!, mask: String(sn.prefix) }] }, { bridge: req.bridge });
     log?.step('hotplug');

@@ -7,7 +7,7 @@ import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { OcinetError } from './errors.js';
 import { isIPv4 } from './cidr.js';
-import { containerTag, dnatChain, hostVethName, isIfName, stateId } from './names.js';
+import { containerTag, dnatChain, GUARD_CHAIN_PREFIX, guardChain, hostVethName, isIfName, stateId } from './names.js';
 import { useStateDir } from './statedir.js';
 
 export type Proto = 'tcp' | 'udp';
@@ -39,6 +39,10 @@ export interface ContainerRecord {
   prefix?: number;
   iface?: string;
   hostVeth?: string;
+  /** The container's MAC on the bridge (its eth0, or its VM's NIC), which its port guard allows. */
+  mac?: string;
+  /** The port guard's ebtables chain (portguard.ts): absent in older records and shared ones. */
+  guard?: string;
   /** Per-container DNAT chain and the id its rules are tagged with (kept when a sharer takes over). */
   chain?: string;
   tag?: string;
@@ -142,6 +146,8 @@ function isObject(v: unknown): v is Record<string, unknown> {
 
 const isName = (v: unknown): v is string => typeof v === 'string' && isIfName(v);
 const isAddress = (v: unknown): v is string => typeof v === 'string' && isIPv4(v);
+const MAC = /^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$/;
+const isGuard = (v: unknown): v is string => typeof v === 'string' && new RegExp(`^${GUARD_CHAIN_PREFIX}[0-9a-f]{8}-[0-9a-f]{9}$`).test(v);
 const isPort = (p: unknown): boolean => Number.isInteger(p) && (p as number) >= 1 && (p as number) <= 65535;
 
 function networkProblem(bridge: string, n: unknown): string | null {
@@ -167,6 +173,8 @@ function containerProblem(id: string, c: unknown): string | null {
     if (c[k] !== undefined && !(Number.isInteger(c[k]) && (c[k] as number) >= 0)) return `field '${k}' is not a whole number`;
   }
   if (c.netns !== undefined && (typeof c.netns !== 'string' || !/^\d+:\d+$/.test(c.netns))) return `field 'netns' is not dev:inode`;
+  if (c.mac !== undefined && (typeof c.mac !== 'string' || !MAC.test(c.mac))) return `field 'mac' is not a MAC address`;
+  if (c.guard !== undefined && !isGuard(c.guard)) return `field 'guard' is not an ocinet port guard chain`;
   if (c.ports !== undefined) {
     if (!Array.isArray(c.ports)) return `field 'ports' is not a list`;
     for (const p of c.ports as unknown[]) {
@@ -190,8 +198,9 @@ function salvage(id: string, c: unknown, why: string, sid: string): ContainerRec
   const hostVeth = typeof o.hostVeth === 'string' && /^oc[vt][0-9a-f]{10}$/.test(o.hostVeth) ? o.hostVeth : hostVethName(id, sid);
   const chain = typeof o.chain === 'string' && /^OCINET-DN-(?:[0-9a-f]{12}|[0-9a-f]{8}-[0-9a-f]{9})$/.test(o.chain) ? o.chain : dnatChain(id, sid);
   const tag = o.tag === id || o.tag === containerTag(id, sid) ? (o.tag as string) : containerTag(id, sid);
+  // The guard's name follows from the port's: this state dir's, whatever the record said.
   return {
-    id, mode: 'veth', bridge, ports: [], hostVeth, chain, tag,
+    id, mode: 'veth', bridge, ports: [], hostVeth, chain, tag, guard: guardChain(sid, hostVeth),
     createdAt: typeof o.createdAt === 'string' ? o.createdAt : '', setupPid: 0, damaged: why,
   };
 }

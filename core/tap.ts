@@ -7,6 +7,7 @@
 import { deleteLink, linkDetails, linkExists } from './bridge.js';
 import { OcinetError } from './errors.js';
 import { ipBatch } from './netns.js';
+import { portSysctls } from './sysctl.js';
 
 export interface TapOptions {
   /** Queue pairs of the NIC; > 1 makes a multi_queue TAP (the kernel refuses a mismatch when QEMU opens it). */
@@ -61,6 +62,8 @@ export async function ensureTap(name: string, o: TapOptions): Promise<TapResult>
   }
   await ipBatch([`tuntap add ${name} mode tap${multi ? ' multi_queue' : ''}`]);
   try {
+    // A bridge port of ours takes no IPv6 of its own (set before it is up).
+    if (o.bridge) portSysctls(name);
     await ipBatch([`link set ${name} mtu ${o.mtu}${o.bridge ? ` master ${o.bridge}` : ''} up`]);
   } catch (e) {
     await deleteLink(name).catch(() => undefined);

@@ -8,6 +8,8 @@ import { defaultRoute } from './route.js';
 export interface VethPlan {
   hostVeth: string;
   iface: string;
+  /** The container side's MAC: ocinet's, so the port guard knows it without asking. */
+  mac: string;
   mtu: number;
   /** The container's namespace as a path (`/proc/self/fd/N`, opened once), never a pid. */
   netns: string;
@@ -17,7 +19,7 @@ export interface VethPlan {
 /** Host side: one `ip -batch`. */
 export function hostLines(p: VethPlan): string[] {
   return [
-    `link add ${p.hostVeth} mtu ${p.mtu} type veth peer name ${p.iface} mtu ${p.mtu} netns ${p.netns}`,
+    `link add ${p.hostVeth} mtu ${p.mtu} type veth peer name ${p.iface} address ${p.mac} mtu ${p.mtu} netns ${p.netns}`,
     ...reattachLines(p.hostVeth, p.bridge),
   ];
 }

@@ -82,6 +82,8 @@ async function main(argv: string[]): Promise<number> {
           mode: c.mode,
           ip: c.ip ? `${c.ip}/${c.prefix}` : '',
           bridge: c.bridge,
+          ...(c.hostVeth ? { hostLink: c.hostVeth } : {}),
+          ...(c.mac ? { mac: c.mac } : {}),
           ports: c.ports.map((p) => `${p.hostPort}:${p.containerPort}/${p.proto}`),
           pid: c.pid ?? null,
           alive,

@@ -29,6 +29,7 @@ const FLAGS: FlagSpec = {
   '--annotation-device-prefix': { key: 'annotationDevicePrefix', kind: 'string' },
   '--allow-vm-sockets': { key: 'allowVmSockets', kind: 'list' },
   '--publish-range': { key: 'publishRange', kind: 'string' },
+  '--allow-spoofing': { key: 'allowSpoofing', kind: 'bool' },
   '--help': { key: 'help', kind: 'bool' },
   '--version': { key: 'version', kind: 'bool' },
 };
@@ -47,6 +48,8 @@ const USAGE = `usage: ocinet-hook [setup|teardown] [flags] < state.json
   --mode veth|tap      veth: a container's netns (default); tap: a QEMU VM sandbox
   --qmp SOCKET         tap mode: QEMU's QMP socket (annotation io.ocinet.qmp wins)
   --qga SOCKET         tap mode: the guest agent's socket (annotation io.ocinet.qga wins)
+  --allow-spoofing     let containers send from any MAC and address (default: only their own;
+                       router advertisements and redirects from containers are dropped either way)
 What annotations (the container user's) may ask for; the defaults are safe for shared hosts:
   --allow-host-device PATTERN   host devices io.ocinet.interfaces may move in (repeatable, * globs; default none)
   --annotation-device-prefix P  host devices io.ocinet.interfaces creates must start with P (default ocx)

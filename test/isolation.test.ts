@@ -66,7 +66,7 @@ t.test('item 9: a network on oc1 does not take the rules of oc10 (same state dir
   const sb1 = await box(t);
   t.equal((await setup(dir, n10, 'c10', sb10.pid)).exitCode, 0);
   const mine = networkRules(await rules(), 'oc10', '10.221.0.0/24');
-  t.equal(mine.length, 3, "oc10's MASQUERADE and FORWARD rules");
+  t.equal(mine.length, 4, "oc10's MASQUERADE, FORWARD and localhost guard rules");
   for (const d of [dir, other]) {
     const r = await setup(d, n1, 'c1', sb1.pid);
     t.equal(r.exitCode, 0, r.stderr);

@@ -7,7 +7,7 @@ import { isolate } from './lib/isolate.js';
 isolate(new URL(import.meta.url).pathname);
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { guestLinks, guestRoutes } from '../core/vm.js';
 import { bootGuest } from './lib/guest.js';
 import { cli, hook, sh, snapshot, state, tempDir } from './lib/env.js';
@@ -69,6 +69,17 @@ t.test('the hook in TAP mode gives the guest a network and takes it away', async
   t.ok(eth0?.addr_info?.some((a) => a.local === res.ip && a.prefixlen === 24), `guest eth0 has ${res.ip}/24`);
   t.ok((await guestRoutes(G)).some((r) => r.dst === 'default' && r.gateway === '10.213.0.1'), 'default route via the gateway');
   t.equal((await inGuest('/bin/busybox', ['ping', '-c1', '-W3', '10.213.0.1'])).exitcode, 0, 'guest pings the gateway');
+  // The TAP is a port on the bridge like a veth: its guard passes only the guest's MAC and address.
+  const rec = (JSON.parse((await cli(['list', '--json', '--state-dir', stateDir])).stdout) as { hostLink: string; mac: string }[])[0]!;
+  t.equal(rec.mac, eth0?.address, "the record holds the guest NIC's MAC");
+  const guards = (await sh('ebtables-save', ['-t', 'nat'])).stdout;
+  t.match(guards, new RegExp(`-A PREROUTING -i ${rec.hostLink} -j OCINET-SP-`), 'the TAP has a port guard');
+  t.match(guards, new RegExp(`-s ! ${rec.mac} -j DROP`));
+  t.match(guards, new RegExp(`-p ARP --arp-ip-src ! ${res.ip.replace(/\./g, '\\.')} -j DROP`));
+  t.equal(readFileSync(`/proc/sys/net/ipv6/conf/${rec.hostLink}/disable_ipv6`, 'utf8').trim(), '1', 'the TAP takes no IPv6 of its own');
+  await inGuest('/bin/busybox', ['ip', 'addr', 'add', '10.213.0.77/32', 'dev', 'eth0']);
+  t.not((await inGuest('/bin/busybox', ['ping', '-c1', '-W2', '-I', '10.213.0.77', '10.213.0.1'])).exitcode, 0, 'a guest sending from another address is dropped');
+  await inGuest('/bin/busybox', ['ip', 'addr', 'del', '10.213.0.77/32', 'dev', 'eth0']);
   await inGuest('/bin/busybox', ['mkdir', '-p', '/www']);
   await inGuest('/bin/busybox', ['sh', '-c', 'echo hello from the guest > /www/index.html']);
   t.equal((await inGuest('/bin/busybox', ['httpd', '-p', '80', '-h', '/www'])).exitcode, 0, 'web server in the guest');

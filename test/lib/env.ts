@@ -80,19 +80,23 @@ export async function inNs(pid: number, args: string[], reject = true): Promise<
   return sh('nsenter', [`--net=/proc/${pid}/ns/net`, '--', ...args], { reject });
 }
 
-/** What ocinet may leave in a namespace: links, NAT/filter rules, leases. */
+/** What ocinet may leave in a namespace: links, NAT/filter rules, port guards, leases. */
 export async function snapshot(stateDir?: string): Promise<string> {
   const links = (await sh('ip', ['-o', 'link', 'show'])).stdout.split('\n').map((l) => l.split(':')[1]?.trim().split('@')[0]).sort();
   // Rules and user chains only: nftables keeps emptied tables around, which is no leak.
   const rules = (await sh('iptables-save', [])).stdout
     .split('\n')
     .filter((l) => l.startsWith('-A ') || (l.startsWith(':') && !/ (ACCEPT|DROP) /.test(l)));
+  // Port guards: the bridge family's rules and user chains.
+  const guards = (await sh('ebtables-save', ['-t', 'nat'])).stdout
+    .split('\n')
+    .filter((l) => l.startsWith('-A ') || (l.startsWith(':') && !/^:(PREROUTING|OUTPUT|POSTROUTING) /.test(l)));
   let leases = '{}';
   if (stateDir && existsSync(join(stateDir, 'state.json'))) {
     const db = JSON.parse(readFileSync(join(stateDir, 'state.json'), 'utf8')) as { containers: object; networks: object };
     if (Object.keys(db.containers).length || Object.keys(db.networks).length) leases = JSON.stringify({ containers: db.containers, networks: db.networks });
   }
-  return JSON.stringify({ links, rules, leases }, null, 1);
+  return JSON.stringify({ links, rules, guards, leases }, null, 1);
 }
 
 export function cleanup(dir: string): void {
