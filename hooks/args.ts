@@ -1,5 +1,5 @@
 /** A small typed argv parser: `--flag value`, `--flag=value`, repeatable and boolean flags. */
-import { OcinetError } from '../core/errors.js';
+import { OcinetError } from '../core/base/errors.js';
 
 export type FlagKind = 'string' | 'list' | 'bool';
 export type FlagSpec = Record<string, { key: string; kind: FlagKind }>;

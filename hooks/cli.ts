@@ -2,13 +2,13 @@
  * ocinet: the command line. `list`, `gc`, `doctor` (and, later, `network`
  * and `ipvs`). Exit 0 on success, 1 on failure with one line on stderr.
  */
-import { resolveStateDir, stateDirFrom } from '../core/config.js';
-import { doctor } from '../core/doctor.js';
-import { errorLine, OcinetError } from '../core/errors.js';
-import { gc, isAlive } from '../core/gc.js';
-import { OpLog } from '../core/log.js';
-import { listLinks } from '../core/links.js';
-import { loadDb, type Db } from '../core/store.js';
+import { resolveStateDir, stateDirFrom } from '../core/input/config.js';
+import { doctor } from '../core/admin/doctor.js';
+import { errorLine, OcinetError } from '../core/base/errors.js';
+import { gc, isAlive } from '../core/admin/gc.js';
+import { OpLog } from '../core/state/log.js';
+import { listLinks } from '../core/net/links.js';
+import { loadDb, type Db } from '../core/state/store.js';
 import { parseArgs, type FlagSpec } from './args.js';
 import { networkCommand } from './network-cmd.js';
 import { ipvsCommand } from './ipvs-cmd.js';

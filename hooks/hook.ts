@@ -4,11 +4,12 @@
  * Exit 0 on success; on failure one line on stderr and exit 1.
  */
 import { readSync } from 'node:fs';
-import { resolveConfig, type HookFlags } from '../core/config.js';
-import { errorLine, isOcinetError, OcinetError } from '../core/errors.js';
-import { OpLog } from '../core/log.js';
-import { ocinetAnnotations, parseState, stageFromStatus } from '../core/oci.js';
-import { setupContainer, teardownContainer } from '../core/sandbox.js';
+import { resolveConfig, type HookFlags } from '../core/input/config.js';
+import { errorLine, isOcinetError, OcinetError } from '../core/base/errors.js';
+import { OpLog } from '../core/state/log.js';
+import { ocinetAnnotations, parseState, stageFromStatus } from '../core/input/oci.js';
+import { setupContainer } from '../core/sandbox/container.js';
+import { teardownContainer } from '../core/sandbox/teardown.js';
 import { parseArgs, type FlagSpec } from './args.js';
 import { VERSION } from './version.js';
 

@@ -3,8 +3,9 @@
  * ipvsadm's own output; errors are one line on stderr and exit 1.
  */
 import { readFileSync } from 'node:fs';
-import { errorLine, OcinetError } from '../core/errors.js';
-import { ipvsadm, ipvsCleanup, ipvsRestore, parseCleanup, parseParameters, parseRestore } from '../core/ipvs.js';
+import { errorLine, OcinetError } from '../core/base/errors.js';
+import { ipvsadm, ipvsCleanup, ipvsRestore } from '../core/kata/ipvs.js';
+import { parseCleanup, parseParameters, parseRestore } from '../core/input/ipvs-rules.js';
 import { parseArgs, type FlagSpec } from './args.js';
 import { namedDirectly, SANDBOX_FLAGS, SANDBOX_USAGE, stateDirOf, targetFrom, type SandboxFlags } from './sandbox-flags.js';
 

@@ -4,12 +4,11 @@
  * not be removed) on stdout and one line on stderr, and exits 1.
  */
 import { readFileSync } from 'node:fs';
-import { errorLine, OcinetError } from '../core/errors.js';
-import {
-  addIface, addRoutes, delIface, delRoutes, listIfaces, parseIface, parseIfaceName, parseRoutes, type IfaceOutput,
-} from '../core/kata-network.js';
-import { reservedLink } from '../core/sandbox.js';
-import { parseJson } from '../core/validate.js';
+import { errorLine, OcinetError } from '../core/base/errors.js';
+import { addIface, addRoutes, delIface, delRoutes, listIfaces } from '../core/kata/network.js';
+import { parseIface, parseIfaceName, parseRoutes, type IfaceOutput } from '../core/input/iface.js';
+import { reservedLink } from '../core/sandbox/claim.js';
+import { parseJson } from '../core/base/validate.js';
 import { parseArgs, type FlagSpec } from './args.js';
 import { namedDirectly, SANDBOX_FLAGS, SANDBOX_USAGE, stateDirOf, targetFrom, type SandboxFlags } from './sandbox-flags.js';
 

@@ -1,8 +1,8 @@
 /** The flags every sandbox command shares, and finding the sandbox from them. */
-import { resolveStateDir } from '../core/config.js';
-import { OcinetError } from '../core/errors.js';
-import type { Target } from '../core/kata-network.js';
-import { resolveTarget } from '../core/target.js';
+import { resolveStateDir } from '../core/input/config.js';
+import { OcinetError } from '../core/base/errors.js';
+import type { Target } from '../core/kata/records.js';
+import { resolveTarget } from '../core/sandbox/target.js';
 import type { FlagSpec } from './args.js';
 
 export const SANDBOX_FLAGS: FlagSpec = {

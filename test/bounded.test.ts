@@ -8,12 +8,12 @@ import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
-import { ERROR_LINE_MAX, errorLine } from '../core/errors.js';
-import { MAX_STDERR, run } from '../core/exec.js';
-import { MAX_ENTRY, MAX_LOG, OpLog } from '../core/log.js';
-import { QgaClient } from '../core/qga.js';
-import { MAX_LINE } from '../core/qmp.js';
-import { guestRun } from '../core/vm.js';
+import { ERROR_LINE_MAX, errorLine } from '../core/base/errors.js';
+import { MAX_STDERR, run } from '../core/base/exec.js';
+import { MAX_ENTRY, MAX_LOG, OpLog } from '../core/state/log.js';
+import { QgaClient } from '../core/vm/qga.js';
+import { MAX_LINE } from '../core/vm/qmp.js';
+import { guestRun } from '../core/vm/hotplug.js';
 import { ROOT, tempDir } from './lib/env.js';
 import { fakeAgent as agentOn, reply, type FakeAgent } from './lib/fake-agent.js';
 
@@ -60,8 +60,8 @@ t.test('errorLine: a 20 MB multi-line message is one short line, head and tail k
 
 t.test('run(): 20 MB on stderr and a failure: one short error line, bounded memory', async (t) => {
   const r = await child(`
-import { run } from './core/exec.ts';
-import { errorLine } from './core/errors.ts';
+import { run } from './core/base/exec.ts';
+import { errorLine } from './core/base/errors.ts';
 await run('sh', ['-c', 'echo warm >&2; exit 1'], { allowFail: true });
 const before = hwm();
 let line = 'no error';
@@ -136,8 +136,8 @@ t.test('guest agent: 20 MB of stderr in guest-exec-status fails that call with o
   const agent = fakeAgent(sock, (c, id) => hugeStatus(c, id, MB20));
   t.teardown(() => agent.close());
   const r = await child(`
-import { QgaClient } from './core/qga.ts';
-import { errorLine } from './core/errors.ts';
+import { QgaClient } from './core/vm/qga.ts';
+import { errorLine } from './core/base/errors.ts';
 const qga = await QgaClient.connect(${JSON.stringify(sock)});
 await qga.ping();
 const before = hwm();

@@ -8,7 +8,7 @@ import t from 'tap';
 import { isolate } from './lib/isolate.js';
 isolate(new URL(import.meta.url).pathname);
 import { join } from 'node:path';
-import { guestLinks } from '../core/vm.js';
+import { guestLinks } from '../core/vm/hotplug.js';
 import { bootGuest } from './lib/guest.js';
 import { cli, hook, sandbox, sh, snapshot, state, tempDir, type HookRun } from './lib/env.js';
 

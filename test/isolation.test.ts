@@ -5,9 +5,9 @@ import t, { type Test } from 'tap';
 import { isolate } from './lib/isolate.js';
 isolate(new URL(import.meta.url).pathname);
 import { cleanup, cli, hook, inNs, readDb, sandbox, sh, state, tempDir, type Sandbox } from './lib/env.js';
-import { savedComment, savedTarget, savedWords } from '../core/iptables.js';
-import { containerTag, dnatChain, hostVethName, stateId } from '../core/names.js';
-import { publishScript } from '../core/portmap.js';
+import { savedComment, savedTarget, savedWords } from '../core/firewall/iptables/tables.js';
+import { containerTag, dnatChain, hostVethName, stateId } from '../core/state/names.js';
+import { publishScript } from '../core/firewall/iptables/ports.js';
 
 const net = (bridge: string, subnet: string): string[] => ['--bridge', bridge, '--subnet', subnet];
 const setup = (dir: string, n: string[], id: string, pid: number, more: string[] = []) => hook(['--state-dir', dir, ...n, ...more], state(id, 'creating', pid));

@@ -8,9 +8,9 @@ import { spawnSync, execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { isOcinetError } from '../core/errors.js';
-import { QmpClient, QmpCommandError } from '../core/qmp.js';
-import { QgaClient, QgaCommandError } from '../core/qga.js';
+import { isOcinetError } from '../core/base/errors.js';
+import { QmpClient, QmpCommandError } from '../core/vm/qmp.js';
+import { QgaClient, QgaCommandError } from '../core/vm/qga.js';
 
 const ROOT = new URL('..', import.meta.url).pathname;
 const DIR = mkdtempSync(join(tmpdir(), 'ocinet-qemu-'));

@@ -8,8 +8,8 @@ isolate(new URL(import.meta.url).pathname);
 import { spawn } from 'node:child_process';
 import { readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { acquire } from '../core/lock.js';
-import { dnatChain, hostVethName, stateId } from '../core/names.js';
+import { acquire } from '../core/state/lock.js';
+import { dnatChain, hostVethName, stateId } from '../core/state/names.js';
 import { cleanup, cli, hook, HOOK, inNs, readDb, sandbox, sh, sleep, snapshot, state, tempDir, type Sandbox } from './lib/env.js';
 import { Runc } from './lib/runc.js';
 

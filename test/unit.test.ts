@@ -1,14 +1,15 @@
 // Units without the kernel: validation, IPAM, rule generation, names, flags.
 import t from 'tap';
-import { parseSubnet, ipToInt, intToIp, hostRange } from '../core/cidr.js';
-import { resolveConfig } from '../core/config.js';
-import { OcinetError } from '../core/errors.js';
-import { allocate } from '../core/ipam.js';
-import { checkPortConflicts, parsePort, parsePortList, publishScript, unpublishScript } from '../core/portmap.js';
-import { parseState, stageFromStatus } from '../core/oci.js';
-import { bridgeMac, dnatChain, hostVethName, isIfName, shortHash, stateId } from '../core/names.js';
-import { RestoreScript } from '../core/iptables.js';
-import { emptyDb, findContainer, type Db, type NetworkRecord } from '../core/store.js';
+import { parseSubnet, ipToInt, intToIp, hostRange } from '../core/base/cidr.js';
+import { resolveConfig } from '../core/input/config.js';
+import { OcinetError } from '../core/base/errors.js';
+import { allocate } from '../core/state/ipam.js';
+import { checkPortConflicts, parsePort, parsePortList } from '../core/firewall/ports.js';
+import { publishScript, unpublishScript } from '../core/firewall/iptables/ports.js';
+import { parseState, stageFromStatus } from '../core/input/oci.js';
+import { bridgeMac, dnatChain, hostVethName, isIfName, shortHash, stateId } from '../core/state/names.js';
+import { RestoreScript } from '../core/firewall/iptables/tables.js';
+import { emptyDb, findContainer, type Db, type NetworkRecord } from '../core/state/store.js';
 import { parseArgs } from '../hooks/args.js';
 
 const code = (fn: () => unknown): string | undefined => {
@@ -141,7 +142,7 @@ t.test('container lookup by unique prefix', async (t) => {
 });
 
 t.test('ipvs: parameters, restore, cleanup validation', async (t) => {
-  const { parseParameters, parseRestore, parseCleanup } = await import('../core/ipvs.js');
+  const { parseParameters, parseRestore, parseCleanup } = await import('../core/input/ipvs-rules.js');
   t.same(parseParameters('--add-service --tcp-service 172.17.0.7:80 --scheduler rr --persistent 3000').argv, ['-A', '-t', '172.17.0.7:80', '-s', 'rr', '-p', '3000']);
   t.same(parseParameters('--add-server --tcp-service 172.17.0.7:80 --real-server 172.17.0.4:80 --weight 100').argv, ['-a', '-t', '172.17.0.7:80', '-r', '172.17.0.4:80', '-w', '100', '-m'], 'single add-server defaults to NAT');
   t.same(parseParameters('--set 100 100 200').argv, ['--set', '100', '100', '200']);
@@ -175,7 +176,7 @@ t.test('ipvs: parameters, restore, cleanup validation', async (t) => {
 });
 
 t.test('process identity: start time from /proc/PID/stat, even with spaces and parentheses in comm', async (t) => {
-  const { sameProcess, startTime } = await import('../core/proc.js');
+  const { sameProcess, startTime } = await import('../core/base/proc.js');
   const mine = startTime(process.pid);
   t.type(mine, 'number');
   t.ok(sameProcess(process.pid, mine!), 'this process is itself');
@@ -198,7 +199,7 @@ t.test('process identity: start time from /proc/PID/stat, even with spaces and p
 
 t.test('state records: checked on load, damaged ones kept by name, prototype ids are plain keys', async (t) => {
   const { mkdtempSync, rmSync, writeFileSync } = await import('node:fs');
-  const { loadDb, saveDb, emptyDb: empty } = await import('../core/store.js');
+  const { loadDb, saveDb, emptyDb: empty } = await import('../core/state/store.js');
   const dir = mkdtempSync('/tmp/ocinet-store-');
   const db = empty();
   for (const id of ['__proto__', 'constructor']) db.containers[id] = { id, mode: 'veth', bridge: 'b0', ip: '10.0.0.2', ports: [], createdAt: '', setupPid: 1 };

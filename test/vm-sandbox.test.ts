@@ -8,7 +8,7 @@ isolate(new URL(import.meta.url).pathname);
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { existsSync, readFileSync } from 'node:fs';
-import { guestLinks, guestRoutes } from '../core/vm.js';
+import { guestLinks, guestRoutes } from '../core/vm/hotplug.js';
 import { bootGuest } from './lib/guest.js';
 import { cli, hook, sh, snapshot, state, tempDir } from './lib/env.js';
 

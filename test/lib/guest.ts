@@ -2,7 +2,7 @@
 import { spawnSync } from 'node:child_process';
 import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { guestRun, type VmSockets } from '../../core/vm.js';
+import { guestRun, type VmSockets } from '../../core/vm/hotplug.js';
 import { ROOT } from './env.js';
 
 export interface Guest {

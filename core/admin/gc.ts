@@ -1,0 +1,123 @@
+/**
+ * Garbage collection: the crash and reboot case. Every record is asked
+ * whether it is alive, through the same reclaim code a setup uses for the
+ * dead records in its way; veths, ports chains and bridges this state dir
+ * provably made (its bridge alias, its identity in the chain's name, a veth
+ * on its bridge) that no record owns are removed, another state dir's
+ * never; temp files of dead writers are deleted. A state file damaged
+ * beyond reading is rebuilt from the kernel first.
+ */
+import { readdirSync, unlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import { bridgeAlias } from '../net/bridge.js';
+import { errorLine } from '../base/errors.js';
+import { purge, save, savedTarget } from '../firewall/iptables/tables.js';
+import { allRecords, recordTarget, sandboxAlive } from '../kata/records.js';
+import { hasRecord } from '../kata/records.js';
+import { releaseSandbox } from '../kata/network.js';
+import { deleteLinks, listLinks } from '../net/links.js';
+import { acquire, withLock } from '../state/lock.js';
+import type { OpLog } from '../state/log.js';
+import { staleGuards } from '../firewall/iptables/guard.js';
+import { Reclaimer } from '../sandbox/reclaim.js';
+import { DNAT_CHAIN_PREFIX, stateId } from '../state/names.js';
+import { loadForChange } from '../sandbox/recover.js';
+import { removeNetwork } from '../sandbox/teardown.js';
+import { ensureStateDir, saveDb } from '../state/store.js';
+
+export { isAlive } from '../sandbox/reclaim.js';
+
+export interface GcReport {
+  containers: string[];
+  links: string[];
+  chains: string[];
+  bridges: string[];
+  tempFiles: string[];
+  sandboxes: string[];
+  /** What could not be removed, and why (gc goes on with the rest). */
+  errors: string[];
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+export async function gc(stateDir: string, log?: OpLog): Promise<GcReport> {
+  ensureStateDir(stateDir);
+  const report: GcReport = { containers: [], links: [], chains: [], bridges: [], tempFiles: [], sandboxes: [], errors: [] };
+  await withLock(stateDir, async () => {
+    const db = await loadForChange(stateDir, log);
+    const reclaim = new Reclaimer(db, stateDir, 'gc', log);
+    for (const c of Object.values(db.containers)) {
+      if (db.containers[c.id] === c) reclaim.blocks(c, c.damaged ? `damaged record: ${c.damaged}` : 'its process or network namespace is gone');
+    }
+    for (const r of await reclaim.finish()) {
+      report.containers.push(r.id);
+      if (r.error) report.errors.push(`container ${r.id}: ${r.error}`);
+    }
+
+    const sid = stateId(stateDir);
+    const records = Object.values(db.containers);
+    const links = await listLinks();
+    // This state dir's bridges: its records, and those carrying its alias (a bridge has one state dir).
+    const bridges = new Set([...Object.keys(db.networks), ...links.filter((l) => l.kind === 'bridge' && l.alias === bridgeAlias(sid)).map((l) => l.name)]);
+    const owned = new Set(records.map((c) => c.hostVeth));
+    // A veth is provably ours only on one of our bridges; any other `ocv…` may be another state dir's.
+    const orphans = links.filter((l) => /^ocv[0-9a-f]{10}$/.test(l.name) && !owned.has(l.name) && l.master !== undefined && bridges.has(l.master));
+    await deleteLinks(orphans.map((l) => l.index));
+    report.links = orphans.map((l) => l.name);
+
+    // Ports chains named with this state dir's identity; the previous version's unnamed ones are left be.
+    const chains = new Set(records.map((c) => c.chain));
+    const mine = `${DNAT_CHAIN_PREFIX}${sid}-`;
+    const stale = [...(await save('nat')).chains].filter((c) => c.startsWith(mine) && !chains.has(c));
+    if (stale.length) {
+      await purge(['nat'], (l) => stale.includes(savedTarget(l) ?? ''), (c) => stale.includes(c));
+    }
+    report.chains = stale;
+    // Port guards named with this state dir's identity that no record holds.
+    report.chains.push(...(await staleGuards(sid, new Set(records.map((c) => c.guard)))));
+
+    const used = new Set(records.map((c) => c.bridge));
+    for (const b of bridges) {
+      if (!used.has(b) && (await removeNetwork(db, b, stateDir))) report.bridges.push(b);
+    }
+    saveDb(stateDir, db);
+  });
+  // kata-network records of sandboxes whose namespace (or QEMU) is gone: moved devices come home.
+  for (const r of allRecords(stateDir)) {
+    if (sandboxAlive(r)) continue;
+    const name = r.containerId ?? r.key;
+    try {
+      await releaseSandbox(stateDir, recordTarget(r));
+      report.sandboxes.push(name);
+    } catch (e) {
+      report.errors.push(`sandbox ${name}: ${errorLine(e)}`);
+    }
+  }
+  for (const f of readdirSync(stateDir)) {
+    const m = /^state\.json\.(\d+)\.tmp$/.exec(f);
+    if (m && !pidAlive(Number(m[1]))) {
+      unlinkSync(join(stateDir, f));
+      report.tempFiles.push(f);
+    }
+    // A sandbox's own lock file, once the sandbox has no record: removed while held. Waiters
+    // open the path anew at every try (build/lock.c), so none is left holding the old file.
+    const sb = /^lock\.sb-([A-Za-z0-9-]+)$/.exec(f);
+    if (sb && !hasRecord(stateDir, sb[1]!)) {
+      const held = await acquire(stateDir, 0, f).catch(() => null);
+      if (!held) continue;
+      if (!hasRecord(stateDir, sb[1]!)) {
+        unlinkSync(join(stateDir, f));
+        report.tempFiles.push(f);
+      }
+      await held.release();
+    }
+  }
+  return report;
+}

@@ -1,0 +1,171 @@
+/**
+ * The locked phase of a setup, shared by container and VM sandboxes: the
+ * state lock around the decisions (conflicts, address, bridge and rules),
+ * the record that holds them, and the container's own rules and extras once
+ * its NIC exists.
+ */
+import { bridgeHasSubnetRoute, createdByOcinet, deleteLink, ensureBridge, linkExists } from '../net/bridge.js';
+import { targetOf } from './objects.js';
+import { errorLine, isOcinetError, OcinetError } from '../base/errors.js';
+import { allocate } from '../state/ipam.js';
+import { restore } from '../firewall/iptables/tables.js';
+import { ipvsRestore } from '../kata/ipvs.js';
+import { addIface, addRoutes } from '../kata/network.js';
+import { withLock } from '../state/lock.js';
+import type { OpLog } from '../state/log.js';
+import { installNetworkRules, removeNetworkRules } from '../firewall/iptables/network.js';
+import { containerTag, dnatChain, guardChain, stateId } from '../state/names.js';
+import { ipBatch } from '../net/netns.js';
+import { DEFAULT_POLICY } from '../input/policy.js';
+import { installGuard } from '../firewall/iptables/guard.js';
+import { checkPortConflicts } from '../firewall/ports.js';
+import { publishScript } from '../firewall/iptables/ports.js';
+import { Reclaimer } from './reclaim.js';
+import { loadForChange } from './recover.js';
+import { loadDb, saveDb, type ContainerRecord, type Db, type NetworkRecord, type PortMapping } from '../state/store.js';
+import { networkSysctls } from '../net/sysctl.js';
+import { reattachLines } from '../net/veth.js';
+import type { NetworkOptions, SetupRequest } from '../input/request.js';
+
+/** Host links no kata-network add-iface may take: ocinet's bridges and the hook's veth ends. */
+export function reservedLink(stateDir: string): (name: string) => boolean {
+  return (name) => /^oc[vt][0-9a-f]{10}$/.test(name) || name in loadDb(stateDir).networks;
+}
+
+export interface SetupResult {
+  id: string;
+  ip: string;
+  prefix: number;
+  gateway: string;
+  iface: string;
+  hostVeth?: string;
+  ports: PortMapping[];
+  /** Set when the container joined a namespace another container owns. */
+  sharedWith?: string;
+}
+
+export function resultOf(r: ContainerRecord, gateway: string): SetupResult {
+  const out: SetupResult = { id: r.id, ip: r.ip ?? '', prefix: r.prefix ?? 0, gateway, iface: r.iface ?? '', ports: r.ports };
+  if (r.hostVeth) out.hostVeth = r.hostVeth;
+  if (r.sharedWith) out.sharedWith = r.sharedWith;
+  return out;
+}
+
+/** Under the lock: the network's record, known or new (nothing touched yet). */
+function networkRecord(db: Db, o: NetworkOptions, gateway: string): NetworkRecord {
+  const known = db.networks[o.bridge];
+  if (known && known.subnet !== o.subnet) {
+    throw new OcinetError('ECONFLICT', `bridge ${o.bridge} is in use by ocinet with subnet ${known.subnet}, not ${o.subnet}`);
+  }
+  return known ?? { bridge: o.bridge, subnet: o.subnet, gateway, createdBridge: false };
+}
+
+/**
+ * Under the lock, once the address is chosen: make sure the bridge and its
+ * rules exist, and record the network. A bridge deleted behind ocinet's back
+ * is made again and the running containers' veths are attached to it again.
+ * What this call made is undone if it fails.
+ */
+async function ensureNetwork(db: Db, net: NetworkRecord, o: NetworkOptions): Promise<void> {
+  const known = db.networks[o.bridge] === net;
+  if (known && linkExists(o.bridge) && bridgeHasSubnetRoute(o.bridge, o.subnet)) {
+    networkSysctls(o.bridge, net.createdBridge);
+    return;
+  }
+  const sid = stateId(o.stateDir);
+  const created = await ensureBridge(sid, o.bridge, o.subnet, net.gateway, o.mtu);
+  try {
+    net.createdBridge = net.createdBridge || created || (await createdByOcinet(o.bridge, sid));
+    networkSysctls(o.bridge, net.createdBridge);
+    await installNetworkRules(sid, o.bridge, o.subnet);
+  } catch (e) {
+    // iptables-restore commits table by table: take back whatever got in.
+    await removeNetworkRules(sid, o.bridge).catch(() => undefined);
+    if (created) await deleteLink(o.bridge);
+    throw e;
+  }
+  db.networks[o.bridge] = net;
+  if (created && known) {
+    const running = Object.values(db.containers).filter((c) => c.bridge === o.bridge && c.mode === 'veth' && c.hostVeth && linkExists(c.hostVeth));
+    await ipBatch(running.flatMap((c) => reattachLines(c.hostVeth!, o.bridge)), true);
+  }
+}
+
+/** Under the lock: conflicts, address, bridge and rules, and the record holding them. */
+export async function claim(db: Db, req: SetupRequest, prefix: number, gateway: string, kind: RecordKind, reclaim: Reclaimer): Promise<ContainerRecord> {
+  const blocks = reclaim.blocks.bind(reclaim);
+  checkPortConflicts(req.ports, db, req.id, blocks);
+  const net = networkRecord(db, req, gateway);
+  const ip = allocate(db, net, req.id, req.ip, blocks); // before the bridge: a refused address changes nothing
+  await reclaim.finish(); // the dead records' rules go before this container's come
+  await ensureNetwork(db, net, req);
+  return recordLease(db, req, ip, prefix, kind);
+}
+
+/** The annotations' extra interfaces, routes and IPVS rules, once the main NIC is up (both modes). */
+export async function addExtras(rec: ContainerRecord, req: SetupRequest, nsPath?: string): Promise<void> {
+  const t = targetOf(rec, nsPath);
+  if (!t) return;
+  // Annotations' interfaces: the policy decides which host devices they may take or make.
+  const policy = req.policy ?? DEFAULT_POLICY;
+  for (const i of req.interfaces ?? []) await addIface(t, i, { stateDir: req.stateDir, reserved: reservedLink(req.stateDir), policy });
+  if (req.routes?.length) await addRoutes(t, req.routes, req.stateDir);
+  if (req.ipvs) {
+    await ipvsRestore(t, req.ipvs, req.stateDir).catch((e: unknown) => {
+      throw new OcinetError(isOcinetError(e) ? e.code : 'EEXEC', `annotation io.ocinet.ipvs: ${errorLine(e)}`);
+    });
+  }
+}
+
+/** The same id set up again: refused while its record is alive, reclaimed when it is dead. */
+export function assertNew(db: Db, id: string, reclaim: Reclaimer): void {
+  const same = db.containers[id];
+  if (same && reclaim.blocks(same, `container id ${id} set up again`)?.id === id) {
+    throw new OcinetError('ECONFLICT', `container ${id} already has a network from ocinet (run teardown first)`);
+  }
+}
+
+/**
+ * The state lock around a setup's decisions, with a Reclaimer for the dead
+ * records they meet. Reclaimed records leave the state even when the setup
+ * is refused: they were dead either way.
+ */
+export function decide<T>(req: SetupRequest, log: OpLog | undefined, fn: (db: Db, reclaim: Reclaimer) => Promise<T>): Promise<T> {
+  return withLock(req.stateDir, async () => {
+    const db = await loadForChange(req.stateDir, log);
+    const reclaim = new Reclaimer(db, req.stateDir, req.id, log);
+    try {
+      return await fn(db, reclaim);
+    } finally {
+      // fn saves what it decided; the reclaims are saved also when it refused.
+      await reclaim.finish();
+      if (reclaim.done.length) saveDb(req.stateDir, db);
+    }
+  });
+}
+
+export type RecordKind = Pick<ContainerRecord, 'mode' | 'hostVeth' | 'mac' | 'pid' | 'start' | 'netns' | 'vm'>;
+
+/** Write the record that holds a new container's lease and ports (under the lock). */
+function recordLease(db: Db, req: SetupRequest, ip: string, prefix: number, kind: RecordKind): ContainerRecord {
+  const r: ContainerRecord = {
+    id: req.id, bridge: req.bridge, ip, prefix, iface: req.iface, mtu: req.mtu, ports: req.ports,
+    createdAt: new Date().toISOString(), setupPid: process.pid, ...kind,
+  };
+  if (req.bundle) r.bundle = req.bundle;
+  if (kind.hostVeth) r.guard = guardChain(stateId(req.stateDir), kind.hostVeth);
+  if (req.ports.length) {
+    r.chain = dnatChain(req.id, stateId(req.stateDir));
+    r.tag = containerTag(req.id, stateId(req.stateDir));
+  }
+  db.containers[req.id] = r;
+  saveDb(req.stateDir, db);
+  return r;
+}
+
+/** A new container's own rules: its port guard, and its published ports. Neither needs its link to exist yet. */
+export function firewall(rec: ContainerRecord, req: SetupRequest): Promise<unknown>[] {
+  const out: Promise<unknown>[] = [installGuard({ chain: rec.guard!, port: rec.hostVeth!, mac: rec.mac!, ip: rec.ip!, allowSpoofing: req.allowSpoofing === true })];
+  if (req.ports.length) out.push(restore(publishScript({ chain: rec.chain!, tag: rec.tag! }, rec.ip!, req.subnet, req.ports)));
+  return out;
+}

@@ -1,0 +1,121 @@
+/**
+ * The kernel objects a container record stands for (host veth or VM TAP,
+ * ports chain, kata-network extras) and their removal, shared by teardown,
+ * the reclaim of dead records and gc.
+ */
+import { deleteLink } from '../net/bridge.js';
+import { errorLine } from '../base/errors.js';
+import { purge, restore, savedComment } from '../firewall/iptables/tables.js';
+import { ipvsadm } from '../kata/ipvs.js';
+import { parseParameters } from '../input/ipvs-rules.js';
+import { loadRecord, targetKey, vmTarget, type Target } from '../kata/records.js';
+import { releaseSandbox } from '../kata/network.js';
+import { type AddedIface } from '../input/iface.js';
+import { vmMac } from '../state/names.js';
+import { pidNetnsPath } from '../net/netns.js';
+import { removeGuards, type Guard } from '../firewall/iptables/guard.js';
+import { portsComment, unpublishScript, type PortsChain } from '../firewall/iptables/ports.js';
+import type { ContainerRecord } from '../state/store.js';
+import { vmDelIface } from '../vm/hotplug.js';
+
+/** The kata-network target of a record; `nsPath` overrides the pid's path (setup holds the namespace open). */
+export function targetOf(r: ContainerRecord, nsPath?: string): Target | null {
+  if (r.mode === 'tap') return r.vm ? vmTarget(r.vm, r.id) : null;
+  if (!r.netns || !r.pid) return null;
+  return { key: targetKey(r.netns), nsPath: nsPath ?? pidNetnsPath(r.pid), nsId: r.netns, containerId: r.id, pid: r.pid };
+}
+
+/**
+ * A TAP-mode sandbox's NIC, from its record: QEMU's ids follow from the name,
+ * the TAP's name (oct + hash of the id) is ocinet's, so it is ours to delete.
+ */
+export function vmNicOf(r: ContainerRecord): AddedIface & { createdTap: boolean } {
+  return { device: r.hostVeth!, name: r.iface!, hwAddr: vmMac(r.id), mtu: r.mtu!, kind: 'tap', queues: 0, linkType: 'tap', createdTap: true };
+}
+
+/** Unplug a VM sandbox's NIC (when QEMU is still there) and remove its TAP. */
+async function unplugVm(rec: ContainerRecord, vmAlive: boolean): Promise<void> {
+  try {
+    if (rec.vm && vmAlive) await vmDelIface(rec.vm, vmNicOf(rec));
+  } finally {
+    // Even when the guest does not let go, the host side goes.
+    if (rec.hostVeth) await deleteLink(rec.hostVeth);
+  }
+}
+
+const portsOf = (r: ContainerRecord): PortsChain | null => (r.chain && r.tag ? { chain: r.chain, tag: r.tag } : null);
+
+/**
+ * Remove a container's ports chain: exactly when we can, by listing when
+ * parts are missing. The listing matches the record's comment whole (never a
+ * pattern made from the id) and its own chain by name.
+ */
+export async function unpublish(r: ContainerRecord): Promise<void> {
+  const c = portsOf(r);
+  if (!c) return;
+  if (await restore(unpublishScript(c), true)) return;
+  const comment = portsComment(c.tag);
+  await purge(['nat'], (l) => savedComment(l) === comment, (ch) => ch === c.chain);
+}
+
+const guardOf = (r: ContainerRecord): Pick<Guard, 'chain' | 'port'> | null => (r.guard && r.hostVeth ? { chain: r.guard, port: r.hostVeth } : null);
+
+/** Remove the records' port guards (one ebtables-restore for all). */
+export async function unguardAll(recs: ContainerRecord[]): Promise<void> {
+  await removeGuards(recs.map(guardOf).filter((g) => g !== null));
+}
+
+/**
+ * Remove many containers' rules (reclaim, gc): one iptables-restore for all
+ * their ports chains, each on its own only when that fails, and one
+ * ebtables-restore for all their port guards.
+ */
+export async function unpublishAll(recs: ContainerRecord[]): Promise<void> {
+  const chains = recs.map(portsOf).filter((c): c is PortsChain => c !== null);
+  const ports = async (): Promise<void> => {
+    if (chains.length === 0) return;
+    if (chains.length > 1 && (await restore(unpublishScript(...chains), true))) return;
+    for (const r of recs) await unpublish(r);
+  };
+  const done = await Promise.allSettled([ports(), unguardAll(recs)]);
+  for (const d of done) if (d.status === 'rejected') throw d.reason;
+}
+
+export interface RemoveOptions {
+  stateDir: string;
+  /**
+   * How long to wait for the sandbox's own lock. Reclaim holds the state lock
+   * and must not wait on a slow sandbox: 0, and what it cannot take now is
+   * left (in its sandbox record) for gc.
+   */
+  sandboxLockWaitMs?: number;
+  /** False for a reclaimed VM sandbox: its QEMU is gone, talk to nobody. */
+  vmAlive: boolean;
+  /** The caller removes the ports chains and port guards itself, for many records at once (unpublishAll). */
+  skipRules?: boolean;
+}
+
+/**
+ * Remove what `rec` made. Interfaces added through kata-network that will not
+ * go do not keep the rest: their error is returned after the rest is done.
+ */
+export async function removeObjects(rec: ContainerRecord, o: RemoveOptions): Promise<string | undefined> {
+  if (rec.mode === 'shared') return undefined;
+  let extrasError: string | undefined;
+  const t = targetOf(rec);
+  if (t) {
+    // A VM outlives its network: take back the IPVS rules given to it.
+    if (t.vm && o.vmAlive && loadRecord(o.stateDir, t).ipvsRules) {
+      await ipvsadm(t, parseParameters('--clear'), o.stateDir).catch(() => undefined);
+    }
+    await releaseSandbox(o.stateDir, t, o.sandboxLockWaitMs).catch((e: unknown) => {
+      extrasError = errorLine(e);
+    });
+  }
+  // Independent kernel objects: remove them side by side.
+  const link = rec.mode === 'tap' ? unplugVm(rec, o.vmAlive) : rec.hostVeth ? deleteLink(rec.hostVeth) : undefined;
+  const rules = o.skipRules ? [] : [unpublish(rec), unguardAll([rec])];
+  const done = await Promise.allSettled([...rules, link]);
+  for (const d of done) if (d.status === 'rejected') throw d.reason;
+  return extrasError;
+}

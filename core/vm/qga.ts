@@ -1,0 +1,250 @@
+/**
+ * qemu-guest-agent client over the host end of its virtio-serial chardev.
+ * The agent answers one request at a time, so requests are queued; replies
+ * are matched by id and anything else on the channel (stale replies, guest
+ * garbage) is dropped. guest-sync with a random id resynchronises.
+ * Every operation has a timeout; a closed socket rejects everything pending.
+ */
+import type net from 'node:net';
+import { randomInt } from 'node:crypto';
+import { OcinetError } from '../base/errors.js';
+import { HeadTail, MAX_STDERR, MAX_STDOUT } from '../base/exec.js';
+import { connectUnix, JsonLineReader, MAX_LINE, QemuCommandError, type JsonObject } from './qmp.js';
+
+const DEFAULT_TIMEOUT_MS = 10_000;
+
+export interface GuestIpAddress {
+  'ip-address': string;
+  'ip-address-type': 'ipv4' | 'ipv6';
+  prefix: number;
+}
+
+/** One entry of guest-network-get-interfaces (the agent's own field names). */
+export interface GuestNetworkInterface {
+  name: string;
+  'hardware-address'?: string;
+  'ip-addresses'?: GuestIpAddress[];
+  statistics?: Record<string, number>;
+}
+
+export interface GuestExecOptions {
+  /** Written to the program's stdin. */
+  input?: string;
+  /** Environment, as KEY=VALUE strings (the agent's own otherwise). */
+  env?: string[];
+  /** Give up waiting after this long (ms, default 30 s). The guest process is not killed: the agent cannot. */
+  timeoutMs?: number;
+  /** Bytes of stdout / stderr kept, head and tail (defaults as run()'s). */
+  maxStdout?: number;
+  maxStderr?: number;
+}
+
+export interface GuestExecResult {
+  /** Exit status; 128+signal when killed by a signal, as shells report it. */
+  exitcode: number;
+  signal?: number;
+  stdout: string;
+  stderr: string;
+  /** Bytes cut out of the middle of stdout / stderr (0: whole; -1: cut by the agent itself). */
+  stdoutCut: number;
+  stderrCut: number;
+}
+
+interface ExecStatus {
+  exited: boolean;
+  exitcode?: number;
+  signal?: number;
+  'out-data'?: string;
+  'err-data'?: string;
+  /** qemu-ga keeps at most 16 MiB of each and says so here. */
+  'out-truncated'?: boolean;
+  'err-truncated'?: boolean;
+}
+
+/** Decode one base64 output field into at most `max` bytes (head and tail). */
+function decoded(b64: string | undefined, max: number, agentCut: boolean | undefined): { text: string; cut: number } {
+  const buf = new HeadTail(max);
+  if (b64) buf.push(Buffer.from(b64, 'base64'));
+  let text = buf.text();
+  if (agentCut) text += '…[cut by the guest agent]';
+  return { text, cut: agentCut ? -1 : buf.cut };
+}
+
+/** The agent answered with an error (`errorClass` is its QMP class). */
+export class QgaCommandError extends QemuCommandError {
+  constructor(command: string, errorClass: string, desc: string) {
+    super('guest agent', command, errorClass, desc);
+  }
+}
+
+interface Waiter {
+  command: string;
+  accept(msg: JsonObject): boolean;
+  reject(e: Error): void;
+}
+
+export interface QgaConnectOptions {
+  /** Deadline for connect+sync, and the default per request (ms). */
+  timeoutMs?: number;
+}
+
+export class QgaClient {
+  readonly path: string;
+  private readonly sock: net.Socket;
+  private readonly timeoutMs: number;
+  private readonly reader = new JsonLineReader(MAX_LINE, () => this.dropped());
+  private waiter: Waiter | null = null;
+  private queue: Promise<unknown> = Promise.resolve();
+  private closedError: OcinetError | null = null;
+  private nextId = 1;
+
+  private constructor(sock: net.Socket, path: string, timeoutMs: number) {
+    this.sock = sock;
+    this.path = path;
+    this.timeoutMs = timeoutMs;
+    sock.on('data', (d: Buffer) => {
+      for (const msg of this.reader.push(d)) if (this.waiter?.accept(msg)) this.waiter = null;
+    });
+    sock.on('error', (e: NodeJS.ErrnoException) => this.fail(`guest agent connection ${path} lost (${e.code ?? e.message}; QEMU exited?)`));
+    sock.on('close', () => this.fail(`guest agent connection ${path} closed (QEMU exited?)`));
+  }
+
+  /**
+   * Connect and guest-sync. QEMU serves one client per chardev socket: a
+   * second client connects but gets no answer, which shows up as a timeout here.
+   */
+  static async connect(path: string, opts: QgaConnectOptions = {}): Promise<QgaClient> {
+    const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    const deadline = Date.now() + timeoutMs;
+    const sock = await connectUnix(path, timeoutMs, 'guest agent');
+    const qga = new QgaClient(sock, path, timeoutMs);
+    try {
+      await qga.sync(Math.max(1, deadline - Date.now()));
+    } catch (e) {
+      qga.close();
+      throw e;
+    }
+    return qga;
+  }
+
+  get closed(): boolean {
+    return this.closedError !== null;
+  }
+
+  /**
+   * Resynchronise: a 0xFF byte resets the agent's JSON parser, then
+   * guest-sync with a random id; every reply before the matching one is stale.
+   */
+  sync(timeoutMs: number = this.timeoutMs): Promise<void> {
+    const id = randomInt(1, 2 ** 31);
+    return this.enqueue('guest-sync', timeoutMs, (msg) => msg.return === id, () => {
+      this.sock.write(Buffer.concat([Buffer.from([0xff]), Buffer.from(JSON.stringify({ execute: 'guest-sync', arguments: { id } }) + '\n')]));
+    }).then(() => undefined);
+  }
+
+  async ping(timeoutMs?: number): Promise<void> {
+    await this.execute('guest-ping', undefined, timeoutMs);
+  }
+
+  networkGetInterfaces(timeoutMs?: number): Promise<GuestNetworkInterface[]> {
+    return this.execute<GuestNetworkInterface[]>('guest-network-get-interfaces', undefined, timeoutMs);
+  }
+
+  /** Run a program in the guest (PATH is searched) and collect its output. Non-zero exit is not an error. */
+  async exec(path: string, args: readonly string[] = [], opts: GuestExecOptions = {}): Promise<GuestExecResult> {
+    const timeoutMs = opts.timeoutMs ?? 30_000;
+    const deadline = Date.now() + timeoutMs;
+    const left = () => Math.max(1, deadline - Date.now());
+    const req: JsonObject = { path, arg: [...args], 'capture-output': true };
+    if (opts.input !== undefined) req['input-data'] = Buffer.from(opts.input).toString('base64');
+    if (opts.env) req.env = opts.env;
+    const { pid } = await this.execute<{ pid: number }>('guest-exec', req, left());
+    // Poll quickly first: most commands finish in tens of ms.
+    for (let delay = 10; ; delay = Math.min(delay * 2, 200)) {
+      const st = await this.execute<ExecStatus>('guest-exec-status', { pid }, left());
+      if (st.exited) {
+        const out = decoded(st['out-data'], opts.maxStdout ?? MAX_STDOUT, st['out-truncated']);
+        const err = decoded(st['err-data'], opts.maxStderr ?? MAX_STDERR, st['err-truncated']);
+        const exitcode = st.exitcode ?? (st.signal !== undefined ? 128 + st.signal : -1);
+        return {
+          exitcode,
+          ...(st.signal !== undefined && { signal: st.signal }),
+          stdout: out.text,
+          stderr: err.text,
+          stdoutCut: out.cut,
+          stderrCut: err.cut,
+        };
+      }
+      if (Date.now() + delay >= deadline) {
+        throw new OcinetError('EEXEC', `guest exec ${path} ${args.join(' ')}: still running after ${timeoutMs} ms (guest pid ${pid})`);
+      }
+      await new Promise((r) => setTimeout(r, delay));
+    }
+  }
+
+  /** Any agent command; resolves with its `return`, rejects with QgaCommandError on `error`. */
+  async execute<T = unknown>(command: string, args?: JsonObject, timeoutMs: number = this.timeoutMs): Promise<T> {
+    const id = `ocinet-${this.nextId++}`;
+    const msg = await this.enqueue(command, timeoutMs, (m) => m.id === id, () => {
+      this.sock.write(JSON.stringify(args ? { execute: command, arguments: args, id } : { execute: command, id }) + '\n');
+    });
+    const err = msg.error as { class?: string; desc?: string } | undefined;
+    if (err) throw new QgaCommandError(command, err.class ?? 'GenericError', err.desc ?? JSON.stringify(err));
+    return msg.return as T; // the caller names the shape of the command's return
+  }
+
+  close(): void {
+    this.fail(`guest agent connection ${this.path} closed by us`);
+    this.sock.destroy();
+  }
+
+  /** One request at a time: send, then wait for the first message `match` accepts. */
+  private enqueue(command: string, timeoutMs: number, match: (m: JsonObject) => boolean, send: () => void): Promise<JsonObject> {
+    // The deadline counts from the call, so time spent queued counts too.
+    const deadline = Date.now() + timeoutMs;
+    const run = (): Promise<JsonObject> =>
+      new Promise<JsonObject>((resolve, reject) => {
+        if (this.closedError) return reject(this.closedError);
+        if (Date.now() >= deadline) return reject(new OcinetError('EEXEC', `guest agent ${command}: no turn within ${timeoutMs} ms`));
+        const timer = setTimeout(() => {
+          this.waiter = null;
+          reject(new OcinetError('EEXEC', `guest agent ${command}: no reply within ${timeoutMs} ms`));
+        }, deadline - Date.now());
+        this.waiter = {
+          command,
+          accept: (m) => {
+            if (!match(m)) return false;
+            clearTimeout(timer);
+            resolve(m);
+            return true;
+          },
+          reject: (e) => {
+            clearTimeout(timer);
+            reject(e);
+          },
+        };
+        send();
+      });
+    const p = this.queue.then(run, run);
+    this.queue = p.catch(() => undefined);
+    return p;
+  }
+
+  /**
+   * A message over MAX_LINE was dropped as it streamed in: the request waiting
+   * fails now (its reply may be that line) rather than at its timeout. The
+   * reader resumes at the next newline, so the connection stays usable.
+   */
+  private dropped(): void {
+    const w = this.waiter;
+    this.waiter = null;
+    w?.reject(new OcinetError('EEXEC', `guest agent ${w.command}: reply over ${MAX_LINE} bytes, not read (a guest program's output too large?)`));
+  }
+
+  private fail(message: string): void {
+    if (this.closedError) return;
+    this.closedError = new OcinetError('EEXEC', message);
+    this.waiter?.reject(this.closedError);
+    this.waiter = null;
+  }
+}
