@@ -31,6 +31,7 @@ const FLAGS: FlagSpec = {
   '--allow-vm-sockets': { key: 'allowVmSockets', kind: 'list' },
   '--publish-range': { key: 'publishRange', kind: 'string' },
   '--allow-spoofing': { key: 'allowSpoofing', kind: 'bool' },
+  '--firewall': { key: 'firewall', kind: 'string' },
   '--help': { key: 'help', kind: 'bool' },
   '--version': { key: 'version', kind: 'bool' },
 };
@@ -46,6 +47,8 @@ const USAGE = `usage: ocinet-hook [setup|teardown] [flags] < state.json
   --state-dir DIR      state and leases (default $OCINET_STATE_DIR or /run/ocinet)
   --log FILE|none      JSON-lines operation log (default STATE_DIR/ocinet.log)
   --keep-bridge        keep bridge and NAT rules when the last container leaves
+  --firewall auto|nftables|iptables  backend of a new network (default auto: nftables when
+                       nft works and iptables' FORWARD policy is not DROP); a network keeps its own
   --mode veth|tap      veth: a container's netns (default); tap: a QEMU VM sandbox
   --qmp SOCKET         tap mode: QEMU's QMP socket (annotation io.ocinet.qmp wins)
   --qga SOCKET         tap mode: the guest agent's socket (annotation io.ocinet.qga wins)

@@ -99,7 +99,8 @@ t.test('host ports from annotations stay in the admin\'s range; the hook entry\'
   t.match(narrow.stderr, /host port 8080 is outside the range the hook entry allows \(30000-30010/);
   const admin = await hook(['--state-dir', dir, ...SUBNET, '--publish', '80:80'], state('p', 'creating', sb.pid));
   t.equal(admin.exitCode, 0, admin.stderr);
-  t.match((await sh('iptables-save', ['-t', 'nat'])).stdout, /--dport 80 .*DNAT --to-destination 10\.241\.0\.\d+:80/, "the admin's port 80 is published");
+  const published = (await sh('iptables-save', ['-t', 'nat'])).stdout + (await sh('nft', ['list', 'ruleset'])).stdout;
+  t.match(published, /--dport 80 .*DNAT --to-destination 10\.241\.0\.\d+:80|tcp \. 80 : 10\.241\.0\.\d+ \. 80/, "the admin's port 80 is published");
   t.equal((await hook(['--state-dir', dir, ...SUBNET], state('p', 'stopped'))).exitCode, 0);
   t.equal(await snapshot(dir), before);
   await sb.kill();

@@ -9,7 +9,8 @@ import { savedComment, savedTarget, savedWords } from '../core/firewall/iptables
 import { containerTag, dnatChain, hostVethName, stateId } from '../core/state/names.js';
 import { publishScript } from '../core/firewall/iptables/ports.js';
 
-const net = (bridge: string, subnet: string): string[] => ['--bridge', bridge, '--subnet', subnet];
+// The iptables backend's tags and chains are what this file checks.
+const net = (bridge: string, subnet: string): string[] => ['--bridge', bridge, '--subnet', subnet, '--firewall', 'iptables'];
 const setup = (dir: string, n: string[], id: string, pid: number, more: string[] = []) => hook(['--state-dir', dir, ...n, ...more], state(id, 'creating', pid));
 const teardown = (dir: string, n: string[], id: string) => hook(['--state-dir', dir, ...n], state(id, 'stopped'));
 

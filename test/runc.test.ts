@@ -16,7 +16,9 @@ const runcRoot = join(work, 'runc');
 const prefix = join(work, 'prefix');
 execFileSync('make', ['-s', '-C', ROOT, 'install', `PREFIX=${prefix}`], { stdio: 'ignore' });
 const INSTALLED_HOOK = join(prefix, 'bin/ocinet-hook');
-const HOOK_ARGS = [INSTALLED_HOOK, '--state-dir', stateDir, '--subnet', '10.213.0.0/24'];
+// Once per backend: nftables here, iptables through runc-iptables.test.ts.
+const FIREWALL = process.env.OCINET_TEST_FIREWALL ?? 'nftables';
+const HOOK_ARGS = [INSTALLED_HOOK, '--state-dir', stateDir, '--subnet', '10.213.0.0/24', '--firewall', FIREWALL];
 
 const rc = new Runc(work, runcRoot, HOOK_ARGS.slice(1), INSTALLED_HOOK);
 const bundle = (name: string, env: Record<string, string> = {}, edit?: string) => rc.bundle(name, env, edit);
@@ -62,6 +64,15 @@ t.test('two runc containers: addresses, ping, NAT, published ports, clean delete
   t.same(list.map((c) => c.id).sort(), ['a', 'b']);
   t.not(ip('a'), ip('b'), 'distinct addresses');
   t.same(list.find((c) => c.id === 'a')!.ports, ['8080:80/tcp']);
+  const nftTables = (await sh('nft', ['list', 'tables'])).stdout;
+  const ipt = (await sh('iptables-save', ['-t', 'nat'])).stdout;
+  if (FIREWALL === 'nftables') {
+    t.match(nftTables, /table inet ocinet-[0-9a-f]{8}\ntable bridge ocinet-[0-9a-f]{8}/, 'the nftables backend: its own tables');
+    t.notMatch(ipt, /OCINET/, 'and no iptables chains');
+  } else {
+    t.match(ipt, /:OCINET-DNAT/, 'the iptables backend: its chains');
+    t.notMatch(nftTables, /ocinet-/, 'and no nftables tables');
+  }
 
   t.equal((await exec('a', ['ping', '-c1', '-W2', ip('b')])).exitCode, 0, 'a pings b');
   t.equal((await exec('b', ['ping', '-c1', '-W2', ip('a')])).exitCode, 0, 'b pings a');

@@ -20,9 +20,15 @@ const stateDir = join(work, 'state');
 const l2send = join(work, 'l2-send');
 execFileSync('gcc', ['-static', '-O2', '-o', l2send, join(ROOT, 'test/tools/l2-send.c')]);
 
-// The admin's firewall, there before any container: forwarding dropped by
-// default, and one network no container may reach.
-await sh('iptables', ['-P', 'FORWARD', 'DROP']);
+// Once per backend: iptables here, nftables through security-nftables.test.ts.
+const FIREWALL = process.env.OCINET_TEST_FIREWALL ?? 'iptables';
+const NFT = FIREWALL === 'nftables';
+
+// The admin's firewall, there before any container: one network no container
+// may reach, and (iptables) forwarding dropped by default. An nftables table's
+// accept cannot override iptables' DROP policy: on nftables the admin's drops
+// apply as they are, and that policy would drop all container traffic.
+if (!NFT) await sh('iptables', ['-P', 'FORWARD', 'DROP']);
 await sh('iptables', ['-A', 'FORWARD', '-d', '198.51.100.0/24', '-j', 'DROP']);
 
 /** Another host on a link of its own, answering HTTP on port 7000 with the peer address it sees. */
@@ -50,7 +56,7 @@ const secret = createServer((s) => s.end('secret\n')).listen(9999, '127.0.0.1');
 await sleep(300);
 const baseline = await snapshot();
 
-const hookArgs = (...more: string[]): string[] => ['--state-dir', stateDir, ...more];
+const hookArgs = (...more: string[]): string[] => ['--state-dir', stateDir, '--firewall', FIREWALL, ...more];
 const rc = new Runc(work, join(work, 'runc'), hookArgs('--subnet', '10.213.0.0/24'));
 const spoofRc = new Runc(work, join(work, 'runc-sp'), hookArgs('--bridge', 'ocsp0', '--subnet', '10.214.0.0/24', '--allow-spoofing'));
 
@@ -76,11 +82,21 @@ await container(rc, 'neighbour');
 const exec = (id: string, args: string[]) => rc.exec(id, args);
 const wget = async (url: string): Promise<string> => (await sh('timeout', ['10', 'busybox', 'wget', '-qO-', url], { reject: false })).stdout.trim();
 const hostRoutes6 = async (): Promise<string> => (await sh('ip', ['-6', 'route', 'show', 'default'])).stdout.trim();
-/** Packets the first rule of `port`'s guard chain matching `what` has counted (ebtables-save -c: `[packets:bytes] -A ...`). */
-async function guardCount(port: string, what: RegExp): Promise<number> {
+/** What a guard rule drops: router advertisements, ARP from another address, other ethertypes. */
+type Drop = 'ra' | 'arp' | 'other';
+const EBT: Record<Drop, RegExp> = { ra: /--ip6-icmp-type router-advertisement /, arp: /--arp-ip-src ! /, other: /^-A \S+ -j DROP$/ };
+const NFT_RULE: Record<Drop, RegExp> = { ra: /nd-router-advert/, arp: /arp saddr ip != @portip/, other: /meta protocol != \{ ip, arp, ip6 \}/ };
+
+/** Packets a guard rule has dropped: `port`'s own chain (ebtables), or the shared rule (nftables: the attacker is the only sender). */
+async function guardCount(port: string, what: Drop): Promise<number> {
+  if (NFT) {
+    const table = (await sh('nft', ['list', 'tables'])).stdout.match(/table bridge (ocinet-\S+)/)?.[1] ?? '';
+    const rule = (await sh('nft', ['list', 'table', 'bridge', table])).stdout.split('\n').find((l) => NFT_RULE[what].test(l)) ?? '';
+    return Number(/counter packets (\d+)/.exec(rule)?.[1] ?? -1);
+  }
   const save = (await sh('ebtables-save', ['-t', 'nat', '-c'])).stdout.split('\n').map((l) => /^\[(\d+):\d+\] (-A .*)$/.exec(l)).filter((m) => m !== null);
   const chain = save.map((m) => new RegExp(`^-A PREROUTING -i ${port} -j (\\S+)$`).exec(m[2]!)).find((m) => m)?.[1];
-  const rule = save.find((m) => m[2]!.startsWith(`-A ${chain} `) && what.test(m[2]!));
+  const rule = save.find((m) => m[2]!.startsWith(`-A ${chain} `) && EBT[what].test(m[2]!));
   return rule ? Number(rule[1]) : -1;
 }
 const portOf = async (id: string): Promise<string> => {
@@ -100,7 +116,7 @@ t.test('the legitimate paths work under the admin policy and the guards', async 
   t.equal(await wget('http://127.0.0.1:8080/'), 'hello from victim', 'published port via 127.0.0.1');
   t.equal(await wget('http://192.0.2.1:8080/'), 'hello from victim', 'published port via the host address');
   const fromOutside = await inNs(outside.sb.pid, ['timeout', '10', 'busybox', 'wget', '-qO-', 'http://192.0.2.1:8080/'], false);
-  t.equal(fromOutside.stdout.trim(), 'hello from victim', 'published port from another host (FORWARD policy DROP)');
+  t.equal(fromOutside.stdout.trim(), 'hello from victim', `published port from another host${NFT ? '' : ' (FORWARD policy DROP)'}`);
   t.equal((await exec('neighbour', ['wget', '-qO-', 'http://192.0.2.1:8080/'])).stdout.trim(), 'hello from victim', 'hairpin from a neighbour');
   t.equal((await exec('victim', ['wget', '-qO-', 'http://10.213.0.1:8080/'])).stdout.trim(), 'hello from victim', 'hairpin to itself');
   t.equal((await exec('neighbour', ['wget', '-qO-', 'http://192.0.2.2:7000/'])).stdout.trim(), 'peer=192.0.2.1', 'outbound masquerade');
@@ -117,9 +133,13 @@ t.test('attack 1: a container cannot reach the host\'s 127.0.0.1-only services',
   t.equal(route.exitCode, 0, route.stderr);
   const got = await exec('attacker', ['nc', '-w', '3', '127.0.0.1', '9999']);
   t.notMatch(got.stdout, /secret/, 'the host service did not answer the container');
+  if (NFT) {
+    const inet = (await sh('nft', ['list', 'ruleset'])).stdout;
+    t.match(inet, /chain input \{\n\s+type filter hook input priority filter; policy accept;\n\s+iifname @bridges ip daddr 127\.0\.0\.0\/8 ct state ! established,related ct status ! dnat drop/, 'the localhost guard (nftables)');
+  }
   const input = (await sh('iptables-save', ['-t', 'filter'])).stdout;
-  t.match(input, /-A OCINET-INPUT -d 127\.0\.0\.0\/8 -i ocinet0 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -m comment --comment "?ocinet-net:[0-9a-f]{8}:ocinet0"? -j DROP/);
-  t.match(input, /^-A INPUT -m comment --comment ocinet -j OCINET-INPUT$/m, 'the guard is jumped to from INPUT');
+  if (!NFT) t.match(input, /-A OCINET-INPUT -d 127\.0\.0\.0\/8 -i ocinet0 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -m comment --comment "?ocinet-net:[0-9a-f]{8}:ocinet0"? -j DROP/);
+  if (!NFT) t.match(input, /^-A INPUT -m comment --comment ocinet -j OCINET-INPUT$/m, 'the guard is jumped to from INPUT');
   // Published ports through 127.0.0.1 still work from the host, and from the attacker via its gateway (DNAT).
   t.equal(await wget('http://127.0.0.1:8080/'), 'hello from victim');
   t.equal((await exec('attacker', ['wget', '-qO-', 'http://127.0.0.1:8080/'])).stdout.trim(), 'hello from victim', 'a published port via 127.0.0.1 from a container is DNAT, allowed');
@@ -129,7 +149,7 @@ t.test('attack 1: a container cannot reach the host\'s 127.0.0.1-only services',
 
 t.test('attack 2: a container\'s router advertisement changes neither the host nor its neighbours', async (t) => {
   const port = await portOf('attacker');
-  const before = await guardCount(port, /--ip6-icmp-type router-advertisement /);
+  const before = await guardCount(port, 'ra');
   const sent = await exec('attacker', ['l2-send', 'ra', 'eth0', '2001:db8:1::']);
   t.equal(sent.exitCode, 0, sent.stderr);
   await sleep(1000);
@@ -137,13 +157,14 @@ t.test('attack 2: a container\'s router advertisement changes neither the host n
   t.equal((await sh('ip', ['-6', 'addr', 'show', 'dev', 'ocinet0', 'scope', 'global'])).stdout.trim(), '', 'no global address on the bridge');
   const n = await exec('neighbour', ['ip', '-6', 'route', 'show']);
   t.notMatch(n.stdout, /default|2001:db8/, 'the neighbour got no route from it');
-  t.equal(await guardCount(port, /--ip6-icmp-type router-advertisement /), before + 1, "the RA was sent, and dropped at the attacker's port");
+  t.equal(await guardCount(port, 'ra'), before + 1, "the RA was sent, and dropped at the attacker's port");
   const sys = (k: string): string => readFileSync(`/proc/sys/net/ipv6/conf/${k}`, 'utf8').trim();
   t.same([sys('ocinet0/accept_ra'), sys('ocinet0/autoconf'), sys('ocinet0/disable_ipv6')], ['0', '0', '1'], 'bridge: no RA, no autoconf, no IPv6 (the network has none)');
   t.same([sys(`${port}/accept_ra`), sys(`${port}/autoconf`), sys(`${port}/disable_ipv6`)], ['0', '0', '1'], 'host veth: the same');
 });
 
-t.test("attack 3: the admin's FORWARD policy applies to containers", async (t) => {
+// Each backend's own attack 3: iptables' FORWARD layout, or nftables' separate tables.
+if (!NFT) t.test("attack 3: the admin's FORWARD policy applies to containers", async (t) => {
   const fwd = (await sh('iptables', ['-S', 'FORWARD'])).stdout.trim().split('\n');
   t.same(fwd.slice(1).map((l) => l.replace(/ -m comment --comment ocinet/, '')), [
     '-A FORWARD -j OCINET-USER',
@@ -165,6 +186,18 @@ t.test("attack 3: the admin's FORWARD policy applies to containers", async (t) =
   t.equal((await exec('neighbour', ['wget', '-qO-', 'http://192.0.2.2:7000/'])).stdout.trim(), 'peer=192.0.2.1', 'and allowed again once removed');
 });
 
+if (NFT) t.test("attack 3 (nftables): the admin's drops apply, in iptables and in a table of their own", async (t) => {
+  const ping = async (to: string): Promise<number> => (await exec('neighbour', ['ping', '-c1', '-W2', to])).exitCode;
+  t.not(await ping('198.51.100.2'), 0, "the admin's iptables DROP holds for containers");
+  await sh('iptables', ['-D', 'FORWARD', '-d', '198.51.100.0/24', '-j', 'DROP']);
+  t.equal(await ping('198.51.100.2'), 0, 'reachable without it');
+  await sh('iptables', ['-A', 'FORWARD', '-d', '198.51.100.0/24', '-j', 'DROP']);
+  await sh('nft', ['-f', '-'], { input: 'table inet admin {\n chain admin_forward {\n  type filter hook forward priority 10; policy accept;\n  ip daddr 192.0.2.0/24 drop\n }\n}\n' });
+  t.not(await ping('192.0.2.2'), 0, "a drop in the admin's own nftables table, after ocinet's priority, holds");
+  await sh('nft', ['delete', 'table', 'inet', 'admin']);
+  t.equal(await ping('192.0.2.2'), 0, 'and allowed again once removed');
+});
+
 t.test("attack 4: a container cannot take its neighbour's address or MAC", async (t) => {
   t.equal((await sh('busybox', ['ping', '-c1', '-W2', b.ip], { reject: false })).exitCode, 0, 'the host knows the victim');
   const neigh = async (): Promise<string> => (await sh('ip', ['neigh', 'show', b.ip, 'dev', 'ocinet0'])).stdout;
@@ -178,7 +211,7 @@ t.test("attack 4: a container cannot take its neighbour's address or MAC", async
   t.notMatch(await neigh(), a.mac, "the host's neighbour entry did not move to the attacker");
   t.equal(await wget('http://127.0.0.1:8080/'), 'hello from victim', "the victim's published port is still served by the victim");
   const port = await portOf('attacker');
-  t.ok((await guardCount(port, /--arp-ip-src ! /)) > 0, "the gratuitous ARPs were dropped at the attacker's port");
+  t.ok((await guardCount(port, 'arp')) > 0, "the gratuitous ARPs were dropped at the attacker's port");
   await exec('attacker', ['ip', 'addr', 'del', `${b.ip}/32`, 'dev', 'eth0']);
 
   // Another MAC: the attacker's port passes nothing from it.
@@ -188,10 +221,9 @@ t.test("attack 4: a container cannot take its neighbour's address or MAC", async
   t.equal((await exec('attacker', ['ping', '-c1', '-W2', '10.213.0.1'])).exitCode, 0, 'its own MAC passes again');
 
   // Other ethertypes (a VLAN tag could carry anything) do not pass.
-  const last = /^-A \S+ -j DROP$/;
-  const before = await guardCount(port, last);
+  const before = await guardCount(port, 'other');
   for (const type of ['8100', '88b5']) t.equal((await exec('attacker', ['l2-send', 'ether', 'eth0', type])).exitCode, 0);
-  t.equal(await guardCount(port, last), before + 2, 'a VLAN-tagged and an experimental ethertype frame hit the last DROP');
+  t.equal(await guardCount(port, 'other'), before + 2, 'a VLAN-tagged and an experimental ethertype frame hit the last DROP');
 });
 
 t.test('--allow-spoofing: the admin lets a network through; router advertisements stay dropped', async (t) => {
@@ -215,10 +247,10 @@ t.test('teardown takes the guards, the localhost guard and the chains; the admin
   await rc.stop('victim');
   await rc.stop('neighbour');
   t.equal(await snapshot(stateDir), baseline, 'no links, rules, guards or leases left');
-  t.match((await sh('iptables', ['-S', 'FORWARD'])).stdout, /-P FORWARD DROP\n-A FORWARD -d 198\.51\.100\.0\/24 -j DROP\n?$/);
+  t.match((await sh('iptables', ['-S', 'FORWARD'])).stdout, new RegExp(`-P FORWARD ${NFT ? 'ACCEPT' : 'DROP'}\\n-A FORWARD -d 198\\.51\\.100\\.0/24 -j DROP\\n?$`));
 });
 
-t.test("the previous version's FORWARD jump (inserted first) moves after the admin's rules", async (t) => {
+if (!NFT) t.test("the previous version's FORWARD jump (inserted first) moves after the admin's rules", async (t) => {
   await sh('iptables-restore', ['--noflush'], {
     input: '*filter\n:OCINET-FORWARD - [0:0]\n-I FORWARD -m comment --comment ocinet -j OCINET-FORWARD\nCOMMIT\n',
   });

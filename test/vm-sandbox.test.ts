@@ -19,7 +19,8 @@ const qemuPid = guest.qemuPid;
 const stateDir = join(DIR, 'state');
 const VM = ['--qmp', G.qmp, '--qga', G.qga, '--state-dir', stateDir];
 // The guest's sockets live in the test's temp dir: the hook entry allows annotations to name them there.
-const HOOK_ARGS = ['--state-dir', stateDir, '--subnet', '10.213.0.0/24', '--allow-vm-sockets', join(DIR, 'guest')];
+// iptables: the TAP's guard is checked in ebtables' listing (the nftables guard is the same set entries as a veth's).
+const HOOK_ARGS = ['--state-dir', stateDir, '--subnet', '10.213.0.0/24', '--allow-vm-sockets', join(DIR, 'guest'), '--firewall', 'iptables'];
 
 const inGuest = guest.exec;
 

@@ -26,6 +26,7 @@ const PROGRAMS: { prog: string; pkg: string; required: boolean; why: string }[] 
   { prog: 'iptables-save', pkg: 'iptables', required: true, why: 'finding rules to remove' },
   { prog: 'ebtables-restore', pkg: 'iptables', required: true, why: 'port guards: anti-spoofing, no router advertisements from containers' },
   { prog: 'ebtables-save', pkg: 'iptables', required: true, why: 'finding port guards to remove' },
+  { prog: 'nft', pkg: 'nftables', required: false, why: 'the nftables firewall backend (--firewall auto picks it when present)' },
   { prog: 'conntrack', pkg: 'conntrack', required: false, why: 'flushing stale UDP mappings' },
   { prog: 'runc', pkg: 'runc', required: false, why: 'the runtime that calls the hooks' },
 ];
@@ -45,6 +46,16 @@ COMMIT
 *filter
 -A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED,DNAT -j ACCEPT
 COMMIT
+`;
+
+const NFT_PROBE = `add table inet ocinet-probe
+add chain inet ocinet-probe post { type nat hook postrouting priority srcnat; }
+add rule inet ocinet-probe post ip saddr 10.0.0.0/24 ip daddr != 10.0.0.0/24 masquerade
+add chain inet ocinet-probe pre { type nat hook prerouting priority dstnat; }
+add rule inet ocinet-probe pre fib daddr type local tcp dport 1 dnat ip to 10.0.0.2:1
+add table bridge ocinet-probe
+add chain bridge ocinet-probe pre { type filter hook prerouting priority -300; }
+add rule bridge ocinet-probe pre iifname "ocprobe0" ether saddr != 02:00:00:00:00:01 drop
 `;
 
 const GUARD_PROBE = `*nat
@@ -74,6 +85,9 @@ export async function doctor(stateDir: string): Promise<Check[]> {
     ];
     if (hasProgram('iptables-restore')) {
       probes.push(['kernel: NAT, DNAT, MASQUERADE, mark, conntrack', ['iptables-restore', '--noflush'], NAT_PROBE, 'enable nf_tables/nat/conntrack (CONFIG_NF_NAT, CONFIG_NETFILTER_XT_*)']);
+    }
+    if (hasProgram('nft')) {
+      probes.push(['kernel: nftables (inet NAT, bridge filtering)', ['nft', '-f', '-'], NFT_PROBE, 'enable nf_tables (CONFIG_NF_TABLES_INET, CONFIG_NF_TABLES_BRIDGE, CONFIG_NFT_NAT, CONFIG_NFT_FIB)']);
     }
     if (hasProgram('ebtables-restore')) {
       probes.push(['kernel: bridge filtering (port guards)', ['ebtables-restore', '--noflush'], GUARD_PROBE, 'enable nf_tables bridge filtering (CONFIG_NF_TABLES_BRIDGE)']);

@@ -11,19 +11,20 @@ import { readdirSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { bridgeAlias } from '../net/bridge.js';
 import { errorLine } from '../base/errors.js';
-import { purge, save, savedTarget } from '../firewall/iptables/tables.js';
+import { firewallOf } from '../firewall/backends.js';
+import { hasProgram } from '../base/exec.js';
+import { othersOn } from '../sandbox/claim.js';
 import { allRecords, recordTarget, sandboxAlive } from '../kata/records.js';
 import { hasRecord } from '../kata/records.js';
 import { releaseSandbox } from '../kata/network.js';
 import { deleteLinks, listLinks } from '../net/links.js';
 import { acquire, withLock } from '../state/lock.js';
 import type { OpLog } from '../state/log.js';
-import { staleGuards } from '../firewall/iptables/guard.js';
 import { Reclaimer } from '../sandbox/reclaim.js';
-import { DNAT_CHAIN_PREFIX, stateId } from '../state/names.js';
+import { stateId } from '../state/names.js';
 import { loadForChange } from '../sandbox/recover.js';
 import { removeNetwork } from '../sandbox/teardown.js';
-import { ensureStateDir, saveDb } from '../state/store.js';
+import { BACKENDS, ensureStateDir, saveDb } from '../state/store.js';
 
 export { isAlive } from '../sandbox/reclaim.js';
 
@@ -72,21 +73,18 @@ export async function gc(stateDir: string, log?: OpLog): Promise<GcReport> {
     await deleteLinks(orphans.map((l) => l.index));
     report.links = orphans.map((l) => l.name);
 
-    // Ports chains named with this state dir's identity; the previous version's unnamed ones are left be.
-    const chains = new Set(records.map((c) => c.chain));
-    const mine = `${DNAT_CHAIN_PREFIX}${sid}-`;
-    const stale = [...(await save('nat')).chains].filter((c) => c.startsWith(mine) && !chains.has(c));
-    if (stale.length) {
-      await purge(['nat'], (l) => stale.includes(savedTarget(l) ?? ''), (c) => stale.includes(c));
+    // Per-container rules named with this state dir's identity that no record holds, on either backend.
+    for (const b of BACKENDS) {
+      if (b === 'nftables' && !hasProgram('nft')) continue;
+      report.chains.push(...(await firewallOf(b).purgeStale(sid, records)));
     }
-    report.chains = stale;
-    // Port guards named with this state dir's identity that no record holds.
-    report.chains.push(...(await staleGuards(sid, new Set(records.map((c) => c.guard)))));
 
     const used = new Set(records.map((c) => c.bridge));
     for (const b of bridges) {
       if (!used.has(b) && (await removeNetwork(db, b, stateDir))) report.bridges.push(b);
     }
+    // No network of this state dir on nftables: its tables go (made again by the next network).
+    if (hasProgram('nft') && othersOn(db, '', 'nftables') === 0) await firewallOf('nftables').removeNetwork({ sid, bridge: '' }, 0);
     saveDb(stateDir, db);
   });
   // kata-network records of sandboxes whose namespace (or QEMU) is gone: moved devices come home.

@@ -8,6 +8,7 @@ import { isIPv4, parseSubnet } from '../base/cidr.js';
 import { OcinetError } from '../base/errors.js';
 import { isIfName } from '../state/names.js';
 import { parsePort, parsePortList } from '../firewall/ports.js';
+import { parseBackendChoice, type BackendChoice } from '../firewall/backends.js';
 import type { NetworkOptions } from './request.js';
 import { DEFAULT_STATE_DIR, type PortMapping } from '../state/store.js';
 import { parseIfaces, parseRoutes, type IfaceInput, type RouteSpec } from './iface.js';
@@ -52,6 +53,7 @@ export interface HookFlags {
   allowVmSockets?: string[];
   publishRange?: string;
   allowSpoofing?: boolean;
+  firewall?: string;
 }
 
 export interface HookConfig extends NetworkOptions {
@@ -71,6 +73,8 @@ export interface HookConfig extends NetworkOptions {
   vmAnnotated: { qmp: boolean; qga: boolean };
   /** --allow-spoofing (the admin's): containers may send from any MAC and address. */
   allowSpoofing: boolean;
+  /** --firewall: the backend of a new network (a known one keeps its own). */
+  firewall: BackendChoice;
 }
 
 function jsonAnnotation(annotations: Record<string, string>, key: string): unknown {
@@ -177,6 +181,7 @@ export function resolveConfig(flags: HookFlags, annotations: Record<string, stri
   const cfg: HookConfig = {
     bridge, iface, subnet, mtu: Number(mtuText), ports, stateDir, logFile, keepBridge: Boolean(flags.keepBridge), requested, interfaces, routes,
     mode: modeText, policy, vmAnnotated, allowSpoofing: flags.allowSpoofing === true,
+    firewall: parseBackendChoice(flags.firewall ?? 'auto', '--firewall'),
   };
   if (vm.qmp || vm.qga) cfg.vm = vm;
   const ipvs = annotations[ANNOTATIONS.ipvs];

@@ -6,6 +6,7 @@ import { type RestoreSet } from './ipvs-rules.js';
 import { type IfaceInput, type RouteSpec } from './iface.js';
 import { type AnnotationPolicy } from './policy.js';
 import { type PortMapping } from '../state/store.js';
+import type { BackendChoice } from '../firewall/backends.js';
 
 export interface NetworkOptions {
   stateDir: string;
@@ -16,6 +17,8 @@ export interface NetworkOptions {
   mtu: number;
   /** Keep the bridge and its NAT rules when the last container leaves. */
   keepBridge: boolean;
+  /** The firewall backend of a new network (a known network keeps its own); default auto. */
+  firewall?: BackendChoice;
 }
 
 export interface SetupRequest extends NetworkOptions {

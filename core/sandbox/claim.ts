@@ -8,21 +8,18 @@ import { bridgeHasSubnetRoute, createdByOcinet, deleteLink, ensureBridge, linkEx
 import { targetOf } from './objects.js';
 import { errorLine, isOcinetError, OcinetError } from '../base/errors.js';
 import { allocate } from '../state/ipam.js';
-import { restore } from '../firewall/iptables/tables.js';
 import { ipvsRestore } from '../kata/ipvs.js';
 import { addIface, addRoutes } from '../kata/network.js';
 import { withLock } from '../state/lock.js';
 import type { OpLog } from '../state/log.js';
-import { installNetworkRules, removeNetworkRules } from '../firewall/iptables/network.js';
+import { firewallOf, resolveBackend } from '../firewall/backends.js';
 import { containerTag, dnatChain, guardChain, stateId } from '../state/names.js';
 import { ipBatch } from '../net/netns.js';
 import { DEFAULT_POLICY } from '../input/policy.js';
-import { installGuard } from '../firewall/iptables/guard.js';
 import { checkPortConflicts } from '../firewall/ports.js';
-import { publishScript } from '../firewall/iptables/ports.js';
 import { Reclaimer } from './reclaim.js';
 import { loadForChange } from './recover.js';
-import { loadDb, saveDb, type ContainerRecord, type Db, type NetworkRecord, type PortMapping } from '../state/store.js';
+import { loadDb, saveDb, type Backend, type ContainerRecord, type Db, type NetworkRecord, type PortMapping } from '../state/store.js';
 import { networkSysctls } from '../net/sysctl.js';
 import { reattachLines } from '../net/veth.js';
 import type { NetworkOptions, SetupRequest } from '../input/request.js';
@@ -51,13 +48,31 @@ export function resultOf(r: ContainerRecord, gateway: string): SetupResult {
   return out;
 }
 
-/** Under the lock: the network's record, known or new (nothing touched yet). */
-function networkRecord(db: Db, o: NetworkOptions, gateway: string): NetworkRecord {
+/**
+ * Under the lock: the network's record, known or new (nothing touched yet).
+ * A known network keeps its firewall backend; asking for another one is
+ * refused while a live container uses it, and switches it when none does.
+ */
+async function networkRecord(db: Db, o: NetworkOptions, gateway: string, reclaim: Reclaimer): Promise<NetworkRecord> {
   const known = db.networks[o.bridge];
   if (known && known.subnet !== o.subnet) {
     throw new OcinetError('ECONFLICT', `bridge ${o.bridge} is in use by ocinet with subnet ${known.subnet}, not ${o.subnet}`);
   }
-  return known ?? { bridge: o.bridge, subnet: o.subnet, gateway, createdBridge: false };
+  if (!known) return { bridge: o.bridge, subnet: o.subnet, gateway, createdBridge: false, firewall: await resolveBackend(o.firewall ?? 'auto') };
+  const has = known.firewall ?? 'iptables';
+  if (o.firewall === undefined || o.firewall === 'auto' || o.firewall === has) return known;
+  const user = Object.values(db.containers).find((c) => c.bridge === o.bridge && reclaim.blocks(c, `network ${o.bridge} asked for firewall ${o.firewall}`));
+  if (user) {
+    throw new OcinetError('ECONFLICT', `network ${o.bridge} uses firewall backend ${has} (container ${user.id} is on it), not ${o.firewall}: tear its containers down first`);
+  }
+  await firewallOf(has).removeNetwork({ sid: stateId(o.stateDir), bridge: o.bridge, subnet: o.subnet }, othersOn(db, o.bridge, has));
+  delete db.networks[o.bridge];
+  return { ...known, firewall: o.firewall };
+}
+
+/** How many other networks of this state dir use backend `b`. */
+export function othersOn(db: Db, bridge: string, b: Backend): number {
+  return Object.values(db.networks).filter((n) => n.bridge !== bridge && (n.firewall ?? 'iptables') === b).length;
 }
 
 /**
@@ -74,13 +89,16 @@ async function ensureNetwork(db: Db, net: NetworkRecord, o: NetworkOptions): Pro
   }
   const sid = stateId(o.stateDir);
   const created = await ensureBridge(sid, o.bridge, o.subnet, net.gateway, o.mtu);
+  const fw = firewallOf(net.firewall);
+  const rules = { sid, bridge: o.bridge, subnet: o.subnet };
+  const others = othersOn(db, o.bridge, fw.backend);
   try {
     net.createdBridge = net.createdBridge || created || (await createdByOcinet(o.bridge, sid));
     networkSysctls(o.bridge, net.createdBridge);
-    await installNetworkRules(sid, o.bridge, o.subnet);
+    await fw.installNetwork(rules, others);
   } catch (e) {
     // iptables-restore commits table by table: take back whatever got in.
-    await removeNetworkRules(sid, o.bridge).catch(() => undefined);
+    await fw.removeNetwork(rules, others).catch(() => undefined);
     if (created) await deleteLink(o.bridge);
     throw e;
   }
@@ -95,11 +113,11 @@ async function ensureNetwork(db: Db, net: NetworkRecord, o: NetworkOptions): Pro
 export async function claim(db: Db, req: SetupRequest, prefix: number, gateway: string, kind: RecordKind, reclaim: Reclaimer): Promise<ContainerRecord> {
   const blocks = reclaim.blocks.bind(reclaim);
   checkPortConflicts(req.ports, db, req.id, blocks);
-  const net = networkRecord(db, req, gateway);
+  const net = await networkRecord(db, req, gateway, reclaim);
   const ip = allocate(db, net, req.id, req.ip, blocks); // before the bridge: a refused address changes nothing
   await reclaim.finish(); // the dead records' rules go before this container's come
   await ensureNetwork(db, net, req);
-  return recordLease(db, req, ip, prefix, kind);
+  return recordLease(db, req, ip, prefix, { ...kind, firewall: net.firewall ?? 'iptables' });
 }
 
 /** The annotations' extra interfaces, routes and IPVS rules, once the main NIC is up (both modes). */
@@ -144,7 +162,7 @@ export function decide<T>(req: SetupRequest, log: OpLog | undefined, fn: (db: Db
   });
 }
 
-export type RecordKind = Pick<ContainerRecord, 'mode' | 'hostVeth' | 'mac' | 'pid' | 'start' | 'netns' | 'vm'>;
+export type RecordKind = Pick<ContainerRecord, 'mode' | 'hostVeth' | 'mac' | 'pid' | 'start' | 'netns' | 'vm' | 'firewall'>;
 
 /** Write the record that holds a new container's lease and ports (under the lock). */
 function recordLease(db: Db, req: SetupRequest, ip: string, prefix: number, kind: RecordKind): ContainerRecord {
@@ -153,19 +171,23 @@ function recordLease(db: Db, req: SetupRequest, ip: string, prefix: number, kind
     createdAt: new Date().toISOString(), setupPid: process.pid, ...kind,
   };
   if (req.bundle) r.bundle = req.bundle;
+  // The iptables backend finds a container's rules by the names its record holds; nftables by its elements.
+  if (kind.firewall === 'nftables') return save(db, req, r);
   if (kind.hostVeth) r.guard = guardChain(stateId(req.stateDir), kind.hostVeth);
   if (req.ports.length) {
     r.chain = dnatChain(req.id, stateId(req.stateDir));
     r.tag = containerTag(req.id, stateId(req.stateDir));
   }
+  return save(db, req, r);
+}
+
+function save(db: Db, req: SetupRequest, r: ContainerRecord): ContainerRecord {
   db.containers[req.id] = r;
   saveDb(req.stateDir, db);
   return r;
 }
 
-/** A new container's own rules: its port guard, and its published ports. Neither needs its link to exist yet. */
-export function firewall(rec: ContainerRecord, req: SetupRequest): Promise<unknown>[] {
-  const out: Promise<unknown>[] = [installGuard({ chain: rec.guard!, port: rec.hostVeth!, mac: rec.mac!, ip: rec.ip!, allowSpoofing: req.allowSpoofing === true })];
-  if (req.ports.length) out.push(restore(publishScript({ chain: rec.chain!, tag: rec.tag! }, rec.ip!, req.subnet, req.ports)));
-  return out;
+/** A new container's own rules: its port guard, and its published ports. They do not need its link to exist yet. */
+export function firewall(rec: ContainerRecord, req: SetupRequest): Promise<void> {
+  return firewallOf(rec.firewall).addContainer(stateId(req.stateDir), rec, req.subnet, req.allowSpoofing === true);
 }

@@ -128,7 +128,7 @@ async function setupVeth(req: SetupRequest, ns: NetnsHandle, log?: OpLog): Promi
       .then(() => ipBatchIn(ns.path, containerLines(req.iface, ip, sn.prefix, gateway)))
       .then(() => log?.step('container'));
     // Firewall rules do not depend on the links: apply them while the links are made.
-    const done = await Promise.allSettled([links, ...firewall(rec, req)]);
+    const done = await Promise.allSettled([links, firewall(rec, req)]);
     for (const d of done) if (d.status === 'rejected') throw d.reason;
     await addExtras(rec, req, ns.path);
     log?.step('extra');

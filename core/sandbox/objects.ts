@@ -1,20 +1,19 @@
 /**
  * The kernel objects a container record stands for (host veth or VM TAP,
- * ports chain, kata-network extras) and their removal, shared by teardown,
+ * its rules, kata-network extras) and their removal, shared by teardown,
  * the reclaim of dead records and gc.
  */
 import { deleteLink } from '../net/bridge.js';
 import { errorLine } from '../base/errors.js';
-import { purge, restore, savedComment } from '../firewall/iptables/tables.js';
+import { firewallOf } from '../firewall/backends.js';
+import type { Firewall } from '../firewall/firewall.js';
 import { ipvsadm } from '../kata/ipvs.js';
 import { parseParameters } from '../input/ipvs-rules.js';
 import { loadRecord, targetKey, vmTarget, type Target } from '../kata/records.js';
 import { releaseSandbox } from '../kata/network.js';
 import { type AddedIface } from '../input/iface.js';
-import { vmMac } from '../state/names.js';
+import { stateId, vmMac } from '../state/names.js';
 import { pidNetnsPath } from '../net/netns.js';
-import { removeGuards, type Guard } from '../firewall/iptables/guard.js';
-import { portsComment, unpublishScript, type PortsChain } from '../firewall/iptables/ports.js';
 import type { ContainerRecord } from '../state/store.js';
 import { vmDelIface } from '../vm/hotplug.js';
 
@@ -43,41 +42,15 @@ async function unplugVm(rec: ContainerRecord, vmAlive: boolean): Promise<void> {
   }
 }
 
-const portsOf = (r: ContainerRecord): PortsChain | null => (r.chain && r.tag ? { chain: r.chain, tag: r.tag } : null);
-
 /**
- * Remove a container's ports chain: exactly when we can, by listing when
- * parts are missing. The listing matches the record's comment whole (never a
- * pattern made from the id) and its own chain by name.
+ * Remove the records' own rules (ports, port guards), each backend's all at
+ * once (reclaim and gc remove many): one exec per tool where the backend can.
  */
-export async function unpublish(r: ContainerRecord): Promise<void> {
-  const c = portsOf(r);
-  if (!c) return;
-  if (await restore(unpublishScript(c), true)) return;
-  const comment = portsComment(c.tag);
-  await purge(['nat'], (l) => savedComment(l) === comment, (ch) => ch === c.chain);
-}
-
-const guardOf = (r: ContainerRecord): Pick<Guard, 'chain' | 'port'> | null => (r.guard && r.hostVeth ? { chain: r.guard, port: r.hostVeth } : null);
-
-/** Remove the records' port guards (one ebtables-restore for all). */
-export async function unguardAll(recs: ContainerRecord[]): Promise<void> {
-  await removeGuards(recs.map(guardOf).filter((g) => g !== null));
-}
-
-/**
- * Remove many containers' rules (reclaim, gc): one iptables-restore for all
- * their ports chains, each on its own only when that fails, and one
- * ebtables-restore for all their port guards.
- */
-export async function unpublishAll(recs: ContainerRecord[]): Promise<void> {
-  const chains = recs.map(portsOf).filter((c): c is PortsChain => c !== null);
-  const ports = async (): Promise<void> => {
-    if (chains.length === 0) return;
-    if (chains.length > 1 && (await restore(unpublishScript(...chains), true))) return;
-    for (const r of recs) await unpublish(r);
-  };
-  const done = await Promise.allSettled([ports(), unguardAll(recs)]);
+export async function removeRules(stateDir: string, recs: ContainerRecord[]): Promise<void> {
+  const sid = stateId(stateDir);
+  const byBackend = new Map<Firewall, ContainerRecord[]>();
+  for (const r of recs) if (r.mode !== 'shared') byBackend.set(firewallOf(r.firewall), [...(byBackend.get(firewallOf(r.firewall)) ?? []), r]);
+  const done = await Promise.allSettled([...byBackend].map(([fw, rs]) => fw.removeContainers(sid, rs)));
   for (const d of done) if (d.status === 'rejected') throw d.reason;
 }
 
@@ -91,7 +64,7 @@ export interface RemoveOptions {
   sandboxLockWaitMs?: number;
   /** False for a reclaimed VM sandbox: its QEMU is gone, talk to nobody. */
   vmAlive: boolean;
-  /** The caller removes the ports chains and port guards itself, for many records at once (unpublishAll). */
+  /** The caller removes the rules itself, for many records at once (removeRules). */
   skipRules?: boolean;
 }
 
@@ -114,8 +87,7 @@ export async function removeObjects(rec: ContainerRecord, o: RemoveOptions): Pro
   }
   // Independent kernel objects: remove them side by side.
   const link = rec.mode === 'tap' ? unplugVm(rec, o.vmAlive) : rec.hostVeth ? deleteLink(rec.hostVeth) : undefined;
-  const rules = o.skipRules ? [] : [unpublish(rec), unguardAll([rec])];
-  const done = await Promise.allSettled([...rules, link]);
+  const done = await Promise.allSettled([o.skipRules ? undefined : removeRules(o.stateDir, [rec]), link]);
   for (const d of done) if (d.status === 'rejected') throw d.reason;
   return extrasError;
 }

@@ -9,7 +9,7 @@
  * gc runs every record through the same code.
  */
 import { existsSync } from 'node:fs';
-import { removeObjects, unpublishAll } from './objects.js';
+import { removeObjects, removeRules } from './objects.js';
 import { errorLine } from '../base/errors.js';
 import type { OpLog } from '../state/log.js';
 import { netnsId, pidNetnsPath } from '../net/netns.js';
@@ -97,7 +97,7 @@ export class Reclaimer {
     const batch = this.queue.splice(0);
     const removed = batch.filter((b) => b.heir === null).map((b) => b.rec);
     // All their ports chains and port guards at once; a failure there is each one's error.
-    const ports = await unpublishAll(removed).then(() => undefined, (e: unknown) => errorLine(e));
+    const ports = await removeRules(this.stateDir, removed).then(() => undefined, (e: unknown) => errorLine(e));
     await Promise.all(
       batch.map(async ({ rec, why, heir }) => {
         const remove = heir === null;

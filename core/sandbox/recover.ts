@@ -13,8 +13,9 @@ import { readdirSync, readFileSync, renameSync } from 'node:fs';
 import { aliasOwner, bridgeAlias, type LinkDetails } from '../net/bridge.js';
 import { intToIp, ipToInt, maskOf } from '../base/cidr.js';
 import { errorLine, isOcinetError } from '../base/errors.js';
-import { run } from '../base/exec.js';
+import { hasProgram, run } from '../base/exec.js';
 import { save, savedWords } from '../firewall/iptables/tables.js';
+import { nftView, type NftView } from '../firewall/nftables/backend.js';
 import type { OpLog } from '../state/log.js';
 import { DNAT_CHAIN_PREFIX, guardChain, hostVethName, stateId } from '../state/names.js';
 import { netnsId } from '../net/netns.js';
@@ -132,12 +133,14 @@ export async function rebuildState(stateDir: string, why: string): Promise<{ db:
   const bridges = new Set([...vethOf.values()].map((l) => l.master).filter((m): m is string => Boolean(m)));
   for (const l of links) if (l.linkinfo?.info_kind === 'bridge' && l.ifalias === bridgeAlias(sid)) bridges.add(l.ifname);
   const gateways = new Map<string, string>();
+  // The nftables backend's networks and containers: its sets name bridges and ports, its DNAT map the ports.
+  const nft: NftView = hasProgram('nft') ? await nftView(sid) : { bridges: new Set(), idOfPort: new Map(), portsOfIp: new Map() };
   for (const b of bridges) {
     const l = links.find((x) => x.ifname === b);
     const a = l?.addr_info?.find((x) => x.family === 'inet');
     if (!l || !a) continue;
     const subnet = `${intToIp((ipToInt(a.local) & maskOf(a.prefixlen)) >>> 0)}/${a.prefixlen}`;
-    db.networks[b] = { bridge: b, subnet, gateway: a.local, createdBridge: l.ifalias === bridgeAlias(sid) };
+    db.networks[b] = { bridge: b, subnet, gateway: a.local, createdBridge: l.ifalias === bridgeAlias(sid), firewall: nft.bridges.has(b) ? 'nftables' : 'iptables' };
     gateways.set(a.local, b);
   }
   const tagged = await portsByTag(sid);
@@ -152,14 +155,17 @@ export async function rebuildState(stateDir: string, why: string): Promise<{ db:
       const host = inner.link_index !== undefined ? vethOf.get(inner.link_index) : undefined;
       if (!host || host.link_index !== inner.ifindex || !host.master) continue;
       const a = inner.addr_info?.find((x) => x.family === 'inet');
-      const id = idOfVeth.get(host.ifname) ?? `recovered-${host.ifname}`;
-      const ports = tagged.get(id);
+      const onNft = db.networks[host.master]?.firewall === 'nftables';
+      const id = (onNft ? nft.idOfPort.get(host.ifname) : idOfVeth.get(host.ifname)) ?? `recovered-${host.ifname}`;
+      const ports = onNft ? undefined : tagged.get(id);
       const r: ContainerRecord = {
         id, mode: 'veth', bridge: host.master, iface: inner.ifname, hostVeth: host.ifname, mtu: host.mtu,
-        ports: ports?.ports ?? [], pid, netns: nsId, createdAt: new Date().toISOString(), setupPid: 0, recovered: true,
-        // Its guard's name follows from its port's; removal looks for it by listing when it is not there.
-        guard: guardChain(sid, host.ifname),
+        ports: ports?.ports ?? (a && nft.portsOfIp.get(a.local)) ?? [], pid, netns: nsId, createdAt: new Date().toISOString(), setupPid: 0, recovered: true,
+        firewall: onNft ? 'nftables' : 'iptables',
       };
+      // An iptables guard's name follows from its port's; removal looks for it by listing when it is not there.
+      if (!onNft) r.guard = guardChain(sid, host.ifname);
+      if (inner.address) r.mac = inner.address;
       if (start !== null) r.start = start;
       if (a) {
         r.ip = a.local;

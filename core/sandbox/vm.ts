@@ -70,7 +70,8 @@ export async function setupVm(req: SetupRequest, log?: OpLog): Promise<SetupResu
   });
   log?.step('ipam');
   try {
-    const fw = Promise.all(firewall(rec, req));
+    const fw = firewall(rec, req);
+    fw.catch(() => undefined); // awaited below; a failed hot-plug must not leave it unhandled
     const nic = vmNicOf(rec);
     await vmAddIface(vm, { ...nic, IPAddresses: [{ address: rec.ip!, mask: String(sn.prefix) }] }, { bridge: req.bridge });
     log?.step('hotplug');

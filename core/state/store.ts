@@ -12,6 +12,10 @@ import { useStateDir } from './statedir.js';
 
 export type Proto = 'tcp' | 'udp';
 
+/** The firewall backends (firewall/): a network records the one it was made with. */
+export const BACKENDS = ['iptables', 'nftables'] as const;
+export type Backend = (typeof BACKENDS)[number];
+
 export interface PortMapping {
   hostPort: number;
   containerPort: number;
@@ -26,6 +30,8 @@ export interface NetworkRecord {
   createdBridge: boolean;
   /** Last address handed out; allocation continues after it (host-local style). */
   lastIp?: string;
+  /** The firewall backend the network was made with (absent: iptables, made before backends existed). */
+  firewall?: Backend;
 }
 
 export interface ContainerRecord {
@@ -41,8 +47,10 @@ export interface ContainerRecord {
   hostVeth?: string;
   /** The container's MAC on the bridge (its eth0, or its VM's NIC), which its port guard allows. */
   mac?: string;
-  /** The port guard's ebtables chain (portguard.ts): absent in older records and shared ones. */
+  /** The port guard's ebtables chain (firewall/iptables/guard.ts): iptables records only. */
   guard?: string;
+  /** Its network's firewall backend when it was set up (absent: iptables). */
+  firewall?: Backend;
   /** Per-container DNAT chain and the id its rules are tagged with (kept when a sharer takes over). */
   chain?: string;
   tag?: string;
@@ -155,6 +163,7 @@ function networkProblem(bridge: string, n: unknown): string | null {
   if (n.bridge !== bridge || !isIfName(bridge)) return `field 'bridge' is not '${bridge}'`;
   if (typeof n.subnet !== 'string' || !/^[\d.]+\/\d{1,2}$/.test(n.subnet)) return `field 'subnet' is not a CIDR`;
   if (!isAddress(n.gateway)) return `field 'gateway' is not an IPv4 address`;
+  if (n.firewall !== undefined && n.firewall !== 'iptables' && n.firewall !== 'nftables') return `field 'firewall' is not iptables or nftables`;
   return null;
 }
 
@@ -175,6 +184,7 @@ function containerProblem(id: string, c: unknown): string | null {
   if (c.netns !== undefined && (typeof c.netns !== 'string' || !/^\d+:\d+$/.test(c.netns))) return `field 'netns' is not dev:inode`;
   if (c.mac !== undefined && (typeof c.mac !== 'string' || !MAC.test(c.mac))) return `field 'mac' is not a MAC address`;
   if (c.guard !== undefined && !isGuard(c.guard)) return `field 'guard' is not an ocinet port guard chain`;
+  if (c.firewall !== undefined && c.firewall !== 'iptables' && c.firewall !== 'nftables') return `field 'firewall' is not iptables or nftables`;
   if (c.ports !== undefined) {
     if (!Array.isArray(c.ports)) return `field 'ports' is not a list`;
     for (const p of c.ports as unknown[]) {

@@ -80,7 +80,7 @@ export async function inNs(pid: number, args: string[], reject = true): Promise<
   return sh('nsenter', [`--net=/proc/${pid}/ns/net`, '--', ...args], { reject });
 }
 
-/** What ocinet may leave in a namespace: links, NAT/filter rules, port guards, leases. */
+/** What ocinet may leave in a namespace: links, NAT/filter rules, port guards, nftables tables, leases. */
 export async function snapshot(stateDir?: string): Promise<string> {
   const links = (await sh('ip', ['-o', 'link', 'show'])).stdout.split('\n').map((l) => l.split(':')[1]?.trim().split('@')[0]).sort();
   // Rules and user chains only: nftables keeps emptied tables around, which is no leak.
@@ -91,12 +91,18 @@ export async function snapshot(stateDir?: string): Promise<string> {
   const guards = (await sh('ebtables-save', ['-t', 'nat'])).stdout
     .split('\n')
     .filter((l) => l.startsWith('-A ') || (l.startsWith(':') && !/^:(PREROUTING|OUTPUT|POSTROUTING) /.test(l)));
+  // The nftables backend's own tables (iptables-nft's are in `rules`).
+  const nft: string[] = [];
+  for (const l of (await sh('nft', ['list', 'tables'], { reject: false })).stdout.split('\n')) {
+    const m = /^table (\w+) (ocinet-\S+)$/.exec(l);
+    if (m) nft.push((await sh('nft', ['list', 'table', m[1]!, m[2]!])).stdout);
+  }
   let leases = '{}';
   if (stateDir && existsSync(join(stateDir, 'state.json'))) {
     const db = JSON.parse(readFileSync(join(stateDir, 'state.json'), 'utf8')) as { containers: object; networks: object };
     if (Object.keys(db.containers).length || Object.keys(db.networks).length) leases = JSON.stringify({ containers: db.containers, networks: db.networks });
   }
-  return JSON.stringify({ links, rules, guards, leases }, null, 1);
+  return JSON.stringify({ links, rules, guards, nft, leases }, null, 1);
 }
 
 export function cleanup(dir: string): void {

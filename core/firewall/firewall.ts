@@ -1,0 +1,35 @@
+/**
+ * The one interface the sandbox code speaks to for rules, whatever the
+ * backend: a network's rules (masquerade, forwarding, the localhost guard),
+ * a container's own (its port guard and published ports), their removal,
+ * and gc. Backends: iptables/ (iptables-restore + ebtables-restore) and
+ * nftables/ (one `nft -f -` transaction each).
+ */
+import type { Backend, ContainerRecord } from '../state/store.js';
+
+export type { Backend };
+
+export interface NetworkRules {
+  /** The state dir's identity (names.ts stateId): every rule and name carries it. */
+  sid: string;
+  bridge: string;
+  subnet: string;
+}
+
+export interface Firewall {
+  readonly backend: Backend;
+  /**
+   * Install a network's rules, and what this state dir's networks share when
+   * missing; a network's leftovers are replaced. `others`: how many other
+   * networks of this state dir use this backend.
+   */
+  installNetwork(n: NetworkRules, others: number): Promise<void>;
+  /** Remove a network's rules (idempotent); what networks share goes with the last one. */
+  removeNetwork(n: Pick<NetworkRules, 'sid' | 'bridge'> & { subnet?: string }, others: number): Promise<void>;
+  /** A new container's port guard and published ports (its record names them). */
+  addContainer(sid: string, rec: ContainerRecord, subnet: string, allowSpoofing: boolean): Promise<void>;
+  /** Remove the records' own rules, all at once where the backend can; idempotent. */
+  removeContainers(sid: string, recs: ContainerRecord[]): Promise<void>;
+  /** gc: remove this state dir's per-container rules that none of `keep` holds; says what went. */
+  purgeStale(sid: string, keep: ContainerRecord[]): Promise<string[]>;
+}

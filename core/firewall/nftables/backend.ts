@@ -1,0 +1,253 @@
+/**
+ * The nftables backend: a state dir's rules are two tables of its own,
+ * `inet ocinet-<sid>` (NAT, published ports, the localhost guard; one rule
+ * set for both families) and `bridge ocinet-<sid>` (port guards), with base
+ * chains on their own hooks, never jumps added to anyone's chains. Their
+ * rules are fixed; networks and containers are set and map elements, so that
+ * a container's whole life is one `nft -f -` transaction in and one out
+ * (atomic: a failure leaves nothing half-applied), and nothing is found
+ * again by rule handles. An `accept` here decides nothing for other tables:
+ * the admin's drops, in any table, apply to containers as to anything else.
+ */
+import { OcinetError } from '../../base/errors.js';
+import { run } from '../../base/exec.js';
+import type { ContainerRecord, PortMapping } from '../../state/store.js';
+import type { Firewall, NetworkRules } from '../firewall.js';
+
+/** Mark of published-port traffic that must be masqueraded (hairpin, 127.0.0.1): the iptables backend's bit. */
+const MASQ_MARK = '0x2000';
+
+export const tableName = (sid: string): string => `ocinet-${sid}`;
+
+/** The fixed rules, made idempotent: `add` of what exists is a no-op, chains are refilled. */
+function skeleton(sid: string): string[] {
+  const t = `inet ${tableName(sid)}`;
+  const b = `bridge ${tableName(sid)}`;
+  const chains: [string, string][] = [
+    ['postrouting', '{ type nat hook postrouting priority srcnat; }'],
+    ['prerouting', '{ type nat hook prerouting priority dstnat; }'],
+    ['output', '{ type nat hook output priority -100; }'],
+    ['input', '{ type filter hook input priority filter; }'],
+    ['ports', ''],
+  ];
+  return [
+    `add table ${t}`,
+    `add set ${t} nets4 { type ipv4_addr; flags interval; }`,
+    `add set ${t} bridges { type ifname; }`,
+    `add set ${t} pub { type inet_proto . inet_service; }`,
+    `add map ${t} dnat4 { type inet_proto . inet_service : ipv4_addr . inet_service; }`,
+    ...chains.map(([c, spec]) => `add chain ${t} ${c} ${spec}`.trimEnd()),
+    ...chains.map(([c]) => `flush chain ${t} ${c}`),
+    `add rule ${t} prerouting fib daddr type local jump ports`,
+    `add rule ${t} output fib daddr type local jump ports`,
+    // Hairpin and 127.0.0.1: marked, then masqueraded, as the CNI portmap plugin does.
+    `add rule ${t} ports ip saddr @nets4 meta l4proto . th dport @pub meta mark set meta mark | ${MASQ_MARK}`,
+    `add rule ${t} ports ip saddr 127.0.0.0/8 meta l4proto . th dport @pub meta mark set meta mark | ${MASQ_MARK}`,
+    `add rule ${t} ports meta nfproto ipv4 dnat ip to meta l4proto . th dport map @dnat4`,
+    `add rule ${t} postrouting meta mark & ${MASQ_MARK} == ${MASQ_MARK} masquerade`,
+    `add rule ${t} postrouting ip saddr @nets4 ip daddr != @nets4 masquerade`,
+    // The localhost guard: what a container sends to 127.0.0.0/8 is dropped unless it belongs to a published port.
+    `add rule ${t} input iifname @bridges ip daddr 127.0.0.0/8 ct state & (established | related) == 0 ct status & dnat == 0 drop`,
+    `add table ${b}`,
+    `add set ${b} ports { type ifname; }`,
+    `add set ${b} guarded { type ifname; }`,
+    `add set ${b} portmac { type ifname . ether_addr; }`,
+    `add set ${b} portip { type ifname . ipv4_addr; }`,
+    `add chain ${b} prerouting { type filter hook prerouting priority -300; }`,
+    `flush chain ${b} prerouting`,
+    // Only the host routes: no router advertisement or redirect from any container port.
+    // (Counters: the admin sees what the guards dropped, `nft list table bridge ocinet-<sid>`.)
+    `add rule ${b} prerouting iifname @ports icmpv6 type { nd-router-advert, nd-redirect } counter drop`,
+    `add rule ${b} prerouting iifname @guarded iifname . ether saddr != @portmac counter drop`,
+    `add rule ${b} prerouting iifname @guarded meta protocol ip iifname . ip saddr != @portip counter drop`,
+    `add rule ${b} prerouting iifname @guarded meta protocol arp iifname . arp saddr ip != @portip counter drop`,
+    `add rule ${b} prerouting iifname @guarded meta protocol arp iifname . arp saddr ether != @portmac counter drop`,
+    `add rule ${b} prerouting iifname @guarded meta protocol != { ip, arp, ip6 } counter drop`,
+  ];
+}
+
+/** One element: `add` or `delete` of `ELEMENT` in the set or map `FAMILY TABLE SET`. */
+interface Element {
+  where: string;
+  /** The key, as nft writes it. */
+  key: string;
+  /** A map element's value (needed to add it; a delete names the key only). */
+  value?: string;
+  /** ` comment "..."`, when it carries one. */
+  comment?: string;
+}
+
+const q = (s: string): string => `"${s}"`;
+const portKey = (p: PortMapping): string => `${p.proto} . ${p.hostPort}`;
+
+function networkElements(sid: string, n: { bridge: string; subnet?: string }): Element[] {
+  const t = `inet ${tableName(sid)}`;
+  return [...(n.subnet ? [{ where: `${t} nets4`, key: n.subnet }] : []), { where: `${t} bridges`, key: q(n.bridge) }];
+}
+
+/**
+ * A container's elements: its port's guard entries and its published ports.
+ * Its port's entry carries `<sid>:<id>` as a comment (plain ids), so that a
+ * state rebuilt from the kernel finds the id again.
+ */
+export function containerElements(sid: string, rec: ContainerRecord, allowSpoofing: boolean): Element[] {
+  const t = `inet ${tableName(sid)}`;
+  const b = `bridge ${tableName(sid)}`;
+  const port = q(rec.hostVeth!);
+  const out: Element[] = [{ where: `${b} ports`, key: port }];
+  if (/^[A-Za-z0-9_.+-]{1,100}$/.test(rec.id)) out[0]!.comment = ` comment ${q(`${sid}:${rec.id}`)}`;
+  if (!allowSpoofing) {
+    out.push({ where: `${b} guarded`, key: port }, { where: `${b} portmac`, key: `${port} . ${rec.mac}` }, { where: `${b} portip`, key: `${port} . ${rec.ip}` });
+  }
+  for (const p of rec.ports) {
+    out.push({ where: `${t} pub`, key: portKey(p) }, { where: `${t} dnat4`, key: portKey(p), value: `${rec.ip} . ${p.containerPort}` });
+  }
+  return out;
+}
+
+const addLine = (e: Element): string => `add element ${e.where} { ${e.key}${e.comment ?? ''}${e.value ? ` : ${e.value}` : ''} }`;
+/**
+ * nft has no delete-if-present before 1.0.8: adding the element first (the
+ * same key and value: a no-op when it is there) makes the delete always apply.
+ */
+const removeLines = (es: Element[]): string[] => [...es.map(addLine), ...es.map((e) => `delete element ${e.where} { ${e.key} }`)];
+
+async function nft(lines: string[], allowFail = false): Promise<boolean> {
+  if (lines.length === 0) return true;
+  const r = await run('nft', ['-f', '-'], { input: lines.join('\n') + '\n', allowFail: true });
+  if (r.code === 0 || allowFail) return r.code === 0;
+  // nft says `Error: WHY`, then the statement, then carets under the part it refused.
+  const err = r.stderr.split('\n');
+  const i = err.findIndex((l) => l.includes('Error: '));
+  const why = i >= 0 ? `${err[i]!.slice(err[i]!.indexOf('Error: ') + 7)}: ${err[i + 1]?.trim() ?? ''}` : r.stderr.trim() || `exit ${r.code}`;
+  throw new OcinetError('EEXEC', `nft: ${why}`);
+}
+
+/** The state dir's tables as `nft -j` lists them, or none. */
+async function listTables(sid: string): Promise<NftObject[]> {
+  const out: NftObject[] = [];
+  for (const family of ['inet', 'bridge']) {
+    const r = await run('nft', ['-j', 'list', 'table', family, tableName(sid)], { allowFail: true });
+    if (r.code === 0) out.push(...(JSON.parse(r.stdout) as { nftables: NftObject[] }).nftables);
+  }
+  return out;
+}
+
+/** What `nft -j` says of a set or map (the part read here). */
+interface NftObject {
+  set?: NftSet;
+  map?: NftSet;
+}
+interface NftSet {
+  family: string;
+  name: string;
+  table: string;
+  elem?: unknown[];
+}
+
+/** An element of a listed set as nft's text form writes its key (and value), for a delete; its comment. */
+function elementText(raw: unknown): { key: string; value?: string; comment?: string } {
+  const text = (v: unknown): string => {
+    if (typeof v === 'object' && v !== null && 'elem' in v) return text((v as { elem: { val: unknown } }).elem.val);
+    if (typeof v === 'object' && v !== null && 'concat' in v) return (v as { concat: unknown[] }).concat.map(text).join(' . ');
+    if (typeof v === 'object' && v !== null && 'prefix' in v) {
+      const p = (v as { prefix: { addr: string; len: number } }).prefix;
+      return `${p.addr}/${p.len}`;
+    }
+    return typeof v === 'string' && !/^[\d.:a-f]+$/.test(v) && !/^(tcp|udp)$/.test(v) ? q(v) : String(v);
+  };
+  const comment = (v: unknown): { comment?: string } => {
+    const c = typeof v === 'object' && v !== null && 'elem' in v ? (v as { elem: { comment?: string } }).elem.comment : undefined;
+    return c ? { comment: c } : {};
+  };
+  if (Array.isArray(raw)) return { key: text(raw[0]), value: text(raw[1]), ...comment(raw[0]) };
+  return { key: text(raw), ...comment(raw) };
+}
+
+/** What the kernel holds of a state dir's nftables networks and containers (a damaged state's rebuild). */
+export interface NftView {
+  bridges: Set<string>;
+  /** Container id by host port, from the port entry's comment. */
+  idOfPort: Map<string, string>;
+  /** Published ports by container address, from the DNAT map. */
+  portsOfIp: Map<string, PortMapping[]>;
+}
+
+export async function nftView(sid: string): Promise<NftView> {
+  const v: NftView = { bridges: new Set(), idOfPort: new Map(), portsOfIp: new Map() };
+  const unq = (s: string): string => s.replace(/^"|"$/g, '');
+  for (const o of await listTables(sid)) {
+    const s = o.set ?? o.map;
+    if (!s || s.table !== tableName(sid)) continue;
+    for (const raw of s.elem ?? []) {
+      const e = elementText(raw);
+      if (s.family === 'inet' && s.name === 'bridges') v.bridges.add(unq(e.key));
+      if (s.family === 'bridge' && s.name === 'ports' && e.comment?.startsWith(`${sid}:`)) v.idOfPort.set(unq(e.key), e.comment.slice(sid.length + 1));
+      const k = /^(tcp|udp) \. (\d+)$/.exec(e.key);
+      const d = /^([\d.]+) \. (\d+)$/.exec(e.value ?? '');
+      if (s.name === 'dnat4' && k && d) {
+        v.portsOfIp.set(d[1]!, [...(v.portsOfIp.get(d[1]!) ?? []), { proto: k[1] as 'tcp' | 'udp', hostPort: Number(k[2]), containerPort: Number(d[2]) }]);
+      }
+    }
+  }
+  return v;
+}
+
+export const nftablesFirewall: Firewall = {
+  backend: 'nftables',
+
+  async installNetwork(n: NetworkRules, others: number) {
+    const elements = networkElements(n.sid, n).map(addLine);
+    // The tables exist while another network of this state dir does; else (or when flushed) they are made.
+    if (others > 0 && (await nft(elements, true))) return;
+    await nft([...skeleton(n.sid), ...elements]);
+  },
+
+  async removeNetwork(n, others) {
+    if (others > 0) {
+      if (!(await nft(removeLines(networkElements(n.sid, n)), true))) await purge(n.sid, (set, e) => set === 'bridges' && e.key === q(n.bridge));
+      return;
+    }
+    const t = tableName(n.sid);
+    await nft([`add table inet ${t}`, `delete table inet ${t}`, `add table bridge ${t}`, `delete table bridge ${t}`]);
+  },
+
+  async addContainer(sid, rec, _subnet, allowSpoofing) {
+    await nft(containerElements(sid, rec, allowSpoofing).map(addLine));
+  },
+
+  async removeContainers(sid, recs) {
+    // Both forms of a guard: what was added depends on --allow-spoofing, so remove as if it was not.
+    const es = recs.flatMap((r) => (r.hostVeth && r.ip ? containerElements(sid, r, false) : []));
+    if (await nft(removeLines(es), true)) return;
+    // Some part is gone already (a flush, a half-made setup): delete what is there, by port and by address.
+    const ports = new Set(recs.map((r) => q(r.hostVeth ?? '')));
+    const ips = new Set(recs.map((r) => r.ip));
+    const keys = new Set(recs.flatMap((r) => r.ports.map(portKey)));
+    await purge(sid, (set, e) => {
+      if (set === 'dnat4') return ips.has(e.value?.split(' . ')[0]);
+      if (set === 'pub') return keys.has(e.key);
+      return set !== 'nets4' && set !== 'bridges' && ports.has(e.key.split(' . ')[0]!);
+    });
+  },
+
+  async purgeStale(sid, keep) {
+    const kept = new Set(keep.flatMap((r) => (r.hostVeth && r.ip ? containerElements(sid, r, false) : [])).map((e) => `${e.where.split(' ').pop()} ${e.key}`));
+    return purge(sid, (set, e) => set !== 'nets4' && set !== 'bridges' && !kept.has(`${set} ${e.key}`));
+  },
+};
+
+/** Delete, by listing, the elements of this state dir's sets that `match`; says which went. */
+async function purge(sid: string, match: (set: string, e: { key: string; value?: string }) => boolean): Promise<string[]> {
+  const lines: string[] = [];
+  for (const o of await listTables(sid)) {
+    const s = o.set ?? o.map;
+    if (!s || s.table !== tableName(sid)) continue;
+    for (const raw of s.elem ?? []) {
+      const e = elementText(raw);
+      if (match(s.name, e)) lines.push(`delete element ${s.family} ${s.table} ${s.name} { ${e.key} }`);
+    }
+  }
+  await nft(lines);
+  return lines.map((l) => l.replace(/^delete element /, 'nft: '));
+}
