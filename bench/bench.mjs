@@ -18,7 +18,7 @@ const TMP = mkdtempSync(join(tmpdir(), 'ocinet-bench-'));
 const CNI_PATH = '/usr/lib/cni';
 // Plugins shell out to iptables, so they need a PATH (a real runtime passes its own).
 const CNI_BASE_ENV = { CNI_PATH, CNI_IFNAME: 'eth0', PATH: '/usr/sbin:/usr/bin:/sbin:/bin' };
-const TARGETS = { ratio: 0.6, loadMs: 15, ownWorkMs: 25, scale: 1.25 };
+const TARGETS = { ratio: 0.6, loadMs: 15, ownWorkMs: 25, scale: 1.25, nftVsIpt: 1.0 };
 // Phase 2's third network: a /27 (29 addresses) that DEAD dead records and the
 // rest live residents fill, so that its timed setup must reclaim all DEAD first.
 const DEAD = 20;
@@ -164,14 +164,19 @@ const cleanups = []; // run in reverse at the end, also after a failure
 async function main() {
   const started = performance.now();
   const load0 = loadavg()[0];
-  const t = { oci: [], ociSetup: [], ociTeardown: [], cni: [], cniSteps: [[], [], [], []], version: [], node0: [], one: [], many: [], dead: [] };
+  const t = { oci: [], ociSetup: [], ociTeardown: [], ipt: [], iptSetup: [], iptTeardown: [], cni: [], cniSteps: [[], [], [], []], version: [], node0: [], one: [], many: [], dead: [] };
 
   // Phase 1: ocinet vs CNI, with --version and `node -e 0` in the same rounds, so
   // that the "load" and "own work" differences compare runs made side by side.
-  const oc = ocinet(join(TMP, 'ocinet'));
+  // The default backend (nftables here), and the iptables one on a network of its own.
+  const oc = ocinet(join(TMP, 'ocinet'), undefined, ['--firewall', 'nftables']);
   const resA = await sandbox();
   await oc.setup('resident-a', resA.pid);
   cleanups.push(() => oc.teardown('resident-a'));
+  const ocI = ocinet(join(TMP, 'ocinet-ipt'), undefined, ['--firewall', 'iptables', '--bridge', 'ocipt0', '--subnet', '10.216.0.0/16']);
+  const resI = await sandbox();
+  await ocI.setup('resident-i', resI.pid);
+  cleanups.push(() => ocI.teardown('resident-i'));
   const resB = await sandbox();
   const resBAdd = must(await cni('bridge', 'ADD', 'resident-b', resB.pid, bridgeConf), 'CNI resident ADD', hasIp);
   cleanups.push(async () => must(await cni('bridge', 'DEL', 'resident-b', resB.pid, { ...bridgeConf, prevResult: JSON.parse(resBAdd.stdout) }), 'CNI resident DEL'));
@@ -183,6 +188,13 @@ async function main() {
       const d = await oc.teardown(`bench-a-${i}`);
       await kill(sb);
       if (timed) { t.oci.push(s.ms + d.ms); t.ociSetup.push(s.ms); t.ociTeardown.push(d.ms); }
+    },
+    async iptables(i, timed) {
+      const sb = await sandbox();
+      const s = await ocI.setup(`bench-i-${i}`, sb.pid, ['--publish', '8080:80']);
+      const d = await ocI.teardown(`bench-i-${i}`);
+      await kill(sb);
+      if (timed) { t.ipt.push(s.ms + d.ms); t.iptSetup.push(s.ms); t.iptTeardown.push(d.ms); }
     },
     async cni(i, timed) {
       const sb = await sandbox();
@@ -294,6 +306,7 @@ async function main() {
   // ---------- figures ----------
   const S = {
     ocinet: stat(t.oci), ocinetSetup: stat(t.ociSetup), ocinetTeardown: stat(t.ociTeardown), cni: stat(t.cni),
+    iptables: stat(t.ipt), iptablesSetup: stat(t.iptSetup), iptablesTeardown: stat(t.iptTeardown),
     cniSteps: Object.fromEntries(['bridgeAdd', 'portmapAdd', 'portmapDel', 'bridgeDel'].map((k, i) => [k, stat(t.cniSteps[i])])),
     version: stat(t.version), node0: stat(t.node0), setupOne: stat(t.one), setupMany: stat(t.many),
     setupDead: stat(t.dead),
@@ -307,6 +320,7 @@ async function main() {
     loadMs: { value: +load.toFixed(3), target: `<= ${TARGETS.loadMs} ms`, pass: load <= TARGETS.loadMs },
     ownWorkMs: { value: +own.toFixed(3), target: `<= ${TARGETS.ownWorkMs} ms`, pass: own <= TARGETS.ownWorkMs },
     scale: { value: +scale.toFixed(3), target: `<= ${TARGETS.scale}x`, pass: scale <= TARGETS.scale },
+    nftVsIpt: { value: +(S.ocinet.p50 / S.iptables.p50).toFixed(3), target: `<= ${TARGETS.nftVsIpt}`, pass: S.ocinet.p50 / S.iptables.p50 <= TARGETS.nftVsIpt },
   };
   // No target: what reclaiming costs a setup that meets DEAD dead records (its network
   // also has DEAD_LIVE live residents, against 1).
@@ -319,6 +333,8 @@ async function main() {
   const steps = {
     setup: stepMedians(oc.stateDir, 'setup', /^bench-a-\d+$/),
     teardown: stepMedians(oc.stateDir, 'teardown', /^bench-a-\d+$/),
+    setupIpt: stepMedians(ocI.stateDir, 'setup', /^bench-i-\d+$/),
+    teardownIpt: stepMedians(ocI.stateDir, 'teardown', /^bench-i-\d+$/),
     setupOne: stepMedians(nets[0].net.stateDir, 'setup', /^bench-one-\d+$/),
     setupMany: stepMedians(nets[1].net.stateDir, 'setup', /^bench-many-\d+$/),
     setupDead: stepMedians(deadNet.net.stateDir, 'setup', /^bench-dead-\d+$/),
@@ -331,9 +347,12 @@ async function main() {
   const fmtSteps = (o) => Object.entries(o).map(([k, v]) => `${k} ${v}`).join(', ');
   console.log(`ocinet bench: ${ROUNDS} rounds each, alternating; ${cpus().length} CPUs; node ${process.version}`);
   console.log(`  ${''.padEnd(W)}${'p50 ms'.padStart(8)}${'p95 ms'.padStart(9)}`);
-  console.log(row('ocinet setup+teardown (1 port, 1 resident)', S.ocinet));
+  console.log(row('ocinet setup+teardown, nftables (1 port, 1 resident)', S.ocinet));
   console.log(row('  setup', S.ocinetSetup));
   console.log(row('  teardown', S.ocinetTeardown));
+  console.log(row('ocinet setup+teardown, iptables (1 port, 1 resident)', S.iptables));
+  console.log(row('  setup', S.iptablesSetup));
+  console.log(row('  teardown', S.iptablesTeardown));
   console.log(row('CNI bridge+portmap ADD, DEL (1 resident)', S.cni));
   for (const [k, s] of Object.entries(S.cniSteps)) console.log(row(`  ${k}`, s));
   console.log(row('ocinet-hook --version', S.version));
@@ -341,7 +360,8 @@ async function main() {
   console.log(row(`ocinet setup, 1 resident (via nsenter)`, S.setupOne));
   console.log(row(`ocinet setup, ${RESIDENTS} residents (via nsenter)`, S.setupMany));
   console.log(row(`ocinet setup, ${DEAD} dead records in the way (via nsenter)`, S.setupDead));
-  console.log(verdict('ratio ocinet/CNI (p50)', checks.ratio));
+  console.log(verdict('ratio ocinet/CNI (p50; nftables, the default)', checks.ratio));
+  console.log(verdict('ratio nftables/iptables lifecycle (p50)', checks.nftVsIpt));
   console.log(verdict('bundle load: --version - node -e 0', checks.loadMs));
   console.log(verdict('own work: setup - --version', checks.ownWorkMs));
   console.log(verdict(`setup with ${RESIDENTS} live / setup at 1`, checks.scale));

@@ -84,6 +84,7 @@ async function main(argv: string[]): Promise<number> {
           bridge: c.bridge,
           ...(c.hostVeth ? { hostLink: c.hostVeth } : {}),
           ...(c.mac ? { mac: c.mac } : {}),
+          ...(c.mode !== 'shared' ? { firewall: c.firewall ?? 'iptables' } : {}),
           ports: c.ports.map((p) => `${p.hostPort}:${p.containerPort}/${p.proto}`),
           pid: c.pid ?? null,
           alive,
