@@ -6,6 +6,7 @@ import { resolveStateDir, stateDirFrom } from '../core/input/config.js';
 import { doctor } from '../core/admin/doctor.js';
 import { errorLine, OcinetError } from '../core/base/errors.js';
 import { gc, isAlive } from '../core/admin/gc.js';
+import { reload } from '../core/admin/reload.js';
 import { OpLog } from '../core/state/log.js';
 import { listLinks } from '../core/net/links.js';
 import { loadDb, type Db } from '../core/state/store.js';
@@ -31,6 +32,8 @@ interface Flags {
 const USAGE = `usage: ocinet COMMAND [flags]
   list [--json]      containers ocinet manages: id, address, published ports
   gc                 remove networks of containers whose namespace is gone, and orphans
+  reload             put every network's and live container's rules back from the state
+                     (after 'iptables -F', 'nft flush ruleset' or a firewall reload)
   doctor             check programs and kernel features the hooks need
   network ...        kata-network operations: add-iface, del-iface, list-ifaces,
                      add-route, del-route (see 'ocinet network --help')
@@ -119,6 +122,13 @@ async function main(argv: string[]): Promise<number> {
       for (const e of r.errors) process.stderr.write(`ocinet gc: ${e}\n`);
       return r.errors.length ? 1 : 0;
     }
+    case 'reload': {
+      const r = await reload(stateDir, new OpLog(`${stateDir}/ocinet.log`, (w) => process.stderr.write(`ocinet reload: warning: ${w}\n`)));
+      if (flags.json) process.stdout.write(JSON.stringify(r, null, 2) + '\n');
+      else process.stdout.write(`networks: ${r.networks.join(', ') || 'none'}\ncontainers: ${r.containers.join(', ') || 'none'}\n`);
+      for (const e of r.errors) process.stderr.write(`ocinet reload: ${e}\n`);
+      return r.errors.length ? 1 : 0;
+    }
     case 'doctor': {
       const checks = await doctor(stateDir);
       if (flags.json) process.stdout.write(JSON.stringify(checks, null, 2) + '\n');
@@ -131,7 +141,7 @@ async function main(argv: string[]): Promise<number> {
       return checks.some((c) => c.required && !c.ok) ? 1 : 0;
     }
     default:
-      throw new OcinetError('EINPUT', `unknown command '${cmd}' (try: list, gc, doctor, network, ipvs)`);
+      throw new OcinetError('EINPUT', `unknown command '${cmd}' (try: list, gc, reload, doctor, network, ipvs)`);
   }
 }
 

@@ -5,8 +5,8 @@ import t from 'tap';
 import { isolate } from './lib/isolate.js';
 isolate(new URL(import.meta.url).pathname);
 import { join } from 'node:path';
-import { execFileSync, spawn } from 'node:child_process';
-import { cleanup, cli, inNs, ROOT, sandbox, sh, sleep, snapshot, tempDir } from './lib/env.js';
+import { execFileSync } from 'node:child_process';
+import { cleanup, cli, inNs, outsideHost, ROOT, sh, snapshot, tempDir } from './lib/env.js';
 import { Runc } from './lib/runc.js';
 
 const work = tempDir('runc');
@@ -29,25 +29,11 @@ const stop = (id: string) => rc.stop(id);
 
 // The outside host: its own namespace, joined to ours by a veth; it answers
 // HTTP with the peer address it sees.
-const outside = await sandbox();
-await sh('ip', ['link', 'add', 'ocout0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', String(outside.pid)]);
-await sh('ip', ['addr', 'add', '192.0.2.1/24', 'dev', 'ocout0']);
-await sh('ip', ['link', 'set', 'ocout0', 'up']);
-await inNs(outside.pid, ['ip', 'addr', 'add', '192.0.2.2/24', 'dev', 'eth0']);
-await inNs(outside.pid, ['ip', 'link', 'set', 'eth0', 'up']);
-await inNs(outside.pid, ['ip', 'link', 'set', 'lo', 'up']);
-const server = spawn(
-  'nsenter',
-  [`--net=/proc/${outside.pid}/ns/net`, '--', process.execPath, '-e',
-    "require('http').createServer((q,s)=>s.end('peer='+q.socket.remoteAddress.replace('::ffff:',''))).listen(7000)"],
-  { stdio: 'ignore' },
-);
-await sleep(300);
+const outside = await outsideHost('ocout0', '192.0.2.1', '192.0.2.2');
 const baseline = await snapshot();
 
 t.teardown(async () => {
-  server.kill('SIGKILL');
-  await outside.kill();
+  await outside.stop();
   cleanup(work);
 });
 
@@ -82,7 +68,7 @@ t.test('two runc containers: addresses, ping, NAT, published ports, clean delete
   const out = await exec('a', ['wget', '-qO-', 'http://192.0.2.2:7000/']);
   t.equal(out.stdout, 'peer=192.0.2.1', 'outside host sees the host address (MASQUERADE)');
 
-  const fromOutside = await inNs(outside.pid, ['timeout', '10', 'busybox', 'wget', '-qO-', 'http://192.0.2.1:8080/'], false);
+  const fromOutside = await inNs(outside.sb.pid, ['timeout', '10', 'busybox', 'wget', '-qO-', 'http://192.0.2.1:8080/'], false);
   t.equal(fromOutside.stdout.trim(), 'hello from ctr-a', 'published port from another host');
   const fromHost = await sh('timeout', ['10', 'busybox', 'wget', '-qO-', 'http://127.0.0.1:8080/'], { reject: false });
   t.equal(fromHost.stdout.trim(), 'hello from ctr-a', 'published port via 127.0.0.1 on the host');

@@ -8,11 +8,11 @@
 import t from 'tap';
 import { isolate } from './lib/isolate.js';
 isolate(new URL(import.meta.url).pathname);
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { copyFileSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
-import { cleanup, cli, inNs, ROOT, sandbox, sh, sleep, snapshot, tempDir, type Sandbox } from './lib/env.js';
+import { cleanup, cli, inNs, outsideHost, ROOT, sh, sleep, snapshot, tempDir } from './lib/env.js';
 import { Runc } from './lib/runc.js';
 
 const work = tempDir('security');
@@ -31,25 +31,8 @@ const NFT = FIREWALL === 'nftables';
 if (!NFT) await sh('iptables', ['-P', 'FORWARD', 'DROP']);
 await sh('iptables', ['-A', 'FORWARD', '-d', '198.51.100.0/24', '-j', 'DROP']);
 
-/** Another host on a link of its own, answering HTTP on port 7000 with the peer address it sees. */
-async function host(name: string, hostAddr: string, peerAddr: string): Promise<{ sb: Sandbox; stop: () => void }> {
-  const sb = await sandbox();
-  await sh('ip', ['link', 'add', name, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', String(sb.pid)]);
-  await sh('ip', ['addr', 'add', `${hostAddr}/24`, 'dev', name]);
-  await sh('ip', ['link', 'set', name, 'up']);
-  await inNs(sb.pid, ['ip', 'addr', 'add', `${peerAddr}/24`, 'dev', 'eth0']);
-  await inNs(sb.pid, ['ip', 'link', 'set', 'eth0', 'up']);
-  await inNs(sb.pid, ['ip', 'route', 'add', 'default', 'via', hostAddr]);
-  const server = spawn(
-    'nsenter',
-    [`--net=/proc/${sb.pid}/ns/net`, '--', process.execPath, '-e',
-      "require('http').createServer((q,s)=>s.end('peer='+q.socket.remoteAddress.replace('::ffff:',''))).listen(7000)"],
-    { stdio: 'ignore' },
-  );
-  return { sb, stop: () => server.kill('SIGKILL') };
-}
-const outside = await host('ocout0', '192.0.2.1', '192.0.2.2');
-const blocked = await host('ocblk0', '198.51.100.1', '198.51.100.2');
+const outside = await outsideHost('ocout0', '192.0.2.1', '192.0.2.2');
+const blocked = await outsideHost('ocblk0', '198.51.100.1', '198.51.100.2');
 
 // A service of the host's that listens on 127.0.0.1 only.
 const secret = createServer((s) => s.end('secret\n')).listen(9999, '127.0.0.1');
@@ -106,9 +89,7 @@ const portOf = async (id: string): Promise<string> => {
 
 t.teardown(async () => {
   secret.close();
-  outside.stop();
-  blocked.stop();
-  await Promise.all([outside.sb.kill(), blocked.sb.kill()]);
+  await Promise.all([outside.stop(), blocked.stop()]);
   cleanup(work);
 });
 

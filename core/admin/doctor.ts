@@ -9,6 +9,8 @@ import { errorLine } from '../base/errors.js';
 import { hasProgram, run } from '../base/exec.js';
 import { acquire, LOCK_MECHANISM, lockName } from '../state/lock.js';
 import { inspectStateDir, useStateDir } from '../state/statedir.js';
+import { loadDb } from '../state/store.js';
+import { missingRules } from './reload.js';
 
 export interface Check {
   name: string;
@@ -103,8 +105,26 @@ export async function doctor(stateDir: string): Promise<Check[]> {
     detail: ipvs ? 'present' : 'absent', ...(ipvs ? {} : { fix: 'modprobe ip_vs (CONFIG_IP_VS)' }),
   });
   checks.push(...(await stateDirChecks(stateDir)));
+  checks.push(...(await rulesCheck(stateDir)));
   checks.push(policyCheck(DEFAULT_POLICY));
   return checks;
+}
+
+/** The rules the state's networks need are all there (a flush by someone else takes them). */
+async function rulesCheck(stateDir: string): Promise<Check[]> {
+  let db;
+  try {
+    db = loadDb(stateDir);
+  } catch {
+    return []; // the state file check above reports an unreadable state
+  }
+  if (Object.keys(db.networks).length === 0) return [];
+  const missing = await missingRules(db, stateDir);
+  return [{
+    name: 'rules of the networks in the state', ok: missing.length === 0, required: false,
+    detail: missing.length ? `missing for ${missing.join(', ')}` : `all there (${Object.keys(db.networks).join(', ')})`,
+    ...(missing.length ? { fix: `ocinet reload --state-dir ${stateDir}` } : {}),
+  }];
 }
 
 /**

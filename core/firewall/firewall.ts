@@ -32,4 +32,11 @@ export interface Firewall {
   removeContainers(sid: string, recs: ContainerRecord[]): Promise<void>;
   /** gc: remove this state dir's per-container rules that none of `keep` holds; says what went. */
   purgeStale(sid: string, keep: ContainerRecord[]): Promise<string[]>;
+  /**
+   * Put the records' rules back after someone flushed them (reload):
+   * whatever is still there is not doubled.
+   */
+  reapplyContainers(sid: string, recs: ContainerRecord[], subnetOf: (r: ContainerRecord) => string): Promise<void>;
+  /** Whether a network's rules are all there (doctor). */
+  networkPresent(n: NetworkRules): Promise<boolean>;
 }

@@ -171,6 +171,7 @@ function recordLease(db: Db, req: SetupRequest, ip: string, prefix: number, kind
     createdAt: new Date().toISOString(), setupPid: process.pid, ...kind,
   };
   if (req.bundle) r.bundle = req.bundle;
+  if (req.allowSpoofing) r.allowSpoofing = true;
   // The iptables backend finds a container's rules by the names its record holds; nftables by its elements.
   if (kind.firewall === 'nftables') return save(db, req, r);
   if (kind.hostVeth) r.guard = guardChain(stateId(req.stateDir), kind.hostVeth);

@@ -51,6 +51,8 @@ export interface ContainerRecord {
   guard?: string;
   /** Its network's firewall backend when it was set up (absent: iptables). */
   firewall?: Backend;
+  /** Set up with --allow-spoofing: its port guard keeps only the router-advertisement drops. */
+  allowSpoofing?: boolean;
   /** Per-container DNAT chain and the id its rules are tagged with (kept when a sharer takes over). */
   chain?: string;
   tag?: string;

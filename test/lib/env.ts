@@ -119,3 +119,33 @@ export function readDb(dir: string): StateDb {
   if (!existsSync(p)) return { containers: {}, networks: {} };
   return JSON.parse(readFileSync(p, 'utf8')) as StateDb;
 }
+
+/**
+ * Another host: a namespace of its own joined to ours by veth `name`
+ * (`hostAddr` here, `peerAddr` there, both /24, its default route back to
+ * us), answering HTTP on port 7000 with the peer address it sees.
+ */
+export async function outsideHost(name: string, hostAddr: string, peerAddr: string): Promise<{ sb: Sandbox; stop: () => Promise<void> }> {
+  const sb = await sandbox();
+  await sh('ip', ['link', 'add', name, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', String(sb.pid)]);
+  await sh('ip', ['addr', 'add', `${hostAddr}/24`, 'dev', name]);
+  await sh('ip', ['link', 'set', name, 'up']);
+  await inNs(sb.pid, ['ip', 'addr', 'add', `${peerAddr}/24`, 'dev', 'eth0']);
+  await inNs(sb.pid, ['ip', 'link', 'set', 'eth0', 'up']);
+  await inNs(sb.pid, ['ip', 'link', 'set', 'lo', 'up']);
+  await inNs(sb.pid, ['ip', 'route', 'add', 'default', 'via', hostAddr]);
+  const server = spawn(
+    'nsenter',
+    [`--net=/proc/${sb.pid}/ns/net`, '--', process.execPath, '-e',
+      "require('http').createServer((q,s)=>s.end('peer='+q.socket.remoteAddress.replace('::ffff:',''))).listen(7000)"],
+    { stdio: 'ignore' },
+  );
+  await sleep(300);
+  return {
+    sb,
+    stop: async () => {
+      server.kill('SIGKILL');
+      await sb.kill();
+    },
+  };
+}

@@ -9,7 +9,7 @@ import type { ContainerRecord } from '../../state/store.js';
 import { DNAT_CHAIN_PREFIX } from '../../state/names.js';
 import type { Firewall } from '../firewall.js';
 import { installGuard, removeGuards, staleGuards, type Guard } from './guard.js';
-import { installNetworkRules, removeNetworkRules } from './network.js';
+import { installNetworkRules, networkRulesPresent, removeNetworkRules } from './network.js';
 import { portsComment, publishScript, unpublishScript, type PortsChain } from './ports.js';
 import { purge, restore, save, savedComment, savedTarget } from './tables.js';
 
@@ -51,6 +51,14 @@ export const iptablesFirewall: Firewall = {
     const guards = removeGuards(recs.map(guardOf).filter((g) => g !== null));
     const done = await Promise.allSettled([ports, guards]);
     for (const d of done) if (d.status === 'rejected') throw d.reason;
+  },
+
+  networkPresent: (n) => networkRulesPresent(n.sid, n.bridge, n.subnet),
+
+  // Chains are refilled by name, but jumps to them would be doubled: take the records' rules out first.
+  async reapplyContainers(sid, recs, subnetOf) {
+    await this.removeContainers(sid, recs);
+    for (const r of recs) await this.addContainer(sid, r, subnetOf(r), r.allowSpoofing === true);
   },
 
   async purgeStale(sid, keep) {

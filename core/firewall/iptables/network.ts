@@ -10,7 +10,7 @@
  * ocinet's accepts). INPUT: `OCINET-INPUT` first; it only drops.
  */
 import { OcinetError } from '../../base/errors.js';
-import { isJump, restore, RestoreScript, save, savedChain, savedComment, type Rule, type SavedTable, type Table } from './tables.js';
+import { isJump, restore, RestoreScript, save, savedChain, savedComment, savedTarget, type Rule, type SavedTable, type Table } from './tables.js';
 import { DNAT_CHAIN_PREFIX } from '../../state/names.js';
 
 export const DNAT_CHAIN = 'OCINET-DNAT';
@@ -102,12 +102,11 @@ export async function installNetworkRules(sid: string, bridge: string, subnet: s
       for (const l of saved.rules) if (isJump(l, 'FORWARD', FWD_CHAIN)) script.deleteSaved(table, l);
       saved.rules = saved.rules.filter((l) => !isJump(l, 'FORWARD', FWD_CHAIN));
     }
-    for (const c of shared) {
-      if (saved.chains.has(c)) continue;
-      script.chain(table, c);
-      if (c === POST_CHAIN) {
-        script.append({ table, chain: c, args: ['-m', 'mark', '--mark', `${MASQ_MARK}/${MASQ_MARK}`, ...JUMP_TAG, '-j', 'MASQUERADE'] });
-      }
+    for (const c of shared) if (!saved.chains.has(c)) script.chain(table, c);
+    // The mark's MASQUERADE: made with its chain, and made again when someone flushed the chain.
+    const markRule = (l: string): boolean => savedChain(l) === POST_CHAIN && savedComment(l) === 'ocinet' && savedTarget(l) === 'MASQUERADE';
+    if (table === 'nat' && !saved.rules.some(markRule)) {
+      script.append({ table, chain: POST_CHAIN, args: ['-m', 'mark', '--mark', `${MASQ_MARK}/${MASQ_MARK}`, ...JUMP_TAG, '-j', 'MASQUERADE'] });
     }
     for (const j of JUMPS.filter((j) => j.table === table)) {
       if (saved.rules.some((l) => isJump(l, j.from, j.to))) continue;
@@ -156,11 +155,15 @@ export async function removeNetworkRules(sid: string, bridge: string): Promise<v
   await restore(script);
 }
 
-/** True when every shared jump is in place (for doctor and list). */
-export async function sharedRulesPresent(): Promise<boolean> {
+/** True when every shared jump and every rule of this network is in place (doctor). */
+export async function networkRulesPresent(sid: string, bridge: string, subnet: string): Promise<boolean> {
+  const tag = netTag(sid, bridge);
+  const want = networkRules(sid, bridge, subnet);
   for (const table of ['nat', 'filter'] as const) {
     const saved = await save(table);
     if (!JUMPS.filter((j) => j.table === table).every((j) => saved.rules.some((l) => isJump(l, j.from, j.to)))) return false;
+    const have = saved.rules.filter((l) => savedComment(l) === tag).length;
+    if (have < want.filter((r) => r.table === table).length) return false;
   }
   return true;
 }

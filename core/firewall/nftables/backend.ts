@@ -231,6 +231,17 @@ export const nftablesFirewall: Firewall = {
     });
   },
 
+  // Adding an element that is there is a no-op: one transaction for all.
+  async reapplyContainers(sid, recs) {
+    await nft(recs.flatMap((r) => containerElements(sid, r, r.allowSpoofing === true)).map(addLine));
+  },
+
+  async networkPresent(n) {
+    const r = await run('nft', ['list', 'table', 'inet', tableName(n.sid)], { allowFail: true });
+    const b = await run('nft', ['list', 'table', 'bridge', tableName(n.sid)], { allowFail: true });
+    return r.code === 0 && b.code === 0 && r.stdout.includes(q(n.bridge)) && /ip saddr @nets4 ip daddr != @nets4 masquerade/.test(r.stdout) && /iifname @guarded/.test(b.stdout);
+  },
+
   async purgeStale(sid, keep) {
     const kept = new Set(keep.flatMap((r) => (r.hostVeth && r.ip ? containerElements(sid, r, false) : [])).map((e) => `${e.where.split(' ').pop()} ${e.key}`));
     return purge(sid, (set, e) => set !== 'nets4' && set !== 'bridges' && !kept.has(`${set} ${e.key}`));
