@@ -84,6 +84,8 @@ async function main(argv: string[]): Promise<number> {
           id: c.id,
           mode: c.mode,
           ip: c.ip ? `${c.ip}/${c.prefix}` : '',
+          // Both families (dual stack networks); `ip` is the IPv4 one, as before.
+          ips: [c.ip ? `${c.ip}/${c.prefix}` : '', c.ip6 ? `${c.ip6}/${db.networks[c.bridge]?.subnet6?.split('/')[1] ?? '128'}` : ''].filter(Boolean),
           bridge: c.bridge,
           ...(c.hostVeth ? { hostLink: c.hostVeth } : {}),
           ...(c.mac ? { mac: c.mac } : {}),
@@ -104,7 +106,7 @@ async function main(argv: string[]): Promise<number> {
         process.stdout.write(
           table([
             ['ID', 'ADDRESS', 'BRIDGE', 'PORTS', 'PID', 'STATE'],
-            ...rows.map((r) => [r.id, r.ip, r.bridge, r.ports.join(',') || '-', String(r.pid ?? '-'), stateOf(r)]),
+            ...rows.map((r) => [r.id, r.ips.join(',') || '-', r.bridge, r.ports.join(',') || '-', String(r.pid ?? '-'), stateOf(r)]),
           ]),
         );
       }

@@ -32,6 +32,7 @@ const FLAGS: FlagSpec = {
   '--publish-range': { key: 'publishRange', kind: 'string' },
   '--allow-spoofing': { key: 'allowSpoofing', kind: 'bool' },
   '--firewall': { key: 'firewall', kind: 'string' },
+  '--subnet6': { key: 'subnet6', kind: 'string' },
   '--help': { key: 'help', kind: 'bool' },
   '--version': { key: 'version', kind: 'bool' },
 };
@@ -40,6 +41,8 @@ const USAGE = `usage: ocinet-hook [setup|teardown] [flags] < state.json
   Without a stage, 'stopped' state means teardown, anything else setup.
   --bridge NAME        bridge to attach to (default ocinet0)
   --subnet CIDR        bridge subnet; gateway is its first address (default 10.213.0.0/16)
+  --subnet6 CIDR       dual stack: the bridge's IPv6 subnet (/64 to /120; nftables backend);
+                       annotation io.ocinet.ip6 asks for a static address in it
   --iface NAME         interface name in the container (default eth0)
   --mtu N              MTU of the veth pair (default 1500)
   --publish H:C[/tcp|/udp]  publish container port C on host port H (repeatable)

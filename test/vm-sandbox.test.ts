@@ -60,6 +60,25 @@ t.test('ocinet network on a VM sandbox (--qmp/--qga)', async (t) => {
   await sh('ip', ['link', 'del', 'ocvm2']);
 });
 
+t.test('ocinet network on a VM sandbox: an IPv6 address and route in the guest', async (t) => {
+  await sh('ip', ['link', 'add', 'ocvm6', 'type', 'bridge']);
+  await sh('ip', ['addr', 'add', 'fd00:78::1/64', 'dev', 'ocvm6', 'nodad']);
+  await sh('ip', ['link', 'set', 'ocvm6', 'up']);
+  const before = await snapshot();
+  const iface = '{"device":"tap-six","name":"eth-six","IPAddresses":[{"address":"fd00:78::3","mask":"64"}],"hwAddr":"02:42:20:6f:a3:6a","mtu":1500}';
+  const add = await cli(['network', 'add-iface', ...VM, '--bridge', 'ocvm6', '-'], iface);
+  t.equal(add.exitCode, 0, add.stderr);
+  t.match(add.stdout, /"IPAddresses":\[\{"Family":10,"Address":"fd00:78::3","Mask":"64"\}\]/, "kata's Family 10");
+  t.equal((await cli(['network', 'list-ifaces', ...VM])).stdout, '[{"name":"eth-six","mac":"02:42:20:6f:a3:6a","ip":["fd00:78::3/64"],"mtu":1500}]');
+  t.equal((await inGuest('/bin/busybox', ['ping', '-6', '-c1', '-W3', 'fd00:78::1'])).exitcode, 0, 'the guest reaches the bridge over IPv6');
+  const route = '{"dest":"2001:db8:78::/48","gateway":"fd00:78::1","device":"eth-six"}';
+  t.equal((await cli(['network', 'add-route', ...VM, '-'], route)).stdout, `[${route}]`);
+  t.ok((await guestRoutes(G)).some((r) => r.dst === '2001:db8:78::/48' && r.dev === 'eth-six'), 'the v6 route in the guest');
+  t.equal((await cli(['network', 'del-iface', ...VM, '-'], '{"name":"eth-six"}')).stdout, 'null');
+  t.equal(await snapshot(), before, 'TAP gone from the host');
+  await sh('ip', ['link', 'del', 'ocvm6']);
+});
+
 t.test('the hook in TAP mode gives the guest a network and takes it away', async (t) => {
   const before = await snapshot(stateDir);
   const ann = { 'io.ocinet.mode': 'tap', 'io.ocinet.qmp': G.qmp, 'io.ocinet.qga': G.qga, 'io.ocinet.publish': '8080:80' };

@@ -31,9 +31,9 @@ export async function reload(stateDir: string, log?: OpLog): Promise<ReloadRepor
     const sid = stateId(stateDir);
     for (const n of Object.values(db.networks)) {
       try {
-        if (linkExists(n.bridge)) networkSysctls(n.bridge, n.createdBridge);
         // As if it were the only network: the shared parts are checked and made again too.
-        await firewallOf(n.firewall).installNetwork({ sid, bridge: n.bridge, subnet: n.subnet }, 0);
+        if (linkExists(n.bridge)) networkSysctls(n.bridge, n.createdBridge, n.subnet6 !== undefined);
+        await firewallOf(n.firewall).installNetwork({ sid, bridge: n.bridge, subnet: n.subnet, ...(n.subnet6 ? { subnet6: n.subnet6 } : {}) }, 0);
         report.networks.push(n.bridge);
       } catch (e) {
         report.errors.push(`network ${n.bridge}: ${errorLine(e)}`);

@@ -14,6 +14,8 @@ export interface NetworkRules {
   sid: string;
   bridge: string;
   subnet: string;
+  /** Dual stack: the network's IPv6 subnet (nftables only). */
+  subnet6?: string;
 }
 
 export interface Firewall {
@@ -25,7 +27,7 @@ export interface Firewall {
    */
   installNetwork(n: NetworkRules, others: number): Promise<void>;
   /** Remove a network's rules (idempotent); what networks share goes with the last one. */
-  removeNetwork(n: Pick<NetworkRules, 'sid' | 'bridge'> & { subnet?: string }, others: number): Promise<void>;
+  removeNetwork(n: Pick<NetworkRules, 'sid' | 'bridge'> & { subnet?: string; subnet6?: string }, others: number): Promise<void>;
   /** A new container's port guard and published ports (its record names them). */
   addContainer(sid: string, rec: ContainerRecord, subnet: string, allowSpoofing: boolean): Promise<void>;
   /** Remove the records' own rules, all at once where the backend can; idempotent. */

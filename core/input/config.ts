@@ -5,6 +5,7 @@
  * (a host port asked twice is an error); everything else comes from flags.
  */
 import { isIPv4, parseSubnet } from '../base/cidr.js';
+import { isIPv6Address, parseSubnet6 } from '../base/cidr6.js';
 import { OcinetError } from '../base/errors.js';
 import { isIfName } from '../state/names.js';
 import { parsePort, parsePortList } from '../firewall/ports.js';
@@ -27,6 +28,7 @@ export const DEFAULTS = {
 export const ANNOTATIONS = {
   publish: 'io.ocinet.publish',
   ip: 'io.ocinet.ip',
+  ip6: 'io.ocinet.ip6',
   interfaces: 'io.ocinet.interfaces',
   routes: 'io.ocinet.routes',
   ipvs: 'io.ocinet.ipvs',
@@ -54,11 +56,13 @@ export interface HookFlags {
   publishRange?: string;
   allowSpoofing?: boolean;
   firewall?: string;
+  subnet6?: string;
 }
 
 export interface HookConfig extends NetworkOptions {
   ports: PortMapping[];
   ip?: string;
+  ip6?: string;
   logFile: string | null;
   requested: { ports: boolean; ip: boolean };
   interfaces: IfaceInput[];
@@ -189,5 +193,16 @@ export function resolveConfig(flags: HookFlags, annotations: Record<string, stri
     cfg.ipvs = parseRestore(ipvs, `annotation ${ANNOTATIONS.ipvs}`);
   }
   if (ip !== undefined) cfg.ip = ip;
+  // Dual stack: a v6 subnet of the hook entry's, and a static v6 address an annotation may ask for in it.
+  if (flags.subnet6 !== undefined) {
+    cfg.subnet6 = parseSubnet6(flags.subnet6, '--subnet6').cidr;
+    if (cfg.firewall === 'iptables') throw new OcinetError('EINPUT', '--subnet6 needs the nftables firewall backend (--firewall nftables or auto)');
+  }
+  const ip6 = annotations[ANNOTATIONS.ip6];
+  if (ip6 !== undefined) {
+    if (!isIPv6Address(ip6)) throw new OcinetError('EINPUT', `annotation ${ANNOTATIONS.ip6}: '${ip6}' is not an IPv6 address`);
+    if (!cfg.subnet6) throw new OcinetError('EINPUT', `annotation ${ANNOTATIONS.ip6}: the network has no IPv6 subnet (the hook entry gives none with --subnet6)`);
+    cfg.ip6 = ip6;
+  }
   return cfg;
 }

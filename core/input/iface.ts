@@ -7,6 +7,7 @@ import { OcinetError } from '../base/errors.js';
 import { check } from '../base/validate.js';
 import { validateKataIface, validateKataIfaceName, validateKataIfaces, validateKataRoute } from '../generated/validators.js';
 import { intToIp, ipToInt, isIPv4, maskOf } from '../base/cidr.js';
+import { bigToIp6, ip6ToBig, isIPv6Address } from '../base/cidr6.js';
 
 // ---- contract: input and output shapes ----
 
@@ -52,6 +53,9 @@ export interface AddedIface {
   mtu: number;
   address?: string;
   prefix?: number;
+  /** Its IPv6 address, when it has one. */
+  address6?: string;
+  prefix6?: number;
   /** moved: an existing host device moved in; veth: a pair ocinet created; tap: a VM NIC. */
   kind: 'moved' | 'veth' | 'tap';
   origMac?: string;
@@ -67,16 +71,26 @@ export interface AddedIface {
 
 // ---- validation ----
 
-function checkIp(address: string, mask: string | number, where: string): number {
-  if (!isIPv4(address)) throw new OcinetError('EINPUT', `${where}: '${address}' is not an IPv4 address`);
+/** An interface address: IPv4 with mask 0-32, or IPv6 with 0-128. Returns the family. */
+function checkIp(address: string, mask: string | number, where: string): 4 | 6 {
+  const family = isIPv4(address) ? 4 : isIPv6Address(address) ? 6 : 0;
+  if (!family) throw new OcinetError('EINPUT', `${where}: '${address}' is not an IPv4 or IPv6 address`);
   const m = String(mask);
-  if (!/^\d{1,2}$/.test(m) || Number(m) > 32) throw new OcinetError('EINPUT', `${where}: mask '${m}' must be 0-32`);
-  return Number(m);
+  const max = family === 4 ? 32 : 128;
+  if (!/^\d{1,3}$/.test(m) || Number(m) > max) throw new OcinetError('EINPUT', `${where}: mask '${m}' of ${address} must be 0-${max}`);
+  return family;
+}
+
+/** The interface's address of one family, as AddedIface keeps it. */
+export function addressOf(i: IfaceInput, family: 4 | 6): { address: string; prefix: number } | undefined {
+  const a = (i.IPAddresses ?? []).find((x) => (family === 4 ? isIPv4(x.address) : isIPv6Address(x.address)));
+  return a ? { address: family === 6 ? bigToIp6(ip6ToBig(a.address)) : a.address, prefix: Number(a.mask) } : undefined;
 }
 
 export function parseIface(data: unknown, where = 'interface'): IfaceInput {
   const i = check<IfaceInput>(validateKataIface, data, where);
-  for (const a of i.IPAddresses ?? []) checkIp(a.address, a.mask, `${where} field 'IPAddresses'`);
+  const families = (i.IPAddresses ?? []).map((a) => checkIp(a.address, a.mask, `${where} field 'IPAddresses'`));
+  if (families.length === 2 && families[0] === families[1]) throw new OcinetError('EINPUT', `${where} field 'IPAddresses': one address per family (an IPv4 and an IPv6)`);
   const first = parseInt(i.hwAddr.slice(0, 2), 16);
   if (first & 1) throw new OcinetError('EINPUT', `${where} field 'hwAddr': ${i.hwAddr} is a multicast address, not a unicast MAC`);
   if (/^(00:){5}00$/.test(i.hwAddr)) throw new OcinetError('EINPUT', `${where} field 'hwAddr': all-zero MAC`);
@@ -105,6 +119,15 @@ export function parseIfaceName(data: unknown): string {
 export function canonicalDest(dest: string, where: string): string {
   if (dest === 'default') return 'default';
   const [ip, len, extra] = dest.split('/');
+  if (extra === undefined && ip && isIPv6Address(ip)) {
+    // IPv6: `addr` (= /128) or `net/n`, in the kernel's spelling.
+    const prefix = len === undefined ? 128 : /^\d{1,3}$/.test(len) && Number(len) <= 128 ? Number(len) : -1;
+    if (prefix < 0) throw new OcinetError('EINPUT', `${where} field 'dest': mask in '${dest}' must be 0-128`);
+    const n = ip6ToBig(ip);
+    const host = (1n << BigInt(128 - prefix)) - 1n;
+    if ((n & host) !== 0n) throw new OcinetError('EINPUT', `${where} field 'dest': '${dest}' has host bits set`);
+    return prefix === 128 ? bigToIp6(n) : `${bigToIp6(n)}/${prefix}`;
+  }
   if (extra !== undefined || !ip || !isIPv4(ip)) throw new OcinetError('EINPUT', `${where} field 'dest': '${dest}' is not default, IP or IP/mask`);
   const prefix = len === undefined ? 32 : /^\d{1,2}$/.test(len) && Number(len) <= 32 ? Number(len) : -1;
   if (prefix < 0) throw new OcinetError('EINPUT', `${where} field 'dest': mask in '${dest}' must be 0-32`);
@@ -121,7 +144,11 @@ export function parseRoutes(data: unknown, forAdd: boolean, where = 'route'): Ro
     const w = Array.isArray(data) ? `${where}[${n}]` : where;
     const r = check<RouteSpec>(validateKataRoute, d, w);
     canonicalDest(r.dest, w);
-    if (r.gateway !== undefined && !isIPv4(r.gateway)) throw new OcinetError('EINPUT', `${w} field 'gateway': '${r.gateway}' is not an IPv4 address`);
+    if (r.gateway !== undefined && !isIPv4(r.gateway) && !isIPv6Address(r.gateway)) throw new OcinetError('EINPUT', `${w} field 'gateway': '${r.gateway}' is not an IPv4 or IPv6 address`);
+    const six = (s: string): boolean => s.includes(':');
+    if (r.gateway !== undefined && r.dest !== 'default' && six(r.gateway) !== six(r.dest)) {
+      throw new OcinetError('EINPUT', `${w}: dest '${r.dest}' and gateway '${r.gateway}' are of different families`);
+    }
     if (forAdd && r.dest === 'default' && r.gateway === undefined) throw new OcinetError('EINPUT', `${w}: dest 'default' needs a gateway`);
     if (forAdd && r.device === undefined) throw new OcinetError('EINPUT', `${w}: missing required field 'device'`);
     return r;
@@ -132,7 +159,13 @@ export function ifaceOutput(a: AddedIface): IfaceOutput {
   const out: IfaceOutput = {
     device: a.device,
     name: a.name,
-    IPAddresses: a.address ? [{ Family: 2, Address: a.address, Mask: String(a.prefix) }] : null,
+    // kata prints the family as AF_INET (2) or AF_INET6 (10).
+    IPAddresses: a.address || a.address6
+      ? [
+          ...(a.address ? [{ Family: 2, Address: a.address, Mask: String(a.prefix) }] : []),
+          ...(a.address6 ? [{ Family: 10, Address: a.address6, Mask: String(a.prefix6) }] : []),
+        ]
+      : null,
     mtu: a.mtu,
     hwAddr: a.hwAddr,
   };

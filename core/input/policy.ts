@@ -30,6 +30,7 @@ export const DEFAULT_POLICY: AnnotationPolicy = { hostDevices: [], devicePrefix:
 export const ANNOTATION_MAX_BYTES: Record<string, number> = {
   'io.ocinet.publish': 4096,
   'io.ocinet.ip': 64,
+  'io.ocinet.ip6': 64,
   'io.ocinet.interfaces': 16384,
   'io.ocinet.routes': 16384,
   'io.ocinet.ipvs': 1 << 20,

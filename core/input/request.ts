@@ -19,6 +19,8 @@ export interface NetworkOptions {
   keepBridge: boolean;
   /** The firewall backend of a new network (a known network keeps its own); default auto. */
   firewall?: BackendChoice;
+  /** Dual stack: the network's IPv6 subnet (canonical); absent, IPv4 only. */
+  subnet6?: string;
 }
 
 export interface SetupRequest extends NetworkOptions {
@@ -28,6 +30,8 @@ export interface SetupRequest extends NetworkOptions {
   bundle?: string;
   ports: PortMapping[];
   ip?: string;
+  /** A static IPv6 address (io.ocinet.ip6), on a network with subnet6. */
+  ip6?: string;
   /**
    * What the container itself asked for (annotations), as opposed to the
    * admin defaults of the hook entry: a container joining another's

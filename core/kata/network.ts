@@ -12,7 +12,7 @@ import { allLinkDetails, linkDetails, linkExists } from '../net/bridge.js';
 import { ipBatch, ipBatchIn, netnsId } from '../net/netns.js';
 import { withSandboxLock } from '../state/lock.js';
 import { guestIpBatch, guestLinks, guestRoutes, vmAddIface, vmDelIface, type GuestLink, type GuestRoute } from '../vm/hotplug.js';
-import { canonicalDest, ifaceOutput, type AddedIface, type IfaceInput, type IfaceOutput, type ListedIface, type RouteSpec } from '../input/iface.js';
+import { addressOf, canonicalDest, ifaceOutput, type AddedIface, type IfaceInput, type IfaceOutput, type ListedIface, type RouteSpec } from '../input/iface.js';
 import { allRecords, hasRecord, loadRecord, recordTarget, sandboxAlive, saveRecord, type Target } from './records.js';
 
 // ---- kernel views of a container sandbox ----
@@ -29,8 +29,12 @@ async function linksIn(t: Target): Promise<IpLink[]> {
 
 async function routesIn(t: Target): Promise<IpRoute[]> {
   if (t.vm) return guestRoutes(t.vm);
-  const r = await run('nsenter', [`--net=${t.nsPath}`, '--', 'ip', '-j', '-4', 'route', 'show', 'table', 'main']);
-  return JSON.parse(r.stdout || '[]') as IpRoute[];
+  const out: IpRoute[] = [];
+  for (const family of ['-4', '-6']) {
+    const r = await run('nsenter', [`--net=${t.nsPath}`, '--', 'ip', '-j', family, 'route', 'show', 'table', 'main']);
+    out.push(...(JSON.parse(r.stdout || '[]') as IpRoute[]));
+  }
+  return out;
 }
 
 function alive(t: Target): boolean {
@@ -104,11 +108,10 @@ export async function addIface(t: Target, input: IfaceInput, o: AddOptions): Pro
     }
 
     const a: AddedIface = { device: input.device, name: input.name, hwAddr: input.hwAddr, mtu: input.mtu, kind: 'veth', queues: input.queues ?? 0 };
-    const ip = input.IPAddresses?.[0];
-    if (ip) {
-      a.address = ip.address;
-      a.prefix = Number(ip.mask);
-    }
+    const v4 = addressOf(input, 4);
+    const v6 = addressOf(input, 6);
+    if (v4) Object.assign(a, { address: v4.address, prefix: v4.prefix });
+    if (v6) Object.assign(a, { address6: v6.address, prefix6: v6.prefix });
     if (linkExists(input.device)) {
       const l = await linkDetails(input.device);
       a.kind = 'moved';
@@ -130,6 +133,7 @@ export async function addIface(t: Target, input: IfaceInput, o: AddOptions): Pro
         `link set ${a.name} address ${a.hwAddr} mtu ${a.mtu}`,
         // The address brings its subnet route with it, as kata's note says.
         ...(a.address ? [`addr add ${a.address}/${a.prefix} dev ${a.name}`] : []),
+        ...(a.address6 ? [`addr add ${a.address6}/${a.prefix6} dev ${a.name} nodad`] : []),
         `link set ${a.name} up`,
       ]);
       // Its index in the sandbox: the container may rename it, not renumber it.
@@ -204,7 +208,8 @@ export async function listIfaces(t: Target, stateDir: string): Promise<ListedIfa
     return {
       name: a.name,
       mac: l?.address ?? a.hwAddr,
-      ip: (l?.addr_info ?? []).filter((x) => x.family === 'inet').map((x) => `${x.local}/${x.prefixlen}`),
+      // Both families; IPv6 link-local addresses are the kernel's, not the interface's configuration.
+      ip: (l?.addr_info ?? []).filter((x) => x.family === 'inet' || (x.family === 'inet6' && !x.local.startsWith('fe80:'))).map((x) => `${x.local}/${x.prefixlen}`),
       mtu: l?.mtu ?? a.mtu,
     };
   });

@@ -21,13 +21,20 @@ const hasIPv6 = (): boolean => existsSync('/proc/sys/net/ipv6/conf');
  * no router advertisements or autoconfiguration taken from containers. A
  * bridge ocinet made, for a network without IPv6, has no IPv6 at all.
  */
-export function networkSysctls(bridge: string, ownBridge: boolean): void {
+export function networkSysctls(bridge: string, ownBridge: boolean, dualStack = false): void {
   setSysctl('net.ipv4.ip_forward', '1');
   setSysctl(`net.ipv4.conf.${bridge}.route_localnet`, '1');
-  if (!hasIPv6()) return;
+  if (!hasIPv6()) {
+    if (dualStack) throw new OcinetError('EKERNEL', 'this kernel has no IPv6 (booted with ipv6.disable=1): --subnet6 cannot work');
+    return;
+  }
   setSysctl(`net.ipv6.conf.${bridge}.accept_ra`, '0');
   setSysctl(`net.ipv6.conf.${bridge}.autoconf`, '0');
-  if (ownBridge) setSysctl(`net.ipv6.conf.${bridge}.disable_ipv6`, '1');
+  // Dual stack: the host is the containers' only IPv6 router.
+  if (dualStack) {
+    setSysctl(`net.ipv6.conf.${bridge}.disable_ipv6`, '0');
+    setSysctl('net.ipv6.conf.all.forwarding', '1');
+  } else if (ownBridge) setSysctl(`net.ipv6.conf.${bridge}.disable_ipv6`, '1');
 }
 
 /**

@@ -34,6 +34,8 @@ export function reattachLines(hostVeth: string, bridge: string): string[] {
 }
 
 /** Container side: one `nsenter ... ip -batch`. */
-export function containerLines(iface: string, ip: string, prefix: number, gateway: string): string[] {
-  return [`link set lo up`, `addr add ${ip}/${prefix} dev ${iface}`, `link set ${iface} up`, defaultRoute(gateway, iface)];
+export function containerLines(iface: string, ip: string, prefix: number, gateway: string, v6?: { ip: string; prefix: number; gateway: string }): string[] {
+  // IPv6 without duplicate address detection: ocinet's IPAM made it unique, and it is usable at once.
+  const six = v6 ? [`addr add ${v6.ip}/${v6.prefix} dev ${iface} nodad`] : [];
+  return [`link set lo up`, `addr add ${ip}/${prefix} dev ${iface}`, ...six, `link set ${iface} up`, defaultRoute(gateway, iface), ...(v6 ? [defaultRoute(v6.gateway, iface)] : [])];
 }

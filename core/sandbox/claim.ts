@@ -7,7 +7,8 @@
 import { bridgeHasSubnetRoute, createdByOcinet, deleteLink, ensureBridge, linkExists } from '../net/bridge.js';
 import { targetOf } from './objects.js';
 import { errorLine, isOcinetError, OcinetError } from '../base/errors.js';
-import { allocate } from '../state/ipam.js';
+import { allocate, allocate6 } from '../state/ipam.js';
+import { bigToIp6, gateway6Of, parseSubnet6 } from '../base/cidr6.js';
 import { ipvsRestore } from '../kata/ipvs.js';
 import { addIface, addRoutes } from '../kata/network.js';
 import { withLock } from '../state/lock.js';
@@ -34,6 +35,9 @@ export interface SetupResult {
   ip: string;
   prefix: number;
   gateway: string;
+  /** Dual stack: the container's IPv6 address and the bridge's. */
+  ip6?: string;
+  gateway6?: string;
   iface: string;
   hostVeth?: string;
   ports: PortMapping[];
@@ -41,8 +45,9 @@ export interface SetupResult {
   sharedWith?: string;
 }
 
-export function resultOf(r: ContainerRecord, gateway: string): SetupResult {
+export function resultOf(r: ContainerRecord, gateway: string, gateway6?: string): SetupResult {
   const out: SetupResult = { id: r.id, ip: r.ip ?? '', prefix: r.prefix ?? 0, gateway, iface: r.iface ?? '', ports: r.ports };
+  if (r.ip6 && gateway6) Object.assign(out, { ip6: r.ip6, gateway6 });
   if (r.hostVeth) out.hostVeth = r.hostVeth;
   if (r.sharedWith) out.sharedWith = r.sharedWith;
   return out;
@@ -58,8 +63,19 @@ async function networkRecord(db: Db, o: NetworkOptions, gateway: string, reclaim
   if (known && known.subnet !== o.subnet) {
     throw new OcinetError('ECONFLICT', `bridge ${o.bridge} is in use by ocinet with subnet ${known.subnet}, not ${o.subnet}`);
   }
-  if (!known) return { bridge: o.bridge, subnet: o.subnet, gateway, createdBridge: false, firewall: await resolveBackend(o.firewall ?? 'auto') };
+  if (known && (known.subnet6 ?? '') !== (o.subnet6 ?? '')) {
+    throw new OcinetError('ECONFLICT', `bridge ${o.bridge} is in use by ocinet with ${known.subnet6 ? `IPv6 subnet ${known.subnet6}` : 'no IPv6 subnet'}, not ${o.subnet6 ?? 'none'}`);
+  }
+  if (!known) {
+    const net: NetworkRecord = { bridge: o.bridge, subnet: o.subnet, gateway, createdBridge: false, firewall: await resolveBackend(o.firewall ?? 'auto') };
+    if (o.subnet6) {
+      if (net.firewall === 'iptables') throw new OcinetError('EINPUT', `--subnet6 needs the nftables firewall backend, and network ${o.bridge} would get iptables (an iptables FORWARD policy of DROP makes auto pick it)`);
+      Object.assign(net, { subnet6: o.subnet6, gateway6: bigToIp6(gateway6Of(parseSubnet6(o.subnet6))) });
+    }
+    return net;
+  }
   const has = known.firewall ?? 'iptables';
+  if (o.subnet6 && o.firewall === 'iptables') throw new OcinetError('EINPUT', '--subnet6 needs the nftables firewall backend');
   if (o.firewall === undefined || o.firewall === 'auto' || o.firewall === has) return known;
   const user = Object.values(db.containers).find((c) => c.bridge === o.bridge && reclaim.blocks(c, `network ${o.bridge} asked for firewall ${o.firewall}`));
   if (user) {
@@ -84,17 +100,18 @@ export function othersOn(db: Db, bridge: string, b: Backend): number {
 async function ensureNetwork(db: Db, net: NetworkRecord, o: NetworkOptions): Promise<void> {
   const known = db.networks[o.bridge] === net;
   if (known && linkExists(o.bridge) && bridgeHasSubnetRoute(o.bridge, o.subnet)) {
-    networkSysctls(o.bridge, net.createdBridge);
+    networkSysctls(o.bridge, net.createdBridge, net.subnet6 !== undefined);
     return;
   }
   const sid = stateId(o.stateDir);
   const created = await ensureBridge(sid, o.bridge, o.subnet, net.gateway, o.mtu);
   const fw = firewallOf(net.firewall);
-  const rules = { sid, bridge: o.bridge, subnet: o.subnet };
+  const rules = { sid, bridge: o.bridge, subnet: o.subnet, ...(net.subnet6 ? { subnet6: net.subnet6 } : {}) };
   const others = othersOn(db, o.bridge, fw.backend);
   try {
     net.createdBridge = net.createdBridge || created || (await createdByOcinet(o.bridge, sid));
-    networkSysctls(o.bridge, net.createdBridge);
+    networkSysctls(o.bridge, net.createdBridge, net.subnet6 !== undefined);
+    if (net.subnet6) await ipBatch([`addr replace ${net.gateway6}/${parseSubnet6(net.subnet6).prefix} dev ${o.bridge} nodad`]);
     await fw.installNetwork(rules, others);
   } catch (e) {
     // iptables-restore commits table by table: take back whatever got in.
@@ -115,9 +132,10 @@ export async function claim(db: Db, req: SetupRequest, prefix: number, gateway: 
   checkPortConflicts(req.ports, db, req.id, blocks);
   const net = await networkRecord(db, req, gateway, reclaim);
   const ip = allocate(db, net, req.id, req.ip, blocks); // before the bridge: a refused address changes nothing
+  const ip6 = net.subnet6 ? allocate6(db, net, req.id, req.ip6, blocks) : undefined;
   await reclaim.finish(); // the dead records' rules go before this container's come
   await ensureNetwork(db, net, req);
-  return recordLease(db, req, ip, prefix, { ...kind, firewall: net.firewall ?? 'iptables' });
+  return recordLease(db, req, ip, prefix, { ...kind, firewall: net.firewall ?? 'iptables', ...(ip6 ? { ip6 } : {}) });
 }
 
 /** The annotations' extra interfaces, routes and IPVS rules, once the main NIC is up (both modes). */
@@ -162,7 +180,7 @@ export function decide<T>(req: SetupRequest, log: OpLog | undefined, fn: (db: Db
   });
 }
 
-export type RecordKind = Pick<ContainerRecord, 'mode' | 'hostVeth' | 'mac' | 'pid' | 'start' | 'netns' | 'vm' | 'firewall'>;
+export type RecordKind = Pick<ContainerRecord, 'mode' | 'hostVeth' | 'mac' | 'pid' | 'start' | 'netns' | 'vm' | 'firewall' | 'ip6'>;
 
 /** Write the record that holds a new container's lease and ports (under the lock). */
 function recordLease(db: Db, req: SetupRequest, ip: string, prefix: number, kind: RecordKind): ContainerRecord {

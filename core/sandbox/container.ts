@@ -7,6 +7,7 @@
  */
 import { deleteLink, linkExists } from '../net/bridge.js';
 import { gatewayOf, intToIp, parseSubnet } from '../base/cidr.js';
+import { bigToIp6, gateway6Of, parseSubnet6 } from '../base/cidr6.js';
 import { errorLine, OcinetError } from '../base/errors.js';
 import { run } from '../base/exec.js';
 import type { OpLog } from '../state/log.js';
@@ -61,6 +62,8 @@ function namespaceOwner(db: Db, nsId: string, id: string, reclaim: Reclaimer): C
 async function setupVeth(req: SetupRequest, ns: NetnsHandle, log?: OpLog): Promise<SetupResult> {
   const sn = parseSubnet(req.subnet);
   const gateway = intToIp(gatewayOf(sn));
+  const sn6 = req.subnet6 ? parseSubnet6(req.subnet6) : undefined;
+  const gateway6 = sn6 ? bigToIp6(gateway6Of(sn6)) : undefined;
   log?.step('check');
 
   const sid = stateId(req.stateDir);
@@ -111,7 +114,7 @@ async function setupVeth(req: SetupRequest, ns: NetnsHandle, log?: OpLog): Promi
   log?.step('ipam');
   if (rec.mode === 'shared') {
     await dropEarly();
-    return resultOf(rec, gateway);
+    return resultOf(rec, gateway, gateway6);
   }
   const ip = rec.ip!;
 
@@ -125,7 +128,7 @@ async function setupVeth(req: SetupRequest, ns: NetnsHandle, log?: OpLog): Promi
         portSysctls(plan.hostVeth);
         log?.step('host');
       })
-      .then(() => ipBatchIn(ns.path, containerLines(req.iface, ip, sn.prefix, gateway)))
+      .then(() => ipBatchIn(ns.path, containerLines(req.iface, ip, sn.prefix, gateway, rec.ip6 && sn6 ? { ip: rec.ip6, prefix: sn6.prefix, gateway: gateway6! } : undefined)))
       .then(() => log?.step('container'));
     // Firewall rules do not depend on the links: apply them while the links are made.
     const done = await Promise.allSettled([links, firewall(rec, req)]);
@@ -141,5 +144,5 @@ async function setupVeth(req: SetupRequest, ns: NetnsHandle, log?: OpLog): Promi
     await teardownContainer(req.id, req, { bundle: req.bundle }).catch(() => undefined);
     throw e;
   }
-  return resultOf(rec, gateway);
+  return resultOf(rec, gateway, gateway6);
 }

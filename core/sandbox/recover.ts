@@ -12,6 +12,7 @@
 import { readdirSync, readFileSync, renameSync } from 'node:fs';
 import { aliasOwner, bridgeAlias, type LinkDetails } from '../net/bridge.js';
 import { intToIp, ipToInt, maskOf } from '../base/cidr.js';
+import { bigToIp6, ip6ToBig } from '../base/cidr6.js';
 import { errorLine, isOcinetError } from '../base/errors.js';
 import { hasProgram, run } from '../base/exec.js';
 import { save, savedWords } from '../firewall/iptables/tables.js';
@@ -95,6 +96,9 @@ async function portsByTag(sid: string): Promise<Map<string, TaggedPorts>> {
   return out;
 }
 
+/** A link's global IPv6 address (not link-local), if any. */
+const global6 = (l: IpLink): { local: string; prefixlen: number } | undefined => l.addr_info?.find((x) => x.family === 'inet6' && !x.local.startsWith('fe80:'));
+
 /** One process per network namespace other than ours: the lowest pid in it. */
 function namespaces(): Map<string, number> {
   const self = netnsId('/proc/self/ns/net');
@@ -141,6 +145,12 @@ export async function rebuildState(stateDir: string, why: string): Promise<{ db:
     if (!l || !a) continue;
     const subnet = `${intToIp((ipToInt(a.local) & maskOf(a.prefixlen)) >>> 0)}/${a.prefixlen}`;
     db.networks[b] = { bridge: b, subnet, gateway: a.local, createdBridge: l.ifalias === bridgeAlias(sid), firewall: nft.bridges.has(b) ? 'nftables' : 'iptables' };
+    // Dual stack: the bridge's global IPv6 address is the gateway of the network's IPv6 subnet.
+    const a6 = global6(l);
+    if (a6) {
+      const host = (1n << BigInt(128 - a6.prefixlen)) - 1n;
+      Object.assign(db.networks[b]!, { subnet6: `${bigToIp6(ip6ToBig(a6.local) & ~host)}/${a6.prefixlen}`, gateway6: a6.local });
+    }
     gateways.set(a.local, b);
   }
   const tagged = await portsByTag(sid);
@@ -166,6 +176,8 @@ export async function rebuildState(stateDir: string, why: string): Promise<{ db:
       // An iptables guard's name follows from its port's; removal looks for it by listing when it is not there.
       if (!onNft) r.guard = guardChain(sid, host.ifname);
       if (inner.address) r.mac = inner.address;
+      const a6 = global6(inner);
+      if (a6 && db.networks[host.master]?.subnet6) r.ip6 = a6.local;
       if (start !== null) r.start = start;
       if (a) {
         r.ip = a.local;

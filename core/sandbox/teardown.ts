@@ -95,7 +95,7 @@ export async function removeNetwork(db: Db, bridge: string, stateDir: string): P
   const ours = net?.createdBridge || (linkExists(bridge) && (await createdByOcinet(bridge, sid)));
   if (!net && !ours) return false;
   const fw = firewallOf(net?.firewall);
-  await fw.removeNetwork({ sid, bridge, ...(net ? { subnet: net.subnet } : {}) }, othersOn(db, bridge, fw.backend));
+  await fw.removeNetwork({ sid, bridge, ...(net ? { subnet: net.subnet } : {}), ...(net?.subnet6 ? { subnet6: net.subnet6 } : {}) }, othersOn(db, bridge, fw.backend));
   if (ours) await deleteLink(bridge);
   delete db.networks[bridge];
   return true;

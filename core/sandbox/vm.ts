@@ -60,6 +60,7 @@ function qemuIdentity(vm: VmSockets, statePid: number): Pick<ContainerRecord, 'p
  */
 export async function setupVm(req: SetupRequest, log?: OpLog): Promise<SetupResult> {
   const vm = vmSockets(req);
+  if (req.subnet6) throw new OcinetError('EINPUT', '--subnet6: TAP mode (VM sandboxes) is IPv4 only for now');
   const sn = parseSubnet(req.subnet);
   const gateway = intToIp(gatewayOf(sn));
   const qemu = qemuIdentity(vm, req.pid);

@@ -5,6 +5,7 @@
  * Callers hold the state lock.
  */
 import { contains, hostRange, intToIp, ipToInt, isIPv4, parseSubnet } from '../base/cidr.js';
+import { bigToIp6, contains6, hostRange6, ip6ToBig, parseSubnet6 } from '../base/cidr6.js';
 import { OcinetError } from '../base/errors.js';
 import type { ContainerRecord, Db, NetworkRecord } from './store.js';
 
@@ -68,4 +69,36 @@ function nextFree(net: NetworkRecord, used: Map<number, unknown>, first: number,
     }
   }
   return null;
+}
+
+/**
+ * The container's IPv6 address on a dual stack network: the requested static
+ * one, or the next free after the last handed out (a /64 is never full in
+ * practice; its scan is bounded by the leases there are).
+ */
+export function allocate6(db: Db, net: NetworkRecord, id: string, requested?: string, blocks: Blocks = always): string {
+  const sn = parseSubnet6(net.subnet6!);
+  const { first, last } = hostRange6(sn);
+  const used = new Map<bigint, ContainerRecord>();
+  for (const c of Object.values(db.containers)) if (c.bridge === net.bridge && c.ip6 && c.mode !== 'shared') used.set(ip6ToBig(c.ip6), c);
+  if (requested !== undefined) {
+    const n = ip6ToBig(requested);
+    if (!contains6(sn, n)) throw new OcinetError('EINPUT', `static address ${requested} is outside subnet ${net.subnet6}`);
+    if (n < first) throw new OcinetError('EINPUT', `static address ${requested} is the network or gateway address of ${net.subnet6}`);
+    const owner = used.get(n);
+    const live = owner && owner.id !== id ? blocks(owner, `static address ${requested} asked by ${id}`) : null;
+    if (live) throw new OcinetError('ECONFLICT', `static address ${requested} is already leased to container ${live.id}`);
+    return bigToIp6(n);
+  }
+  const after = net.lastIp6 ? ip6ToBig(net.lastIp6) : first - 1n;
+  let n = after >= first && after < last ? after + 1n : first;
+  for (let tried = 0n; tried <= BigInt(used.size); tried++) {
+    // Dead leases are skipped, not reclaimed: the v4 choice already met the ones in the way.
+    if (!used.has(n)) {
+      net.lastIp6 = bigToIp6(n);
+      return net.lastIp6;
+    }
+    n = n >= last ? first : n + 1n;
+  }
+  throw new OcinetError('EEXHAUSTED', `no free address left in ${net.subnet6}`);
 }

@@ -7,6 +7,7 @@ import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { OcinetError } from '../base/errors.js';
 import { isIPv4 } from '../base/cidr.js';
+import { isIPv6Address } from '../base/cidr6.js';
 import { containerTag, dnatChain, GUARD_CHAIN_PREFIX, guardChain, hostVethName, isIfName, stateId } from './names.js';
 import { useStateDir } from './statedir.js';
 
@@ -30,6 +31,10 @@ export interface NetworkRecord {
   createdBridge: boolean;
   /** Last address handed out; allocation continues after it (host-local style). */
   lastIp?: string;
+  /** Dual stack: the network's IPv6 subnet, the bridge's address in it, the last address handed out. */
+  subnet6?: string;
+  gateway6?: string;
+  lastIp6?: string;
   /** The firewall backend the network was made with (absent: iptables, made before backends existed). */
   firewall?: Backend;
 }
@@ -45,6 +50,8 @@ export interface ContainerRecord {
   prefix?: number;
   iface?: string;
   hostVeth?: string;
+  /** Dual stack: the container's IPv6 address (prefix: its network's subnet6). */
+  ip6?: string;
   /** The container's MAC on the bridge (its eth0, or its VM's NIC), which its port guard allows. */
   mac?: string;
   /** The port guard's ebtables chain (firewall/iptables/guard.ts): iptables records only. */
@@ -165,6 +172,8 @@ function networkProblem(bridge: string, n: unknown): string | null {
   if (n.bridge !== bridge || !isIfName(bridge)) return `field 'bridge' is not '${bridge}'`;
   if (typeof n.subnet !== 'string' || !/^[\d.]+\/\d{1,2}$/.test(n.subnet)) return `field 'subnet' is not a CIDR`;
   if (!isAddress(n.gateway)) return `field 'gateway' is not an IPv4 address`;
+  if (n.subnet6 !== undefined && (typeof n.subnet6 !== 'string' || !/^[0-9a-f:]+\/\d{2,3}$/.test(n.subnet6))) return `field 'subnet6' is not an IPv6 CIDR`;
+  if (n.gateway6 !== undefined && !(typeof n.gateway6 === 'string' && isIPv6Address(n.gateway6))) return `field 'gateway6' is not an IPv6 address`;
   if (n.firewall !== undefined && n.firewall !== 'iptables' && n.firewall !== 'nftables') return `field 'firewall' is not iptables or nftables`;
   return null;
 }
@@ -176,6 +185,7 @@ function containerProblem(id: string, c: unknown): string | null {
   if (c.mode !== 'veth' && c.mode !== 'shared' && c.mode !== 'tap') return `field 'mode' is not veth, shared or tap`;
   if (!isName(c.bridge)) return `field 'bridge' is not an interface name`;
   if (c.ip !== undefined && !isAddress(c.ip)) return `field 'ip': ${JSON.stringify(c.ip)} is not an IPv4 address`;
+  if (c.ip6 !== undefined && !(typeof c.ip6 === 'string' && isIPv6Address(c.ip6))) return `field 'ip6': ${JSON.stringify(c.ip6)} is not an IPv6 address`;
   if (c.prefix !== undefined && !(Number.isInteger(c.prefix) && (c.prefix as number) >= 0 && (c.prefix as number) <= 32)) return `field 'prefix' is not 0-32`;
   for (const k of ['hostVeth', 'iface'] as const) {
     if (c[k] !== undefined && !isName(c[k])) return `field '${k}' is not an interface name`;

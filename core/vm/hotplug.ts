@@ -17,7 +17,7 @@ import { existsSync, statSync } from 'node:fs';
 import { deleteLink, linkExists } from '../net/bridge.js';
 import { OcinetError } from '../base/errors.js';
 import { outputReason } from '../base/exec.js';
-import type { AddedIface, IfaceInput } from '../input/iface.js';
+import { addressOf, type AddedIface, type IfaceInput } from '../input/iface.js';
 import { QgaClient, type GuestExecOptions, type GuestExecResult, type GuestNetworkInterface } from './qga.js';
 import { QmpClient, QmpCommandError, type JsonObject } from './qmp.js';
 import { ensureTap, restoreTap, type TapResult } from '../net/tap.js';
@@ -270,11 +270,10 @@ export async function vmAddIface(vm: VmSockets, input: IfaceInput, o: VmAddOptio
       linkType: vhost !== undefined ? 'vhost-user' : 'tap',
       createdTap: false,
     };
-    const ip = input.IPAddresses?.[0];
-    if (ip) {
-      a.address = ip.address;
-      a.prefix = Number(ip.mask);
-    }
+    const v4 = addressOf(input, 4);
+    const v6 = addressOf(input, 6);
+    if (v4) Object.assign(a, { address: v4.address, prefix: v4.prefix });
+    if (v6) Object.assign(a, { address6: v6.address, prefix6: v6.prefix });
     const done: Done = { chardev: false, netdev: false, device: false };
     try {
       const mq = queues > 1 ? { queues } : {};
@@ -314,6 +313,7 @@ export async function vmAddIface(vm: VmSockets, input: IfaceInput, o: VmAddOptio
         ...(old !== a.name ? [`link set ${old} name ${a.name}`] : []),
         `link set ${a.name} mtu ${a.mtu}`,
         ...(a.address ? [`addr add ${a.address}/${a.prefix} dev ${a.name}`] : []),
+        ...(a.address6 ? [`addr add ${a.address6}/${a.prefix6} dev ${a.name} nodad`] : []),
         `link set ${a.name} up`,
       ].join('\n') + '\n');
       return a;
@@ -388,10 +388,13 @@ export async function guestLinks(vm: VmSockets): Promise<GuestLink[]> {
   return JSON.parse(out || '[]') as GuestLink[];
 }
 
-/** `ip -j -4 route show table main` in the guest. */
+/** `ip -j route show table main` in the guest, IPv4 then IPv6. */
 export async function guestRoutes(vm: VmSockets): Promise<GuestRoute[]> {
-  const out = await withQga(vm, (qga) => guestIp(qga, ['-j', '-4', 'route', 'show', 'table', 'main']));
-  return JSON.parse(out || '[]') as GuestRoute[];
+  return withQga(vm, async (qga) => {
+    const out: GuestRoute[] = [];
+    for (const family of ['-4', '-6']) out.push(...(JSON.parse((await guestIp(qga, ['-j', family, 'route', 'show', 'table', 'main'])) || '[]') as GuestRoute[]));
+    return out;
+  });
 }
 
 /** `ip -batch -` in the guest with these lines; EEXEC with ip's stderr when a line fails. */

@@ -36,6 +36,8 @@ function skeleton(sid: string): string[] {
     `add set ${t} bridges { type ifname; }`,
     `add set ${t} pub { type inet_proto . inet_service; }`,
     `add map ${t} dnat4 { type inet_proto . inet_service : ipv4_addr . inet_service; }`,
+    `add set ${t} nets6 { type ipv6_addr; flags interval; }`,
+    `add map ${t} dnat6 { type inet_proto . inet_service : ipv6_addr . inet_service; }`,
     ...chains.map(([c, spec]) => `add chain ${t} ${c} ${spec}`.trimEnd()),
     ...chains.map(([c]) => `flush chain ${t} ${c}`),
     `add rule ${t} prerouting fib daddr type local jump ports`,
@@ -44,8 +46,12 @@ function skeleton(sid: string): string[] {
     `add rule ${t} ports ip saddr @nets4 meta l4proto . th dport @pub meta mark set meta mark | ${MASQ_MARK}`,
     `add rule ${t} ports ip saddr 127.0.0.0/8 meta l4proto . th dport @pub meta mark set meta mark | ${MASQ_MARK}`,
     `add rule ${t} ports meta nfproto ipv4 dnat ip to meta l4proto . th dport map @dnat4`,
+    // Dual stack: the same for IPv6 (there is no route_localnet for ::1: publishing answers on the host's other v6 addresses).
+    `add rule ${t} ports ip6 saddr @nets6 meta l4proto . th dport @pub meta mark set meta mark | ${MASQ_MARK}`,
+    `add rule ${t} ports meta nfproto ipv6 dnat ip6 to meta l4proto . th dport map @dnat6`,
     `add rule ${t} postrouting meta mark & ${MASQ_MARK} == ${MASQ_MARK} masquerade`,
     `add rule ${t} postrouting ip saddr @nets4 ip daddr != @nets4 masquerade`,
+    `add rule ${t} postrouting ip6 saddr @nets6 ip6 daddr != @nets6 masquerade`,
     // The localhost guard: what a container sends to 127.0.0.0/8 is dropped unless it belongs to a published port.
     `add rule ${t} input iifname @bridges ip daddr 127.0.0.0/8 ct state & (established | related) == 0 ct status & dnat == 0 drop`,
     `add table ${b}`,
@@ -53,6 +59,7 @@ function skeleton(sid: string): string[] {
     `add set ${b} guarded { type ifname; }`,
     `add set ${b} portmac { type ifname . ether_addr; }`,
     `add set ${b} portip { type ifname . ipv4_addr; }`,
+    `add set ${b} portip6 { type ifname . ipv6_addr; }`,
     `add chain ${b} prerouting { type filter hook prerouting priority -300; }`,
     `flush chain ${b} prerouting`,
     // Only the host routes: no router advertisement or redirect from any container port.
@@ -62,6 +69,8 @@ function skeleton(sid: string): string[] {
     `add rule ${b} prerouting iifname @guarded meta protocol ip iifname . ip saddr != @portip counter drop`,
     `add rule ${b} prerouting iifname @guarded meta protocol arp iifname . arp saddr ip != @portip counter drop`,
     `add rule ${b} prerouting iifname @guarded meta protocol arp iifname . arp saddr ether != @portmac counter drop`,
+    // IPv6 only from its own address (dual stack), or link-local and unspecified (neighbour discovery).
+    `add rule ${b} prerouting iifname @guarded meta protocol ip6 iifname . ip6 saddr != @portip6 ip6 saddr != { ::, fe80::/10 } counter drop`,
     `add rule ${b} prerouting iifname @guarded meta protocol != { ip, arp, ip6 } counter drop`,
   ];
 }
@@ -80,9 +89,13 @@ interface Element {
 const q = (s: string): string => `"${s}"`;
 const portKey = (p: PortMapping): string => `${p.proto} . ${p.hostPort}`;
 
-function networkElements(sid: string, n: { bridge: string; subnet?: string }): Element[] {
+function networkElements(sid: string, n: { bridge: string; subnet?: string; subnet6?: string }): Element[] {
   const t = `inet ${tableName(sid)}`;
-  return [...(n.subnet ? [{ where: `${t} nets4`, key: n.subnet }] : []), { where: `${t} bridges`, key: q(n.bridge) }];
+  return [
+    ...(n.subnet ? [{ where: `${t} nets4`, key: n.subnet }] : []),
+    ...(n.subnet6 ? [{ where: `${t} nets6`, key: n.subnet6 }] : []),
+    { where: `${t} bridges`, key: q(n.bridge) },
+  ];
 }
 
 /**
@@ -98,9 +111,11 @@ export function containerElements(sid: string, rec: ContainerRecord, allowSpoofi
   if (/^[A-Za-z0-9_.+-]{1,100}$/.test(rec.id)) out[0]!.comment = ` comment ${q(`${sid}:${rec.id}`)}`;
   if (!allowSpoofing) {
     out.push({ where: `${b} guarded`, key: port }, { where: `${b} portmac`, key: `${port} . ${rec.mac}` }, { where: `${b} portip`, key: `${port} . ${rec.ip}` });
+    if (rec.ip6) out.push({ where: `${b} portip6`, key: `${port} . ${rec.ip6}` });
   }
   for (const p of rec.ports) {
     out.push({ where: `${t} pub`, key: portKey(p) }, { where: `${t} dnat4`, key: portKey(p), value: `${rec.ip} . ${p.containerPort}` });
+    if (rec.ip6) out.push({ where: `${t} dnat6`, key: portKey(p), value: `${rec.ip6} . ${p.containerPort}` });
   }
   return out;
 }
@@ -222,10 +237,10 @@ export const nftablesFirewall: Firewall = {
     if (await nft(removeLines(es), true)) return;
     // Some part is gone already (a flush, a half-made setup): delete what is there, by port and by address.
     const ports = new Set(recs.map((r) => q(r.hostVeth ?? '')));
-    const ips = new Set(recs.map((r) => r.ip));
+    const ips = new Set(recs.flatMap((r) => [r.ip, r.ip6]).filter(Boolean));
     const keys = new Set(recs.flatMap((r) => r.ports.map(portKey)));
     await purge(sid, (set, e) => {
-      if (set === 'dnat4') return ips.has(e.value?.split(' . ')[0]);
+      if (set === 'dnat4' || set === 'dnat6') return ips.has(e.value?.split(' . ')[0]);
       if (set === 'pub') return keys.has(e.key);
       return set !== 'nets4' && set !== 'bridges' && ports.has(e.key.split(' . ')[0]!);
     });
@@ -244,7 +259,7 @@ export const nftablesFirewall: Firewall = {
 
   async purgeStale(sid, keep) {
     const kept = new Set(keep.flatMap((r) => (r.hostVeth && r.ip ? containerElements(sid, r, false) : [])).map((e) => `${e.where.split(' ').pop()} ${e.key}`));
-    return purge(sid, (set, e) => set !== 'nets4' && set !== 'bridges' && !kept.has(`${set} ${e.key}`));
+    return purge(sid, (set, e) => set !== 'nets4' && set !== 'nets6' && set !== 'bridges' && !kept.has(`${set} ${e.key}`));
   },
 };
 
