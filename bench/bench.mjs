@@ -164,7 +164,7 @@ const cleanups = []; // run in reverse at the end, also after a failure
 async function main() {
   const started = performance.now();
   const load0 = loadavg()[0];
-  const t = { oci: [], ociSetup: [], ociTeardown: [], ipt: [], iptSetup: [], iptTeardown: [], cni: [], cniSteps: [[], [], [], []], version: [], node0: [], one: [], many: [], dead: [] };
+  const t = { oci: [], ociSetup: [], ociTeardown: [], ipt: [], iptSetup: [], iptTeardown: [], ds: [], dsSetup: [], dsTeardown: [], cni: [], cniSteps: [[], [], [], []], version: [], node0: [], one: [], many: [], dead: [] };
 
   // Phase 1: ocinet vs CNI, with --version and `node -e 0` in the same rounds, so
   // that the "load" and "own work" differences compare runs made side by side.
@@ -177,6 +177,11 @@ async function main() {
   const resI = await sandbox();
   await ocI.setup('resident-i', resI.pid);
   cleanups.push(() => ocI.teardown('resident-i'));
+  // Dual stack on nftables: the same life with an IPv6 address, route and DNAT entry as well.
+  const ocD = ocinet(join(TMP, 'ocinet-ds'), undefined, ['--firewall', 'nftables', '--bridge', 'ocds0', '--subnet', '10.217.0.0/16', '--subnet6', 'fd00:217::/64']);
+  const resD = await sandbox();
+  await ocD.setup('resident-d', resD.pid);
+  cleanups.push(() => ocD.teardown('resident-d'));
   const resB = await sandbox();
   const resBAdd = must(await cni('bridge', 'ADD', 'resident-b', resB.pid, bridgeConf), 'CNI resident ADD', hasIp);
   cleanups.push(async () => must(await cni('bridge', 'DEL', 'resident-b', resB.pid, { ...bridgeConf, prevResult: JSON.parse(resBAdd.stdout) }), 'CNI resident DEL'));
@@ -188,6 +193,13 @@ async function main() {
       const d = await oc.teardown(`bench-a-${i}`);
       await kill(sb);
       if (timed) { t.oci.push(s.ms + d.ms); t.ociSetup.push(s.ms); t.ociTeardown.push(d.ms); }
+    },
+    async dualStack(i, timed) {
+      const sb = await sandbox();
+      const s = await ocD.setup(`bench-d-${i}`, sb.pid, ['--publish', '8080:80']);
+      const d = await ocD.teardown(`bench-d-${i}`);
+      await kill(sb);
+      if (timed) { t.ds.push(s.ms + d.ms); t.dsSetup.push(s.ms); t.dsTeardown.push(d.ms); }
     },
     async iptables(i, timed) {
       const sb = await sandbox();
@@ -307,6 +319,7 @@ async function main() {
   const S = {
     ocinet: stat(t.oci), ocinetSetup: stat(t.ociSetup), ocinetTeardown: stat(t.ociTeardown), cni: stat(t.cni),
     iptables: stat(t.ipt), iptablesSetup: stat(t.iptSetup), iptablesTeardown: stat(t.iptTeardown),
+    dualStack: stat(t.ds), dualStackSetup: stat(t.dsSetup), dualStackTeardown: stat(t.dsTeardown),
     cniSteps: Object.fromEntries(['bridgeAdd', 'portmapAdd', 'portmapDel', 'bridgeDel'].map((k, i) => [k, stat(t.cniSteps[i])])),
     version: stat(t.version), node0: stat(t.node0), setupOne: stat(t.one), setupMany: stat(t.many),
     setupDead: stat(t.dead),
@@ -353,6 +366,9 @@ async function main() {
   console.log(row('ocinet setup+teardown, iptables (1 port, 1 resident)', S.iptables));
   console.log(row('  setup', S.iptablesSetup));
   console.log(row('  teardown', S.iptablesTeardown));
+  console.log(row('ocinet setup+teardown, dual stack on nftables', S.dualStack));
+  console.log(row('  setup', S.dualStackSetup));
+  console.log(row('  teardown', S.dualStackTeardown));
   console.log(row('CNI bridge+portmap ADD, DEL (1 resident)', S.cni));
   for (const [k, s] of Object.entries(S.cniSteps)) console.log(row(`  ${k}`, s));
   console.log(row('ocinet-hook --version', S.version));
@@ -362,6 +378,7 @@ async function main() {
   console.log(row(`ocinet setup, ${DEAD} dead records in the way (via nsenter)`, S.setupDead));
   console.log(verdict('ratio ocinet/CNI (p50; nftables, the default)', checks.ratio));
   console.log(verdict('ratio nftables/iptables lifecycle (p50)', checks.nftVsIpt));
+  console.log(informative('ratio dual stack / IPv4 only, nftables (p50)', S.dualStack.p50 / S.ocinet.p50, 3));
   console.log(verdict('bundle load: --version - node -e 0', checks.loadMs));
   console.log(verdict('own work: setup - --version', checks.ownWorkMs));
   console.log(verdict(`setup with ${RESIDENTS} live / setup at 1`, checks.scale));
