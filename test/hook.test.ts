@@ -150,13 +150,14 @@ t.test('24 concurrent setups get 24 distinct working addresses', async (t) => {
   cleanup(dir);
 });
 
-t.test('100 setup/teardown cycles leave the namespace as it was', async (t) => {
+// On each backend: nftables (auto's pick here) and iptables.
+for (const backend of ['nftables', 'iptables']) t.test(`100 setup/teardown cycles leave the namespace as it was (${backend})`, async (t) => {
   const dir = tempDir('leak');
   const before = await snapshot(dir);
   const sb = await sandbox();
   let failures = 0;
   for (let i = 0; i < 100; i++) {
-    const args = ['--state-dir', dir, ...SUBNET, '--publish', '8080:80', '--publish', '5353:53/udp'];
+    const args = ['--state-dir', dir, ...SUBNET, '--firewall', backend, '--publish', '8080:80', '--publish', '5353:53/udp'];
     const up = await hook(args, state(`cycle${i}`, 'creating', sb.pid));
     const down = await hook(args, state(`cycle${i}`, 'stopped', 0));
     if (up.exitCode !== 0 || down.exitCode !== 0) failures++;
