@@ -1,12 +1,14 @@
 /**
- * ocinet: the command line. `list`, `gc`, `doctor` (and, later, `network`
- * and `ipvs`). Exit 0 on success, 1 on failure with one line on stderr.
+ * ocinet: the command line. `list`, `gc`, `reload`, `publish`, `unpublish`,
+ * `doctor`, `network` and `ipvs`. Exit 0 on success, 1 on failure with one line on stderr.
  */
 import { resolveStateDir, stateDirFrom } from '../core/input/config.js';
 import { doctor } from '../core/admin/doctor.js';
 import { errorLine, OcinetError } from '../core/base/errors.js';
 import { gc, isAlive } from '../core/admin/gc.js';
 import { reload } from '../core/admin/reload.js';
+import { formatPort, parsePortList } from '../core/firewall/ports.js';
+import { changePorts } from '../core/sandbox/publish.js';
 import { OpLog } from '../core/state/log.js';
 import { listLinks } from '../core/net/links.js';
 import { loadDb, type Db } from '../core/state/store.js';
@@ -34,6 +36,9 @@ const USAGE = `usage: ocinet COMMAND [flags]
   gc                 remove networks of containers whose namespace is gone, and orphans
   reload             put every network's and live container's rules back from the state
                      (after 'iptables -F', 'nft flush ruleset' or a firewall reload)
+  publish ID SPEC[,SPEC...]    publish ports of a running container; SPEC is
+                     [HOSTIP:]H[-H2]:C[-C2][/tcp|/udp] (e.g. 8080:80, 127.0.0.1:5353:53/udp)
+  unpublish ID SPEC[,SPEC...]  take published ports of a running container away
   doctor             check programs and kernel features the hooks need
   network ...        kata-network operations: add-iface, del-iface, list-ifaces,
                      add-route, del-route (see 'ocinet network --help')
@@ -69,6 +74,17 @@ async function main(argv: string[]): Promise<number> {
   if (cmd === 'ipvs') return ipvsCommand(rest);
   const { flags, positional } = parseArgs<Flags>(rest, COMMON);
   if (flags.help) return void process.stdout.write(USAGE + '\n'), 0;
+  if (cmd === 'publish' || cmd === 'unpublish') {
+    if (positional.length !== 2) throw new OcinetError('EINPUT', `usage: ocinet ${cmd} ID SPEC[,SPEC...]`);
+    // The specs are checked before the state dir is touched.
+    const specs = parsePortList(positional[1]!, cmd);
+    const stateDir = resolveStateDir(flags.stateDir, process.env);
+    const log = new OpLog(`${stateDir}/ocinet.log`, (w) => process.stderr.write(`ocinet ${cmd}: warning: ${w}\n`));
+    const r = await changePorts(stateDir, positional[0]!, cmd, specs, log);
+    if (flags.json) process.stdout.write(JSON.stringify({ id: r.id, ports: r.ports.map(formatPort) }, null, 2) + '\n');
+    else process.stdout.write(`${r.id}: ${r.ports.map(formatPort).join(',') || '-'}\n`);
+    return 0;
+  }
   if (positional.length) throw new OcinetError('EINPUT', `unexpected argument '${positional[0]}' for ${cmd}`);
   // doctor reports on a refused state dir instead of failing on it.
   const stateDir = (cmd === 'doctor' ? stateDirFrom : resolveStateDir)(flags.stateDir, process.env);
@@ -90,7 +106,7 @@ async function main(argv: string[]): Promise<number> {
           ...(c.hostVeth ? { hostLink: c.hostVeth } : {}),
           ...(c.mac ? { mac: c.mac } : {}),
           ...(c.mode !== 'shared' ? { firewall: c.firewall ?? 'iptables' } : {}),
-          ports: c.ports.map((p) => `${p.hostPort}:${p.containerPort}/${p.proto}`),
+          ports: c.ports.map(formatPort),
           pid: c.pid ?? null,
           alive,
           ...(c.sharedWith ? { sharedWith: c.sharedWith } : {}),
@@ -143,7 +159,7 @@ async function main(argv: string[]): Promise<number> {
       return checks.some((c) => c.required && !c.ok) ? 1 : 0;
     }
     default:
-      throw new OcinetError('EINPUT', `unknown command '${cmd}' (try: list, gc, reload, doctor, network, ipvs)`);
+      throw new OcinetError('EINPUT', `unknown command '${cmd}' (try: list, gc, reload, publish, unpublish, doctor, network, ipvs)`);
   }
 }
 

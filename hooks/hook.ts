@@ -45,7 +45,8 @@ const USAGE = `usage: ocinet-hook [setup|teardown] [flags] < state.json
                        annotation io.ocinet.ip6 asks for a static address in it
   --iface NAME         interface name in the container (default eth0)
   --mtu N              MTU of the veth pair (default 1500)
-  --publish H:C[/tcp|/udp]  publish container port C on host port H (repeatable)
+  --publish [HOSTIP:]H[-H2]:C[-C2][/tcp|/udp]  publish container port C on host port H
+                       (repeatable; only on HOSTIP when given; ranges of equal length)
   --ip ADDR            static address (annotation io.ocinet.ip wins)
   --state-dir DIR      state and leases (default $OCINET_STATE_DIR or /run/ocinet)
   --log FILE|none      JSON-lines operation log (default STATE_DIR/ocinet.log)

@@ -119,3 +119,19 @@ t.test('a truncated state file on a dual stack network: rebuilt from the kernel,
   t.equal((await cli(['gc', '--state-dir', dir])).exitCode, 0);
   t.equal(await snapshot(), baseline, 'the v6 lease, its guard entry and DNAT elements went with it');
 });
+
+t.test('live publish and unpublish on a dual stack container: both families', async (t) => {
+  const a = await sandbox();
+  t.teardown(() => a.kill());
+  const httpd = spawn('nsenter', [`--net=/proc/${a.pid}/ns/net`, '--', 'busybox', 'httpd', '-f', '-p', '80', '-h', www], { stdio: 'ignore' });
+  t.teardown(() => void httpd.kill('SIGKILL'));
+  t.equal((await hook(NET, state('a', 'creating', a.pid))).exitCode, 0);
+  const pub = await cli(['publish', 'a', '8084:80', '--state-dir', dir]);
+  t.equal(pub.exitCode, 0, pub.stderr);
+  t.equal(await wget(outside.sb.pid, 'http://[2001:db8:9::1]:8084/'), 'hello over v6', 'published live: over IPv6 from outside');
+  t.equal(await wget(outside.sb.pid, 'http://192.0.2.1:8084/'), 'hello over v6', 'and over IPv4');
+  t.equal((await cli(['unpublish', 'a', '8084:80', '--state-dir', dir])).exitCode, 0);
+  t.not(await wget(outside.sb.pid, 'http://[2001:db8:9::1]:8084/'), 'hello over v6', 'unpublished: gone over IPv6');
+  t.equal((await hook(NET, state('a', 'stopped'))).exitCode, 0);
+  t.equal(await snapshot(), baseline);
+});

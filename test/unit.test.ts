@@ -4,12 +4,12 @@ import { parseSubnet, ipToInt, intToIp, hostRange } from '../core/base/cidr.js';
 import { resolveConfig } from '../core/input/config.js';
 import { OcinetError } from '../core/base/errors.js';
 import { allocate } from '../core/state/ipam.js';
-import { checkPortConflicts, parsePort, parsePortList } from '../core/firewall/ports.js';
+import { checkPortConflicts, formatPort, MAX_RANGE, parsePort, parsePortList, parsePorts } from '../core/firewall/ports.js';
 import { publishScript, unpublishScript } from '../core/firewall/iptables/ports.js';
 import { parseState, stageFromStatus } from '../core/input/oci.js';
 import { bridgeMac, dnatChain, hostVethName, isIfName, shortHash, stateId } from '../core/state/names.js';
 import { RestoreScript } from '../core/firewall/iptables/tables.js';
-import { emptyDb, findContainer, type Db, type NetworkRecord } from '../core/state/store.js';
+import { emptyDb, findContainer, loadDb, type Db, type NetworkRecord } from '../core/state/store.js';
 import { parseArgs } from '../hooks/args.js';
 
 const code = (fn: () => unknown): string | undefined => {
@@ -80,6 +80,98 @@ t.test('ports: parsing and conflicts', async (t) => {
   t.equal(code(() => checkPortConflicts([{ hostPort: 80, containerPort: 1, proto: 'udp' }], db, 'n')), undefined, 'udp is another port');
 });
 
+t.test('ports: the Docker/netavark syntax, ranges, host addresses, conflicts', async (t) => {
+  t.same(parsePorts('127.0.0.1:8080:80', 'x'), [{ hostPort: 8080, containerPort: 80, proto: 'tcp', hostIp: '127.0.0.1' }]);
+  t.same(parsePorts(' 192.0.2.1:53:5353/udp ', 'x'), [{ hostPort: 53, containerPort: 5353, proto: 'udp', hostIp: '192.0.2.1' }]);
+  t.same(parsePorts('0.0.0.0:8080:80', 'x'), [{ hostPort: 8080, containerPort: 80, proto: 'tcp' }], '0.0.0.0 is every address');
+  t.same(parsePorts('8000-8002:9000-9002/udp', 'x'), [
+    { hostPort: 8000, containerPort: 9000, proto: 'udp' },
+    { hostPort: 8001, containerPort: 9001, proto: 'udp' },
+    { hostPort: 8002, containerPort: 9002, proto: 'udp' },
+  ]);
+  t.same(parsePorts('127.0.0.1:8100-8101:80-81', 'x').map(formatPort), ['127.0.0.1:8100:80/tcp', '127.0.0.1:8101:81/tcp']);
+  t.same(parsePorts('7-7:8-8', 'x').map(formatPort), ['7:8/tcp'], 'a range of one');
+  t.same(parsePortList('8080:80,127.0.0.1:8081:81,9000-9001:90-91/udp', 'x').map(formatPort), ['8080:80/tcp', '127.0.0.1:8081:81/tcp', '9000:90/udp', '9001:91/udp']);
+  t.equal(parsePorts(`1-${MAX_RANGE}:1-${MAX_RANGE}`, 'x').length, MAX_RANGE, `a range of ${MAX_RANGE} ports`);
+  const line = (fn: () => unknown): string => {
+    try {
+      fn();
+    } catch (e) {
+      return e instanceof OcinetError ? `${e.code} ${e.message}` : 'OTHER';
+    }
+    return 'no error';
+  };
+  const bad: [string, RegExp][] = [
+    ['8000-8002:9000-9001', /^EINPUT annotation io\.ocinet\.publish: '8000-8002:9000-9001' maps 3 host ports to 2 container ports \(ranges must be of equal length\)$/],
+    ['8000-8002:80', /maps 3 host ports to 1 container ports/],
+    ['8002-8000:9002-9000', /^EINPUT annotation io\.ocinet\.publish: host port range 8002-8000 in '8002-8000:9002-9000' is reversed$/],
+    ['8000-8001:9001-9000', /container port range 9001-9000 in .* is reversed/],
+    [`1-${MAX_RANGE + 1}:1-${MAX_RANGE + 1}`, new RegExp(`host port range in '1-${MAX_RANGE + 1}:1-${MAX_RANGE + 1}' has ${MAX_RANGE + 1} ports, more than ${MAX_RANGE}$`)],
+    ['example.com:8080:80', /^EINPUT annotation io\.ocinet\.publish: host address 'example\.com' in 'example\.com:8080:80' is not an IPv4 address$/],
+    ['[::1]:8080:80', /host address '\[::1\]' .* is not an IPv4 address/],
+    ['1.2.3.256:8080:80', /host address '1\.2\.3\.256'/],
+    [':8080:80', /host address '' in ':8080:80'/],
+    ['0:80', /host port 0 in '0:80' is outside 1-65535/],
+    ['65535-65536:1-2', /host port 65536 in .* is outside 1-65535/],
+    ['8080:70000/udp', /container port 70000 in '8080:70000\/udp' is outside 1-65535/],
+    ['8080:80/sctp', /'8080:80\/sctp' is not \[HOSTIP:\]HOSTPORT\[-END\]:CONTAINERPORT\[-END\]\[\/tcp\|\/udp\]$/],
+    ['8080-:80', /is not \[HOSTIP:\]/],
+    ['80', /is not \[HOSTIP:\]/],
+  ];
+  for (const [spec, re] of bad) {
+    const l = line(() => parsePortList(spec, 'annotation io.ocinet.publish'));
+    t.match(l, re, spec);
+    t.notOk(l.includes('\n'), `${spec}: one line`);
+  }
+  t.match(line(() => parsePort('8000-8001:80-81', '--x')), /^EINPUT --x: '8000-8001:80-81' is a range/);
+
+  const db = emptyDb();
+  const rec = (id: string, ports: string): void => {
+    db.containers[id] = { id, mode: 'veth', bridge: 'b', ports: parsePortList(ports, 'x'), createdAt: '', setupPid: 1 };
+  };
+  rec('lo', '127.0.0.1:8080:80');
+  rec('any', '9090:80');
+  const conflict = (ports: string): string => line(() => checkPortConflicts(parsePortList(ports, 'x'), db, 'n'));
+  t.equal(conflict('192.0.2.1:8080:80'), 'no error', 'another host address of the same port');
+  t.equal(conflict('127.0.0.1:8080:80/udp'), 'no error', 'another proto');
+  t.equal(conflict('127.0.0.1:8080:81'), 'ECONFLICT host port 127.0.0.1:8080/tcp is already published by container lo');
+  t.equal(conflict('8080:81'), 'ECONFLICT host port 8080/tcp is already published by container lo (as 127.0.0.1:8080/tcp)', 'a wildcard clashes with a binding');
+  t.equal(conflict('127.0.0.1:9090:81'), 'ECONFLICT host port 127.0.0.1:9090/tcp is already published by container any (as 9090/tcp)', 'a binding clashes with a wildcard');
+  t.equal(conflict('9089-9091:1-3'), 'ECONFLICT host port 9090/tcp is already published by container any', 'one port of a range');
+  t.equal(conflict('127.0.0.1:7000:1,192.0.2.1:7000:2'), 'no error', 'two host addresses in one request');
+  t.equal(conflict('127.0.0.1:7000:1,7000:2'), 'ECONFLICT host port 127.0.0.1:7000/tcp is published twice (and as 7000/tcp)');
+  t.equal(conflict('7000-7001:1-2,7001:3'), 'ECONFLICT host port 7001/tcp is published twice');
+});
+
+t.test('config: ranges and host addresses from flags and annotations; --publish-range holds every port of a range', async (t) => {
+  const c = resolveConfig({ publish: ['127.0.0.1:8080-8081:80-81'] }, { 'io.ocinet.publish': '192.0.2.1:9000:90,9001-9002:91-92/udp' }, {});
+  t.same(c.ports.map(formatPort), ['127.0.0.1:8080:80/tcp', '127.0.0.1:8081:81/tcp', '192.0.2.1:9000:90/tcp', '9001:91/udp', '9002:92/udp']);
+  t.throws(() => resolveConfig({ publishRange: '9000-9001' }, { 'io.ocinet.publish': '9000-9002:90-92' }, {}), /annotation io\.ocinet\.publish: host port 9002 is outside the range the hook entry allows \(9000-9001; --publish-range\)/);
+  t.throws(() => resolveConfig({}, { 'io.ocinet.publish': '1023-1024:1-2' }, {}), /host port 1023 is outside/);
+  t.throws(() => resolveConfig({ publish: ['8000-8001:80'] }, {}, {}), /^--publish: '8000-8001:80' maps 2 host ports to 1 container ports/);
+  t.throws(() => resolveConfig({}, { 'io.ocinet.publish': '2000-2064:2000-2064' }, {}), /annotation io\.ocinet\.publish: 65 ports, more than 64/, 'a range counts each port');
+});
+
+t.test('state records: host addresses of mappings are checked', async (t) => {
+  const { mkdtempSync, writeFileSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const dir = mkdtempSync(`${tmpdir()}/ocinet-unit-`);
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const base = { mode: 'veth', bridge: 'b', createdAt: '', setupPid: 1 };
+  writeFileSync(`${dir}/state.json`, JSON.stringify({
+    version: 1, networks: {},
+    containers: {
+      good: { id: 'good', ...base, ports: [{ hostPort: 1, containerPort: 2, proto: 'tcp', hostIp: '127.0.0.1' }] },
+      bad: { id: 'bad', ...base, ports: [{ hostPort: 1, containerPort: 2, proto: 'tcp', hostIp: 'x' }] },
+    },
+  }));
+  const warnings: string[] = [];
+  const db = loadDb(dir, warnings);
+  t.same(db.containers.good!.ports, [{ hostPort: 1, containerPort: 2, proto: 'tcp', hostIp: '127.0.0.1' }]);
+  t.equal(db.containers.bad!.damaged, "field 'ports' holds a bad mapping");
+  t.equal(warnings.length, 1);
+});
+
 t.test('rule generation', async (t) => {
   const chain = dnatChain('web-1');
   const s = publishScript({ chain, tag: 'web-1' }, '10.0.0.2', '10.0.0.0/24', [{ hostPort: 8080, containerPort: 80, proto: 'tcp' }]).text();
@@ -93,6 +185,18 @@ t.test('rule generation', async (t) => {
 -A OCINET-DNAT -m comment --comment ocinet:web-1 -j ${chain}
 COMMIT
 `,
+  );
+  const ip = publishScript({ chain, tag: 'web-1' }, '10.0.0.2', '10.0.0.0/24', [{ hostPort: 8080, containerPort: 80, proto: 'udp', hostIp: '127.0.0.1' }], false).text();
+  t.equal(
+    ip,
+    `*nat
+:${chain} - [0:0]
+-A ${chain} -s 10.0.0.0/24 -d 127.0.0.1/32 -p udp -m udp --dport 8080 -m comment --comment ocinet:web-1 -j MARK --set-xmark 0x2000/0x2000
+-A ${chain} -s 127.0.0.0/8 -d 127.0.0.1/32 -p udp -m udp --dport 8080 -m comment --comment ocinet:web-1 -j MARK --set-xmark 0x2000/0x2000
+-A ${chain} -d 127.0.0.1/32 -p udp -m udp --dport 8080 -m comment --comment ocinet:web-1 -j DNAT --to-destination 10.0.0.2:80
+COMMIT
+`,
+    'a host address binding; a refill adds no jump',
   );
   t.equal(unpublishScript({ chain, tag: 'web-1' }).text(), `*nat\n-D OCINET-DNAT -m comment --comment ocinet:web-1 -j ${chain}\n-F ${chain}\n-X ${chain}\nCOMMIT\n`);
   t.equal(new RestoreScript().append({ table: 'filter', chain: 'C', args: ['-m', 'comment', '--comment', 'two words'] }).text(), '*filter\n-A C -m comment --comment "two words"\nCOMMIT\n');

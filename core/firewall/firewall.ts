@@ -5,7 +5,7 @@
  * and gc. Backends: iptables/ (iptables-restore + ebtables-restore) and
  * nftables/ (one `nft -f -` transaction each).
  */
-import type { Backend, ContainerRecord } from '../state/store.js';
+import type { Backend, ContainerRecord, PortMapping } from '../state/store.js';
 
 export type { Backend };
 
@@ -30,6 +30,12 @@ export interface Firewall {
   removeNetwork(n: Pick<NetworkRules, 'sid' | 'bridge'> & { subnet?: string; subnet6?: string }, others: number): Promise<void>;
   /** A new container's port guard and published ports (its record names them). */
   addContainer(sid: string, rec: ContainerRecord, subnet: string, allowSpoofing: boolean): Promise<void>;
+  /**
+   * A running container's published ports changed from `before` to
+   * `rec.ports` (ocinet publish/unpublish): the kernel follows, all at once
+   * or not at all. An iptables record names its ports chain (`chain`, `tag`).
+   */
+  setPorts(sid: string, rec: ContainerRecord, before: PortMapping[], subnet: string): Promise<void>;
   /** Remove the records' own rules, all at once where the backend can; idempotent. */
   removeContainers(sid: string, recs: ContainerRecord[]): Promise<void>;
   /** gc: remove this state dir's per-container rules that none of `keep` holds; says what went. */

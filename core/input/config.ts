@@ -8,7 +8,7 @@ import { isIPv4, parseSubnet } from '../base/cidr.js';
 import { isIPv6Address, parseSubnet6 } from '../base/cidr6.js';
 import { OcinetError } from '../base/errors.js';
 import { isIfName } from '../state/names.js';
-import { parsePort, parsePortList } from '../firewall/ports.js';
+import { parsePorts, parsePortList } from '../firewall/ports.js';
 import { parseBackendChoice, type BackendChoice } from '../firewall/backends.js';
 import type { NetworkOptions } from './request.js';
 import { DEFAULT_STATE_DIR, type PortMapping } from '../state/store.js';
@@ -147,9 +147,9 @@ export function resolveConfig(flags: HookFlags, annotations: Record<string, stri
   }
   const asked = parsePortList(annotations[ANNOTATIONS.publish] ?? '', `annotation ${ANNOTATIONS.publish}`);
   if (asked.length > MAX_ANNOTATION_ITEMS.ports) throw new OcinetError('EINPUT', `annotation ${ANNOTATIONS.publish}: ${asked.length} ports, more than ${MAX_ANNOTATION_ITEMS.ports}`);
-  // The hook entry's own --publish is the admin's: only the annotation's ports are held to the range.
+  // The hook entry's own --publish is the admin's: only the annotation's ports (each of a range) are held to the range.
   for (const p of asked) checkPublishRange(policy, p.hostPort, `annotation ${ANNOTATIONS.publish}`);
-  const ports = [...(flags.publish ?? []).map((p) => parsePort(p, '--publish')), ...asked];
+  const ports = [...(flags.publish ?? []).flatMap((p) => parsePorts(p, '--publish')), ...asked];
   const ip = annotations[ANNOTATIONS.ip] ?? flags.ip;
   if (ip !== undefined && !isIPv4(ip)) {
     const where = annotations[ANNOTATIONS.ip] !== undefined ? `annotation ${ANNOTATIONS.ip}` : '--ip';

@@ -90,7 +90,10 @@ async function portsByTag(sid: string): Promise<Map<string, TaggedPorts>> {
     if (m && m[1] !== sid) continue; // another state dir's
     const id = m ? m[2]! : tag;
     const e = out.get(id) ?? { chain, tag, veth: m ? hostVethName(id, sid) : hostVethName(id), ip: dest[1]!, ports: [] };
-    e.ports.push({ hostPort: Number(hostPort), containerPort: Number(dest[2]), proto });
+    const p: PortMapping = { hostPort: Number(hostPort), containerPort: Number(dest[2]), proto };
+    const hostIp = /^([\d.]+)(?:\/32)?$/.exec(at('-d') ?? '')?.[1];
+    if (hostIp) p.hostIp = hostIp;
+    e.ports.push(p);
     out.set(id, e);
   }
   return out;

@@ -21,6 +21,8 @@ export interface PortMapping {
   hostPort: number;
   containerPort: number;
   proto: Proto;
+  /** Only this host address (IPv4) answers; absent: every local address. */
+  hostIp?: string;
 }
 
 export interface NetworkRecord {
@@ -200,7 +202,7 @@ function containerProblem(id: string, c: unknown): string | null {
   if (c.ports !== undefined) {
     if (!Array.isArray(c.ports)) return `field 'ports' is not a list`;
     for (const p of c.ports as unknown[]) {
-      if (!isObject(p) || !isPort(p.hostPort) || !isPort(p.containerPort) || (p.proto !== 'tcp' && p.proto !== 'udp')) return `field 'ports' holds a bad mapping`;
+      if (!isObject(p) || !isPort(p.hostPort) || !isPort(p.containerPort) || (p.proto !== 'tcp' && p.proto !== 'udp') || (p.hostIp !== undefined && !isAddress(p.hostIp))) return `field 'ports' holds a bad mapping`;
     }
   }
   return null;

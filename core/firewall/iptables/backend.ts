@@ -5,6 +5,7 @@
  * again by exact tags and names; removal is exact, by listing when parts are
  * missing.
  */
+import { OcinetError } from '../../base/errors.js';
 import type { ContainerRecord } from '../../state/store.js';
 import { DNAT_CHAIN_PREFIX } from '../../state/names.js';
 import type { Firewall } from '../firewall.js';
@@ -51,6 +52,16 @@ export const iptablesFirewall: Firewall = {
     const guards = removeGuards(recs.map(guardOf).filter((g) => g !== null));
     const done = await Promise.allSettled([ports, guards]);
     for (const d of done) if (d.status === 'rejected') throw d.reason;
+  },
+
+  // The chain is refilled in one iptables-restore (nat commits atomically). Invariant: OCINET-DNAT jumps to a
+  // record's chain while it has ports (setup, reload and this keep it), so the jump is added with the first
+  // port only, and the chain goes with the last.
+  async setPorts(_sid, rec, before, subnet) {
+    const c = portsOf(rec);
+    if (!c) throw new OcinetError('ESTATE', `container ${rec.id} has no ports chain in its record`);
+    if (rec.ports.length === 0) return before.length ? unpublish(c) : undefined;
+    await restore(publishScript(c, rec.ip!, subnet, rec.ports, before.length === 0));
   },
 
   networkPresent: (n) => networkRulesPresent(n.sid, n.bridge, n.subnet),

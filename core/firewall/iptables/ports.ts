@@ -26,18 +26,23 @@ function jumpRule(c: PortsChain): Rule {
   return { table: 'nat', chain: DNAT_CHAIN, args: [...tag(c.tag), '-j', c.chain] };
 }
 
-/** Rules publishing `ports` of a container (its record's chain and tag) at `ip`, for a bridge with `subnet`. */
-export function publishScript(c: PortsChain, ip: string, subnet: string, ports: PortMapping[]): RestoreScript {
+/**
+ * Rules publishing `ports` of a container (its record's chain and tag) at
+ * `ip`, for a bridge with `subnet`; a mapping with a host address matches
+ * only it (`-d`). The chain is made or refilled; `jump: false` when
+ * OCINET-DNAT already jumps to it (a refill).
+ */
+export function publishScript(c: PortsChain, ip: string, subnet: string, ports: PortMapping[], jump = true): RestoreScript {
   const chain = c.chain;
   const s = new RestoreScript().chain('nat', chain);
   for (const p of ports) {
-    const match = ['-p', p.proto, '-m', p.proto, '--dport', String(p.hostPort), ...tag(c.tag)];
+    const match = [...(p.hostIp ? ['-d', `${p.hostIp}/32`] : []), '-p', p.proto, '-m', p.proto, '--dport', String(p.hostPort), ...tag(c.tag)];
     const mark = ['-j', 'MARK', '--set-xmark', `${MASQ_MARK}/${MASQ_MARK}`];
     s.append({ table: 'nat', chain, args: ['-s', subnet, ...match, ...mark] }); // hairpin
     s.append({ table: 'nat', chain, args: ['-s', '127.0.0.0/8', ...match, ...mark] }); // localhost
     s.append({ table: 'nat', chain, args: [...match, '-j', 'DNAT', '--to-destination', `${ip}:${p.containerPort}`] });
   }
-  return s.append(jumpRule(c));
+  return jump ? s.append(jumpRule(c)) : s;
 }
 
 /** Exact removal of what publishScript made for each record (fails if any part is missing). */

@@ -38,6 +38,9 @@ function skeleton(sid: string): string[] {
     `add map ${t} dnat4 { type inet_proto . inet_service : ipv4_addr . inet_service; }`,
     `add set ${t} nets6 { type ipv6_addr; flags interval; }`,
     `add map ${t} dnat6 { type inet_proto . inet_service : ipv6_addr . inet_service; }`,
+    // Bindings to one host address (`127.0.0.1:8080:80`): keyed by that address too, looked up first.
+    `add set ${t} pubip { type ipv4_addr . inet_proto . inet_service; }`,
+    `add map ${t} dnat4ip { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }`,
     ...chains.map(([c, spec]) => `add chain ${t} ${c} ${spec}`.trimEnd()),
     ...chains.map(([c]) => `flush chain ${t} ${c}`),
     `add rule ${t} prerouting fib daddr type local jump ports`,
@@ -45,6 +48,10 @@ function skeleton(sid: string): string[] {
     // Hairpin and 127.0.0.1: marked, then masqueraded, as the CNI portmap plugin does.
     `add rule ${t} ports ip saddr @nets4 meta l4proto . th dport @pub meta mark set meta mark | ${MASQ_MARK}`,
     `add rule ${t} ports ip saddr 127.0.0.0/8 meta l4proto . th dport @pub meta mark set meta mark | ${MASQ_MARK}`,
+    `add rule ${t} ports ip saddr @nets4 ip daddr . meta l4proto . th dport @pubip meta mark set meta mark | ${MASQ_MARK}`,
+    `add rule ${t} ports ip saddr 127.0.0.0/8 ip daddr . meta l4proto . th dport @pubip meta mark set meta mark | ${MASQ_MARK}`,
+    // No element: the lookup does not match and the next rule runs.
+    `add rule ${t} ports meta nfproto ipv4 dnat ip to ip daddr . meta l4proto . th dport map @dnat4ip`,
     `add rule ${t} ports meta nfproto ipv4 dnat ip to meta l4proto . th dport map @dnat4`,
     // Dual stack: the same for IPv6 (there is no route_localnet for ::1: publishing answers on the host's other v6 addresses).
     `add rule ${t} ports ip6 saddr @nets6 meta l4proto . th dport @pub meta mark set meta mark | ${MASQ_MARK}`,
@@ -87,7 +94,19 @@ interface Element {
 }
 
 const q = (s: string): string => `"${s}"`;
-const portKey = (p: PortMapping): string => `${p.proto} . ${p.hostPort}`;
+const portKey = (p: PortMapping): string => `${p.hostIp ? `${p.hostIp} . ` : ''}${p.proto} . ${p.hostPort}`;
+
+/** A container's published ports: `pub`/`dnat4` elements, or `pubip`/`dnat4ip` for a binding to one host address. */
+function portElements(sid: string, ip: string, ports: PortMapping[], ip6?: string): Element[] {
+  const t = `inet ${tableName(sid)}`;
+  return ports.flatMap((p) => {
+    const [set, map] = p.hostIp ? ['pubip', 'dnat4ip'] : ['pub', 'dnat4'];
+    const out: Element[] = [{ where: `${t} ${set}`, key: portKey(p) }, { where: `${t} ${map}`, key: portKey(p), value: `${ip} . ${p.containerPort}` }];
+    // Dual stack: a port not bound to an IPv4 host address answers over IPv6 too.
+    if (ip6 && !p.hostIp) out.push({ where: `${t} dnat6`, key: portKey(p), value: `${ip6} . ${p.containerPort}` });
+    return out;
+  });
+}
 
 function networkElements(sid: string, n: { bridge: string; subnet?: string; subnet6?: string }): Element[] {
   const t = `inet ${tableName(sid)}`;
@@ -104,7 +123,6 @@ function networkElements(sid: string, n: { bridge: string; subnet?: string; subn
  * state rebuilt from the kernel finds the id again.
  */
 export function containerElements(sid: string, rec: ContainerRecord, allowSpoofing: boolean): Element[] {
-  const t = `inet ${tableName(sid)}`;
   const b = `bridge ${tableName(sid)}`;
   const port = q(rec.hostVeth!);
   const out: Element[] = [{ where: `${b} ports`, key: port }];
@@ -113,11 +131,7 @@ export function containerElements(sid: string, rec: ContainerRecord, allowSpoofi
     out.push({ where: `${b} guarded`, key: port }, { where: `${b} portmac`, key: `${port} . ${rec.mac}` }, { where: `${b} portip`, key: `${port} . ${rec.ip}` });
     if (rec.ip6) out.push({ where: `${b} portip6`, key: `${port} . ${rec.ip6}` });
   }
-  for (const p of rec.ports) {
-    out.push({ where: `${t} pub`, key: portKey(p) }, { where: `${t} dnat4`, key: portKey(p), value: `${rec.ip} . ${p.containerPort}` });
-    if (rec.ip6) out.push({ where: `${t} dnat6`, key: portKey(p), value: `${rec.ip6} . ${p.containerPort}` });
-  }
-  return out;
+  return [...out, ...portElements(sid, rec.ip!, rec.ports, rec.ip6)];
 }
 
 const addLine = (e: Element): string => `add element ${e.where} { ${e.key}${e.comment ?? ''}${e.value ? ` : ${e.value}` : ''} }`;
@@ -198,10 +212,12 @@ export async function nftView(sid: string): Promise<NftView> {
       const e = elementText(raw);
       if (s.family === 'inet' && s.name === 'bridges') v.bridges.add(unq(e.key));
       if (s.family === 'bridge' && s.name === 'ports' && e.comment?.startsWith(`${sid}:`)) v.idOfPort.set(unq(e.key), e.comment.slice(sid.length + 1));
-      const k = /^(tcp|udp) \. (\d+)$/.exec(e.key);
+      const k = /^(?:([\d.]+) \. )?(tcp|udp) \. (\d+)$/.exec(e.key);
       const d = /^([\d.]+) \. (\d+)$/.exec(e.value ?? '');
-      if (s.name === 'dnat4' && k && d) {
-        v.portsOfIp.set(d[1]!, [...(v.portsOfIp.get(d[1]!) ?? []), { proto: k[1] as 'tcp' | 'udp', hostPort: Number(k[2]), containerPort: Number(d[2]) }]);
+      if ((s.name === 'dnat4' || s.name === 'dnat4ip') && k && d && Boolean(k[1]) === (s.name === 'dnat4ip')) {
+        const p: PortMapping = { proto: k[2] as 'tcp' | 'udp', hostPort: Number(k[3]), containerPort: Number(d[2]) };
+        if (k[1]) p.hostIp = k[1];
+        v.portsOfIp.set(d[1]!, [...(v.portsOfIp.get(d[1]!) ?? []), p]);
       }
     }
   }
@@ -240,10 +256,20 @@ export const nftablesFirewall: Firewall = {
     const ips = new Set(recs.flatMap((r) => [r.ip, r.ip6]).filter(Boolean));
     const keys = new Set(recs.flatMap((r) => r.ports.map(portKey)));
     await purge(sid, (set, e) => {
-      if (set === 'dnat4' || set === 'dnat6') return ips.has(e.value?.split(' . ')[0]);
-      if (set === 'pub') return keys.has(e.key);
+      if (set === 'dnat4' || set === 'dnat4ip' || set === 'dnat6') return ips.has(e.value?.split(' . ')[0]);
+      if (set === 'pub' || set === 'pubip') return keys.has(e.key);
       return set !== 'nets4' && set !== 'bridges' && ports.has(e.key.split(' . ')[0]!);
     });
+  },
+
+  // Only the elements that changed, in one transaction: the ports that stay are never absent.
+  async setPorts(sid, rec, before) {
+    const key = (e: Element): string => `${e.where} ${e.key} ${e.value ?? ''}`;
+    const was = portElements(sid, rec.ip!, before, rec.ip6);
+    const now = portElements(sid, rec.ip!, rec.ports, rec.ip6);
+    const gone = was.filter((e) => !now.some((n) => key(n) === key(e)));
+    const come = now.filter((e) => !was.some((w) => key(w) === key(e)));
+    await nft([...removeLines(gone), ...come.map(addLine)]);
   },
 
   // Adding an element that is there is a no-op: one transaction for all.
