@@ -8,7 +8,7 @@ isolate(new URL(import.meta.url).pathname);
 import { spawn } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { cleanup, cli, hook, inNs, outsideHost, sandbox, sh, snapshot, state, tempDir, type Sandbox } from './lib/env.js';
+import { cleanup, cli, hook, inNs, outsideHost, sandbox, sh, snapshot, state, tempDir, type Sandbox, httpGet } from './lib/env.js';
 
 const work = tempDir('ds');
 const dir = join(work, 'state');
@@ -28,10 +28,7 @@ t.teardown(async () => {
   cleanup(work);
 });
 
-const wget = async (pid: number | undefined, url: string): Promise<string> => {
-  const args = ['timeout', '5', 'busybox', 'wget', '-qO-', url];
-  return (pid ? await inNs(pid, args, false) : await sh(args[0]!, args.slice(1), { reject: false })).stdout.trim();
-};
+const wget = (pid: number | undefined, url: string): Promise<string> => httpGet(url, pid);
 const ping6 = async (pid: number, to: string, from?: string): Promise<number> =>
   (await inNs(pid, ['busybox', 'ping', '-6', '-c1', '-W2', ...(from ? ['-I', from] : []), to], false)).exitCode;
 

@@ -8,7 +8,7 @@ isolate(new URL(import.meta.url).pathname);
 import { spawn } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { cleanup, cli, hook, inNs, outsideHost, readDb, sandbox, sh, snapshot, state, tempDir } from './lib/env.js';
+import { cleanup, cli, hook, inNs, outsideHost, readDb, sandbox, sh, snapshot, state, tempDir, httpGet } from './lib/env.js';
 
 const work = tempDir('publish');
 for (const port of [80, 81, 82]) {
@@ -23,11 +23,7 @@ t.teardown(async () => {
   cleanup(work);
 });
 
-/** What `url` answers, from the host or from inside `pid`'s namespace ('' when nothing does). */
-const wget = async (url: string, pid?: number): Promise<string> => {
-  const args = ['timeout', '5', 'busybox', 'wget', '-qO-', url];
-  return (pid ? await inNs(pid, args, false) : await sh(args[0]!, args.slice(1), { reject: false })).stdout.trim();
-};
+const wget = httpGet;
 const local = (port: number): Promise<string> => wget(`http://127.0.0.1:${port}/`);
 const fromOutside = (port: number): Promise<string> => wget(`http://192.0.2.1:${port}/`, outside.sb.pid);
 

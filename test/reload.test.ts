@@ -8,7 +8,7 @@ isolate(new URL(import.meta.url).pathname);
 import { spawn } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { cleanup, cli, hook, inNs, outsideHost, sandbox, sh, snapshot, state, tempDir } from './lib/env.js';
+import { cleanup, cli, hook, inNs, outsideHost, sandbox, sh, snapshot, state, tempDir, httpGet } from './lib/env.js';
 
 const work = tempDir('reload');
 const www = join(work, 'www');
@@ -22,10 +22,7 @@ t.teardown(async () => {
   cleanup(work);
 });
 
-const wget = async (url: string, pid?: number): Promise<string> => {
-  const args = ['timeout', '5', 'busybox', 'wget', '-qO-', url];
-  return (pid ? await inNs(pid, args, false) : await sh(args[0]!, args.slice(1), { reject: false })).stdout.trim();
-};
+const wget = httpGet;
 
 const FLUSH: Record<string, [string, string[]][]> = {
   iptables: [['iptables', ['-t', 'nat', '-F']], ['iptables', ['-F']], ['ebtables', ['-t', 'nat', '-F']]],

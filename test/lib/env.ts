@@ -149,3 +149,9 @@ export async function outsideHost(name: string, hostAddr: string, peerAddr: stri
     },
   };
 }
+
+/** What `url` answers, fetched from the test's namespace or from inside `pid`'s ('' when nothing does, within 5 s). */
+export async function httpGet(url: string, pid?: number): Promise<string> {
+  const args = ['timeout', '5', 'busybox', 'wget', '-qO-', url];
+  return (pid ? await inNs(pid, args, false) : await sh(args[0]!, args.slice(1), { reject: false })).stdout.trim();
+}
