@@ -149,6 +149,26 @@ fetch() {
   fi
 }
 
+# ocinet_rules: what ocinet's firewall holds, on whichever backend: its
+# iptables rules (nat table) and its nftables tables (auto picks nftables
+# when nft is there).
+ocinet_rules() {
+  iptables-save -t nat | grep -E '^-A .*OCINET' | sed 's/^/  /' || true
+  local family name
+  while read -r _ family name; do
+    [[ $name == ocinet-* ]] && nft list table "$family" "$name" | sed 's/^/  /'
+  done < <(nft list tables 2>/dev/null || true)
+  return 0
+}
+
+# rule_count: ocinet's iptables lines and nftables tables.
+rule_count() {
+  local ipt nft
+  ipt=$(iptables-save | grep -c OCINET || true)
+  nft=$(nft list tables 2>/dev/null | grep -c ' ocinet-' || true)
+  echo $((ipt + nft))
+}
+
 # nothing_left [KEEP [BESIDES]]: show the links, the OCINET rule count and
 # `ocinet list`; die if a link other than lo (or KEEP, an ERE for the name in
 # `ip -o link`; BESIDES names them in the message), an OCINET rule, a listed
@@ -157,13 +177,13 @@ nothing_left() {
   local keep=${1:-lo} besides=${2:-lo} links rules left leases
   show ip -o link
   links=$(ip -o link | grep -vcE ": ($keep):" || true)
-  rules=$(iptables-save | grep -c OCINET || true)
-  printf '$ iptables-save | grep -c OCINET\n%s\n' "$rules"
+  rules=$(rule_count)
+  printf 'ocinet rules (iptables lines + nftables tables): %s\n' "$rules"
   show ocinet list
   left=$(ocinet list --json | jq length)
   leases=$(jq '(.containers | length) + (.networks | length)' "$STATE/state.json")
   [[ $links == 0 ]] || die "$links link(s) besides $besides are left"
-  [[ $rules == 0 ]] || die "$rules ocinet iptables line(s) are left"
+  [[ $rules == 0 ]] || die "$rules ocinet iptables line(s) or nftables table(s) are left"
   [[ $left == 0 && $leases == 0 ]] || die "ocinet still records $left container(s) / $leases record(s)"
 }
 

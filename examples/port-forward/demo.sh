@@ -85,8 +85,8 @@ show ocinet list
 cip=$(listed "$C")
 cip=${cip%/*}
 [[ -n $cip ]] || die "ocinet list has no address for $C"
-echo "the rules the hook added (nat table):"
-iptables-save -t nat | grep -E '^-A .*OCINET' | sed 's/^/  /'
+echo "the rules the hook added:"
+ocinet_rules
 
 step "The outside host reaches the container through the host's address (PREROUTING DNAT)"
 printf '$ outside busybox ping -c 1 -W 1 %s   (direct: expected to fail)\n' "$cip"

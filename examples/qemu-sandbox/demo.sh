@@ -144,8 +144,8 @@ tap=$(jq -r '.hostVeth // empty' "$work/hook.out")
 ip -o link show master ocinet0 | grep -q ": $tap:" || die "the TAP '$tap' is not on ocinet0"
 printf '$ ip -d link show %s | grep -o "tun type tap.*"\n' "$tap"
 ip -d link show "$tap" | grep -o 'tun type tap.*' || die "$tap is not a TAP"
-echo "the rules the hook added (nat table):"
-iptables-save -t nat | grep -E '^-A .*OCINET' | sed 's/^/  /'
+echo "the rules the hook added:"
+ocinet_rules
 
 step "The guest side: eth0 (hot-plugged, configured through the agent)"
 # The hook returns once eth0 is configured; its carrier may come up a moment later.

@@ -29,7 +29,7 @@ echo "below, 'runc' is runc --root $RUNC_ROOT and 'ocinet' is dist/bin/ocinet --
 
 step "A fresh network namespace: only the loopback device, no rules"
 show ip -br link
-echo "ocinet rules: $(iptables-save | grep -c OCINET || true)"
+echo "ocinet rules: $(rule_count)"
 
 step "Make two busybox bundles whose prestart+poststop hooks run ocinet-hook"
 OCINET_ANNOTATIONS='{"io.ocinet.publish":"8080:80"}' make_bundle web-a
@@ -66,7 +66,8 @@ show runc exec "$A" ping -c 1 -W 2 "$gw"
 ok "containers reach each other and the gateway $gw"
 
 step "Fetch web-a's published port 8080 from the host namespace"
-show iptables -t nat -S OCINET-DNAT
+echo "ocinet's rules (the nftables backend: its own tables, the container as set and map elements):"
+ocinet_rules
 fetch "http://127.0.0.1:8080/" "hello from web-a"
 fetch "http://$gw:8080/" "hello from web-a"
 echo "  (and from web-b through the gateway: hairpin)"
