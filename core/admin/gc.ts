@@ -12,7 +12,8 @@ import { join } from 'node:path';
 import { bridgeAlias } from '../net/bridge.js';
 import { errorLine } from '../base/errors.js';
 import { firewallOf } from '../firewall/backends.js';
-import { hasProgram } from '../base/exec.js';
+import { hasProgram, run } from '../base/exec.js';
+import { tableName } from '../firewall/nftables/backend.js';
 import { othersOn } from '../sandbox/claim.js';
 import { allRecords, recordTarget, sandboxAlive } from '../kata/records.js';
 import { hasRecord } from '../kata/records.js';
@@ -46,6 +47,11 @@ function pidAlive(pid: number): boolean {
   } catch (e) {
     return (e as NodeJS.ErrnoException).code === 'EPERM';
   }
+}
+
+/** Whether this state dir has nftables tables (a listing: removing absent ones would cost a deleting transaction). */
+async function nftTablesOf(sid: string): Promise<boolean> {
+  return (await run('nft', ['list', 'tables'], { allowFail: true })).stdout.includes(` ${tableName(sid)}\n`);
 }
 
 export async function gc(stateDir: string, log?: OpLog): Promise<GcReport> {
@@ -84,7 +90,7 @@ export async function gc(stateDir: string, log?: OpLog): Promise<GcReport> {
       if (!used.has(b) && (await removeNetwork(db, b, stateDir))) report.bridges.push(b);
     }
     // No network of this state dir on nftables: its tables go (made again by the next network).
-    if (hasProgram('nft') && othersOn(db, '', 'nftables') === 0) await firewallOf('nftables').removeNetwork({ sid, bridge: '' }, 0);
+    if (hasProgram('nft') && othersOn(db, '', 'nftables') === 0 && (await nftTablesOf(sid))) await firewallOf('nftables').removeNetwork({ sid, bridge: '' }, 0);
     saveDb(stateDir, db);
   });
   // kata-network records of sandboxes whose namespace (or QEMU) is gone: moved devices come home.

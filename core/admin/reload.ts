@@ -5,8 +5,7 @@
  * one's backend, idempotently: what is still there is not doubled.
  */
 import { errorLine } from '../base/errors.js';
-import { firewallOf } from '../firewall/backends.js';
-import type { Firewall } from '../firewall/firewall.js';
+import { byBackend, firewallOf } from '../firewall/backends.js';
 import { linkExists } from '../net/bridge.js';
 import { networkSysctls } from '../net/sysctl.js';
 import { isAlive } from '../sandbox/reclaim.js';
@@ -41,9 +40,7 @@ export async function reload(stateDir: string, log?: OpLog): Promise<ReloadRepor
     }
     // Live containers with a port of their own; dead ones are gc's.
     const live = Object.values(db.containers).filter((c) => c.mode !== 'shared' && c.hostVeth && c.ip && db.networks[c.bridge] && isAlive(c));
-    const byBackend = new Map<Firewall, ContainerRecord[]>();
-    for (const c of live) byBackend.set(firewallOf(c.firewall), [...(byBackend.get(firewallOf(c.firewall)) ?? []), c]);
-    for (const [fw, recs] of byBackend) {
+    for (const [fw, recs] of byBackend(live)) {
       try {
         await fw.reapplyContainers(sid, recs, (r) => subnetOf(db, r));
         report.containers.push(...recs.map((r) => r.id));

@@ -1,7 +1,7 @@
 /** Which backend a network uses: the one recorded, or, for a new network, the one asked for. */
 import { OcinetError } from '../base/errors.js';
 import { hasProgram, run } from '../base/exec.js';
-import { BACKENDS, type Backend } from '../state/store.js';
+import { BACKENDS, type Backend, type ContainerRecord } from '../state/store.js';
 import type { Firewall } from './firewall.js';
 import { iptablesFirewall } from './iptables/backend.js';
 import { nftablesFirewall } from './nftables/backend.js';
@@ -11,6 +11,16 @@ export type BackendChoice = Backend | 'auto';
 /** A record's backend: records written before backends existed are iptables'. */
 export function firewallOf(b: Backend | undefined): Firewall {
   return b === 'nftables' ? nftablesFirewall : iptablesFirewall;
+}
+
+/** Records grouped by their backend, so that each backend handles its own all at once. */
+export function byBackend(recs: ContainerRecord[]): Map<Firewall, ContainerRecord[]> {
+  const out = new Map<Firewall, ContainerRecord[]>();
+  for (const r of recs) {
+    const fw = firewallOf(r.firewall);
+    out.set(fw, [...(out.get(fw) ?? []), r]);
+  }
+  return out;
 }
 
 export function parseBackendChoice(v: string, where: string): BackendChoice {

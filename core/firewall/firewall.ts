@@ -7,7 +7,6 @@
  */
 import type { Backend, ContainerRecord, PortMapping } from '../state/store.js';
 
-export type { Backend };
 
 export interface NetworkRules {
   /** The state dir's identity (names.ts stateId): every rule and name carries it. */

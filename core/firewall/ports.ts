@@ -5,6 +5,7 @@
  */
 import { isIPv4 } from '../base/cidr.js';
 import { OcinetError } from '../base/errors.js';
+import { run } from '../base/exec.js';
 import type { Blocks } from '../state/ipam.js';
 import type { Db, PortMapping } from '../state/store.js';
 
@@ -93,4 +94,12 @@ export function checkPortConflicts(ports: PortMapping[], db: Db, id: string, blo
       break; // c was dead and nobody inherits: its other ports are free too
     }
   }
+}
+
+/**
+ * Stale UDP conntrack entries would keep sending a newly published port's
+ * traffic where it went before: flushed once the port's rules are in (side by side).
+ */
+export async function flushStaleUdp(ports: PortMapping[]): Promise<void> {
+  await Promise.all(ports.filter((p) => p.proto === 'udp').map((p) => run('conntrack', ['-D', '-p', 'udp', '--dport', String(p.hostPort)], { allowFail: true })));
 }

@@ -14,10 +14,10 @@ import { addIface, addRoutes } from '../kata/network.js';
 import { withLock } from '../state/lock.js';
 import type { OpLog } from '../state/log.js';
 import { firewallOf, resolveBackend } from '../firewall/backends.js';
-import { containerTag, dnatChain, guardChain, stateId } from '../state/names.js';
+import { guardChain, portsChainOf, stateId } from '../state/names.js';
 import { ipBatch } from '../net/netns.js';
 import { DEFAULT_POLICY } from '../input/policy.js';
-import { checkPortConflicts } from '../firewall/ports.js';
+import { checkPortConflicts, flushStaleUdp } from '../firewall/ports.js';
 import { Reclaimer } from './reclaim.js';
 import { loadForChange } from './recover.js';
 import { loadDb, saveDb, type Backend, type ContainerRecord, type Db, type NetworkRecord, type PortMapping } from '../state/store.js';
@@ -193,10 +193,7 @@ function recordLease(db: Db, req: SetupRequest, ip: string, prefix: number, kind
   // The iptables backend finds a container's rules by the names its record holds; nftables by its elements.
   if (kind.firewall === 'nftables') return save(db, req, r);
   if (kind.hostVeth) r.guard = guardChain(stateId(req.stateDir), kind.hostVeth);
-  if (req.ports.length) {
-    r.chain = dnatChain(req.id, stateId(req.stateDir));
-    r.tag = containerTag(req.id, stateId(req.stateDir));
-  }
+  if (req.ports.length) Object.assign(r, portsChainOf(req.id, stateId(req.stateDir)));
   return save(db, req, r);
 }
 
@@ -206,7 +203,11 @@ function save(db: Db, req: SetupRequest, r: ContainerRecord): ContainerRecord {
   return r;
 }
 
-/** A new container's own rules: its port guard, and its published ports. They do not need its link to exist yet. */
-export function firewall(rec: ContainerRecord, req: SetupRequest): Promise<void> {
-  return firewallOf(rec.firewall).addContainer(stateId(req.stateDir), rec, req.subnet, req.allowSpoofing === true);
+/**
+ * A new container's own rules: its port guard and its published ports, then
+ * its UDP ports' stale conntrack entries. They do not need its link to exist yet.
+ */
+export async function firewall(rec: ContainerRecord, req: SetupRequest): Promise<void> {
+  await firewallOf(rec.firewall).addContainer(stateId(req.stateDir), rec, req.subnet, req.allowSpoofing === true);
+  await flushStaleUdp(rec.ports);
 }

@@ -9,7 +9,6 @@ import { deleteLink, linkExists } from '../net/bridge.js';
 import { gatewayOf, intToIp, parseSubnet } from '../base/cidr.js';
 import { bigToIp6, gateway6Of, parseSubnet6 } from '../base/cidr6.js';
 import { errorLine, OcinetError } from '../base/errors.js';
-import { run } from '../base/exec.js';
 import type { OpLog } from '../state/log.js';
 import { containerMac, hostVethName, stateId } from '../state/names.js';
 import { ipBatch, ipBatchIn, openContainerNetns, type NetnsHandle } from '../net/netns.js';
@@ -135,11 +134,6 @@ async function setupVeth(req: SetupRequest, ns: NetnsHandle, log?: OpLog): Promi
     for (const d of done) if (d.status === 'rejected') throw d.reason;
     await addExtras(rec, req, ns.path);
     log?.step('extra');
-    // Stale UDP conntrack entries would keep sending a published port's traffic elsewhere.
-    for (const p of req.ports.filter((p) => p.proto === 'udp')) {
-      await run('conntrack', ['-D', '-p', 'udp', '--dport', String(p.hostPort)], { allowFail: true });
-    }
-    log?.step('ports');
   } catch (e) {
     await teardownContainer(req.id, req, { bundle: req.bundle }).catch(() => undefined);
     throw e;

@@ -5,8 +5,7 @@
  */
 import { deleteLink } from '../net/bridge.js';
 import { errorLine } from '../base/errors.js';
-import { firewallOf } from '../firewall/backends.js';
-import type { Firewall } from '../firewall/firewall.js';
+import { byBackend } from '../firewall/backends.js';
 import { ipvsadm } from '../kata/ipvs.js';
 import { parseParameters } from '../input/ipvs-rules.js';
 import { loadRecord, targetKey, vmTarget, type Target } from '../kata/records.js';
@@ -48,9 +47,8 @@ async function unplugVm(rec: ContainerRecord, vmAlive: boolean): Promise<void> {
  */
 export async function removeRules(stateDir: string, recs: ContainerRecord[]): Promise<void> {
   const sid = stateId(stateDir);
-  const byBackend = new Map<Firewall, ContainerRecord[]>();
-  for (const r of recs) if (r.mode !== 'shared') byBackend.set(firewallOf(r.firewall), [...(byBackend.get(firewallOf(r.firewall)) ?? []), r]);
-  const done = await Promise.allSettled([...byBackend].map(([fw, rs]) => fw.removeContainers(sid, rs)));
+  const groups = byBackend(recs.filter((r) => r.mode !== 'shared'));
+  const done = await Promise.allSettled([...groups].map(([fw, rs]) => fw.removeContainers(sid, rs)));
   for (const d of done) if (d.status === 'rejected') throw d.reason;
 }
 

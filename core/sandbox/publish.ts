@@ -6,12 +6,11 @@
  * not at all), then the record saved. Nothing changes when any step refuses.
  */
 import { errorLine, OcinetError } from '../base/errors.js';
-import { run } from '../base/exec.js';
 import { firewallOf } from '../firewall/backends.js';
-import { checkPortConflicts, formatPort, samePort } from '../firewall/ports.js';
+import { checkPortConflicts, flushStaleUdp, formatPort, samePort } from '../firewall/ports.js';
 import { withLock } from '../state/lock.js';
 import type { OpLog } from '../state/log.js';
-import { containerTag, dnatChain, stateId } from '../state/names.js';
+import { portsChainOf, stateId } from '../state/names.js';
 import { ensureStateDir, findContainer, saveDb, type ContainerRecord, type PortMapping } from '../state/store.js';
 import { isAlive, Reclaimer } from './reclaim.js';
 import { loadForChange } from './recover.js';
@@ -60,10 +59,7 @@ export async function changePorts(stateDir: string, idOrPrefix: string, op: 'pub
       const next: ContainerRecord = { ...rec, ports: after };
       const fw = firewallOf(rec.firewall);
       // An iptables record set up without ports has no chain yet: named as setup names it.
-      if (fw.backend === 'iptables' && !next.chain) {
-        next.chain = dnatChain(rec.id, sid);
-        next.tag = containerTag(rec.id, sid);
-      }
+      if (fw.backend === 'iptables' && !next.chain) Object.assign(next, portsChainOf(rec.id, sid));
       await fw.setPorts(sid, next, before, net.subnet);
       db.containers[rec.id] = next;
       try {
@@ -84,12 +80,7 @@ export async function changePorts(stateDir: string, idOrPrefix: string, op: 'pub
     log?.write({ op, id: idOrPrefix, ok: false, error: errorLine(e) });
     throw e;
   });
-  // Stale UDP conntrack entries would keep sending a newly published port's traffic elsewhere (as setup does).
-  if (op === 'publish') {
-    for (const p of specs.filter((s) => s.proto === 'udp')) {
-      await run('conntrack', ['-D', '-p', 'udp', '--dport', String(p.hostPort)], { allowFail: true });
-    }
-  }
+  if (op === 'publish') await flushStaleUdp(specs);
   log?.write({ op, id: result.id, ok: true, ports: specs.map(formatPort) });
   return result;
 }

@@ -94,6 +94,11 @@ export function guardChain(sid: string, port: string): string {
   return `${GUARD_CHAIN_PREFIX}${sid}-${shortHash(port, 9)}`;
 }
 
+/** An iptables record's ports chain and the tag its rules carry, as setup and a live publish name them. */
+export function portsChainOf(containerId: string, sid: string): { chain: string; tag: string } {
+  return { chain: dnatChain(containerId, sid), tag: containerTag(containerId, sid) };
+}
+
 /**
  * The tag of a container's rules (comment `ocinet:<tag>`): `<sid>:<id>`,
  * exact. An id too long for a comment (256 bytes) keeps a hash of the whole.
