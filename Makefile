@@ -3,7 +3,8 @@ PREFIX ?= /usr/local
 LIBDIR := $(PREFIX)/lib/ocinet
 NODE ?= $(shell command -v node)
 APT_PACKAGES := runc iproute2 iptables busybox-static conntrack util-linux jq hyperfine \
-	containernetworking-plugins qemu-system-x86 qemu-guest-agent ipvsadm cpio kmod podman gcc libc6-dev nftables
+	containernetworking-plugins qemu-system-x86 qemu-guest-agent ipvsadm cpio kmod podman gcc libc6-dev nftables \
+	containerd netavark
 SETUP_STAMP := .cache/setup.stamp
 SOURCES := $(shell find core hooks build -name '*.ts' -o -name '*.mjs' -o -name '*.cjs' -o -name '*.json' -o -name '*.c' | grep -v generated)
 
