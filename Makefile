@@ -48,14 +48,16 @@ bench: build
 
 install: build
 	install -d $(LIBDIR)/bin $(PREFIX)/bin
-	install -m 0755 dist/bin/ocinet-hook dist/bin/ocinet $(LIBDIR)/bin/
+	install -m 0755 dist/bin/ocinet-hook dist/bin/ocinet dist/bin/ocinet-cni $(LIBDIR)/bin/
 	install -m 0644 dist/bin/netlink.node dist/bin/lock.node $(LIBDIR)/bin/
 	install -m 0644 dist/package.json $(LIBDIR)/package.json
 	ln -sf ../lib/ocinet/bin/ocinet-hook $(PREFIX)/bin/ocinet-hook
 	ln -sf ../lib/ocinet/bin/ocinet $(PREFIX)/bin/ocinet
+	install -d $(PREFIX)/lib/cni
+	ln -sf ../ocinet/bin/ocinet-cni $(PREFIX)/lib/cni/ocinet
 
 uninstall:
-	rm -f $(PREFIX)/bin/ocinet-hook $(PREFIX)/bin/ocinet
+	rm -f $(PREFIX)/bin/ocinet-hook $(PREFIX)/bin/ocinet $(PREFIX)/lib/cni/ocinet
 	rm -rf $(LIBDIR)
 
 clean:

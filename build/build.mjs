@@ -23,7 +23,7 @@ try {
   process.exit(1);
 }
 
-const entries = { 'ocinet-hook': 'hooks/hook.ts', ocinet: 'hooks/cli.ts' };
+const entries = { 'ocinet-hook': 'hooks/hook.ts', ocinet: 'hooks/cli.ts', 'ocinet-cni': 'hooks/cni.ts' };
 for (const [name, src] of Object.entries(entries)) {
   await build({
     entryPoints: [join(root, src)],

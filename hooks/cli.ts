@@ -108,6 +108,8 @@ async function main(argv: string[]): Promise<number> {
           ...(c.mode !== 'shared' ? { firewall: c.firewall ?? 'iptables' } : {}),
           ports: c.ports.map(formatPort),
           pid: c.pid ?? null,
+          ...(c.nsPath ? { netns: c.nsPath } : {}),
+          ...(c.cni ? { cni: c.cni } : {}),
           alive,
           ...(c.sharedWith ? { sharedWith: c.sharedWith } : {}),
           ...(detached ? { detached: true } : {}),
@@ -122,7 +124,8 @@ async function main(argv: string[]): Promise<number> {
         process.stdout.write(
           table([
             ['ID', 'ADDRESS', 'BRIDGE', 'PORTS', 'PID', 'STATE'],
-            ...rows.map((r) => [r.id, r.ips.join(',') || '-', r.bridge, r.ports.join(',') || '-', String(r.pid ?? '-'), stateOf(r)]),
+            // A CNI attachment is named by its runtime's namespace file, not a process.
+            ...rows.map((r) => [r.id, r.ips.join(',') || '-', r.bridge, r.ports.join(',') || '-', r.netns ? 'cni' : String(r.pid ?? '-'), stateOf(r)]),
           ]),
         );
       }

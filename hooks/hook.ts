@@ -3,7 +3,6 @@
  * `setup` or `teardown` (default: from the state's status) a bridge network.
  * Exit 0 on success; on failure one line on stderr and exit 1.
  */
-import { readSync } from 'node:fs';
 import { resolveConfig, type HookFlags } from '../core/input/config.js';
 import { errorLine, isOcinetError, OcinetError } from '../core/base/errors.js';
 import { OpLog } from '../core/state/log.js';
@@ -11,6 +10,7 @@ import { ocinetAnnotations, parseState, stageFromStatus } from '../core/input/oc
 import { setupContainer } from '../core/sandbox/container.js';
 import { teardownContainer } from '../core/sandbox/teardown.js';
 import { parseArgs, type FlagSpec } from './args.js';
+import { readStdin } from './stdin.js';
 import { VERSION } from './version.js';
 
 const FLAGS: FlagSpec = {
@@ -68,30 +68,6 @@ What annotations (the container user's) may ask for; the defaults are safe for s
 
 /** The state on stdin carries the container's annotations (each capped): a bound for the whole. */
 const STATE_MAX_BYTES = 8 << 20;
-
-function readStdin(max: number): string {
-  const chunks: Buffer[] = [];
-  const buf = Buffer.alloc(1 << 16);
-  let total = 0;
-  for (;;) {
-    let n: number;
-    try {
-      n = readSync(0, buf, 0, buf.length, null);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'EAGAIN') {
-        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5); // a non-blocking stdin: wait, do not spin
-        continue;
-      }
-      if ((e as NodeJS.ErrnoException).code === 'EOF') break;
-      throw e;
-    }
-    if (n === 0) break;
-    total += n;
-    if (total > max) throw new OcinetError('EINPUT', `state on stdin is larger than ${max} bytes`);
-    chunks.push(Buffer.from(buf.subarray(0, n)));
-  }
-  return Buffer.concat(chunks).toString('utf8');
-}
 
 async function main(argv: string[]): Promise<number> {
   const { flags, positional } = parseArgs<HookFlags & { help?: boolean; version?: boolean }>(argv, FLAGS);

@@ -7,7 +7,6 @@
  */
 import type { Backend, ContainerRecord, PortMapping } from '../state/store.js';
 
-
 export interface NetworkRules {
   /** The state dir's identity (names.ts stateId): every rule and name carries it. */
   sid: string;
@@ -44,6 +43,8 @@ export interface Firewall {
    * whatever is still there is not doubled.
    */
   reapplyContainers(sid: string, recs: ContainerRecord[], subnetOf: (r: ContainerRecord) => string): Promise<void>;
+  /** What of a container's own rules (port guard, published ports) is missing; empty when all are there (ocinet-cni CHECK). */
+  containerMissing(sid: string, rec: ContainerRecord): Promise<string[]>;
   /** Whether a network's rules are all there (doctor). */
   networkPresent(n: NetworkRules): Promise<boolean>;
 }

@@ -5,7 +5,7 @@
 import { type RestoreSet } from './ipvs-rules.js';
 import { type IfaceInput, type RouteSpec } from './iface.js';
 import { type AnnotationPolicy } from './policy.js';
-import { type PortMapping } from '../state/store.js';
+import { type CniAttachment, type PortMapping } from '../state/store.js';
 import type { BackendChoice } from '../firewall/backends.js';
 
 export interface NetworkOptions {
@@ -52,4 +52,9 @@ export interface SetupRequest extends NetworkOptions {
   policy?: AnnotationPolicy;
   /** --allow-spoofing: the port guard keeps only its router-advertisement drops. */
   allowSpoofing?: boolean;
+  /**
+   * A CNI attachment (ocinet-cni): recorded with it; another attachment in the
+   * same namespace is an interface of its own, never a sharer.
+   */
+  cni?: CniAttachment;
 }

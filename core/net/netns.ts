@@ -3,7 +3,7 @@
  * namespace goes through one `nsenter --net=... ip -batch -` per step: one
  * exec, all commands on stdin.
  */
-import { closeSync, fstatSync, openSync, statSync } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, statSync } from 'node:fs';
 import { OcinetError } from '../base/errors.js';
 import { inheritFd, run, stopInheriting } from '../base/exec.js';
 import { startTime } from '../base/proc.js';
@@ -22,19 +22,6 @@ export function pidNetnsPath(pid: number): string {
   return `/proc/${pid}/ns/net`;
 }
 
-/** The container's netns id; refuses dead pids and the hook's own namespace. */
-export function containerNetns(pid: number): string {
-  const id = netnsId(pidNetnsPath(pid));
-  if (!id) throw new OcinetError('ENOTFOUND', `process ${pid} does not exist (no ${pidNetnsPath(pid)})`);
-  if (id === netnsId('/proc/self/ns/net')) {
-    throw new OcinetError(
-      'ESELFNS',
-      `process ${pid} is in the hook's own network namespace; refusing to move or rename host interfaces (give the container a "network" namespace)`,
-    );
-  }
-  return id;
-}
-
 /**
  * A container's network namespace, opened once while its process is known to
  * be the one the runtime named. All later work goes through `path`
@@ -46,12 +33,41 @@ export interface NetnsHandle {
   path: string;
   /** `dev:inode` of the namespace. */
   id: string;
-  pid: number;
-  /** The process's start time when it was opened. */
-  start: number;
-  /** True while the pid is still that same process. */
-  sameProcess(): boolean;
+  /**
+   * What names the sandbox in its record: a process (pid + start time) or a
+   * runtime's namespace file (nsPath, a bind mount), with the namespace's id.
+   */
+  identity: { pid?: number; start?: number; netns: string; nsPath?: string };
+  /** What the namespace was named by, for messages. */
+  what: string;
+  /** True while the process (or the runtime's namespace file) still names this namespace. */
+  alive(): boolean;
   close(): void;
+}
+
+const selfNsError = (what: string): OcinetError =>
+  new OcinetError('ESELFNS', `${what} is in the hook's own network namespace; refusing to move or rename host interfaces (give the container a "network" namespace)`);
+
+/** The handle of an opened namespace fd (refused when it is the hook's own). */
+function handle(fd: number, what: string, identity: Omit<NetnsHandle['identity'], 'netns'>, alive: () => boolean): NetnsHandle {
+  const st = fstatSync(fd);
+  const id = `${st.dev}:${st.ino}`;
+  if (id === netnsId('/proc/self/ns/net')) {
+    closeSync(fd);
+    throw selfNsError(what);
+  }
+  const childFd = inheritFd(fd);
+  return {
+    path: `/proc/self/fd/${childFd}`,
+    id,
+    identity: { ...identity, netns: id },
+    what,
+    alive,
+    close: () => {
+      stopInheriting(childFd);
+      closeSync(fd);
+    },
+  };
 }
 
 export function openContainerNetns(pid: number): NetnsHandle {
@@ -69,27 +85,33 @@ export function openContainerNetns(pid: number): NetnsHandle {
     closeSync(fd);
     throw gone();
   }
-  const st = fstatSync(fd);
-  const id = `${st.dev}:${st.ino}`;
-  if (id === netnsId('/proc/self/ns/net')) {
-    closeSync(fd);
-    throw new OcinetError(
-      'ESELFNS',
-      `process ${pid} is in the hook's own network namespace; refusing to move or rename host interfaces (give the container a "network" namespace)`,
-    );
+  return handle(fd, `process ${pid}`, { pid, start }, () => startTime(pid) === start);
+}
+
+/**
+ * A network namespace named by a file (a CNI runtime's bind mount such as
+ * /run/netns/NAME, or /proc/PID/ns/net). Opened without blocking (a FIFO
+ * cannot stall it) and refused unless it is a namespace file. A
+ * /proc/PID/ns/net path names the process, as the hook does.
+ */
+export function openNetnsPath(path: string): NetnsHandle {
+  const proc = /^\/proc\/([1-9]\d{0,6})\/ns\/net$/.exec(path);
+  if (proc) return openContainerNetns(Number(proc[1]));
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
+  } catch (e) {
+    throw new OcinetError('ENOTFOUND', `network namespace ${path} cannot be opened (${(e as NodeJS.ErrnoException).code ?? 'error'})`);
   }
-  const childFd = inheritFd(fd);
-  return {
-    path: `/proc/self/fd/${childFd}`,
-    id,
-    pid,
-    start,
-    sameProcess: () => startTime(pid) === start,
-    close: () => {
-      stopInheriting(childFd);
-      closeSync(fd);
-    },
-  };
+  // A namespace file lives on nsfs, as the hook's own namespace does; setns refuses other kinds later.
+  const own = statSync('/proc/self/ns/net');
+  const st = fstatSync(fd);
+  if (st.dev !== own.dev) {
+    closeSync(fd);
+    throw new OcinetError('EINPUT', `${path} is not a network namespace`);
+  }
+  const h = handle(fd, `network namespace ${path}`, { nsPath: path }, () => netnsId(path) === h.id);
+  return h;
 }
 
 /** Run `ip -batch -` with the given commands inside the namespace at nsPath. */

@@ -40,6 +40,8 @@ export interface SetupResult {
   gateway6?: string;
   iface: string;
   hostVeth?: string;
+  /** The container's MAC on the bridge. */
+  mac?: string;
   ports: PortMapping[];
   /** Set when the container joined a namespace another container owns. */
   sharedWith?: string;
@@ -49,6 +51,7 @@ export function resultOf(r: ContainerRecord, gateway: string, gateway6?: string)
   const out: SetupResult = { id: r.id, ip: r.ip ?? '', prefix: r.prefix ?? 0, gateway, iface: r.iface ?? '', ports: r.ports };
   if (r.ip6 && gateway6) Object.assign(out, { ip6: r.ip6, gateway6 });
   if (r.hostVeth) out.hostVeth = r.hostVeth;
+  if (r.mac) out.mac = r.mac;
   if (r.sharedWith) out.sharedWith = r.sharedWith;
   return out;
 }
@@ -180,7 +183,7 @@ export function decide<T>(req: SetupRequest, log: OpLog | undefined, fn: (db: Db
   });
 }
 
-export type RecordKind = Pick<ContainerRecord, 'mode' | 'hostVeth' | 'mac' | 'pid' | 'start' | 'netns' | 'vm' | 'firewall' | 'ip6'>;
+export type RecordKind = Pick<ContainerRecord, 'mode' | 'hostVeth' | 'mac' | 'pid' | 'start' | 'netns' | 'nsPath' | 'vm' | 'firewall' | 'ip6'>;
 
 /** Write the record that holds a new container's lease and ports (under the lock). */
 function recordLease(db: Db, req: SetupRequest, ip: string, prefix: number, kind: RecordKind): ContainerRecord {
@@ -189,6 +192,7 @@ function recordLease(db: Db, req: SetupRequest, ip: string, prefix: number, kind
     createdAt: new Date().toISOString(), setupPid: process.pid, ...kind,
   };
   if (req.bundle) r.bundle = req.bundle;
+  if (req.cni) r.cni = req.cni;
   if (req.allowSpoofing) r.allowSpoofing = true;
   // The iptables backend finds a container's rules by the names its record holds; nftables by its elements.
   if (kind.firewall === 'nftables') return save(db, req, r);

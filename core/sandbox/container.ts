@@ -58,7 +58,8 @@ function namespaceOwner(db: Db, nsId: string, id: string, reclaim: Reclaimer): C
   }
 }
 
-async function setupVeth(req: SetupRequest, ns: NetnsHandle, log?: OpLog): Promise<SetupResult> {
+/** A veth sandbox's network in an opened namespace (the hook's, from a pid; ocinet-cni's, from a path). */
+export async function setupVeth(req: SetupRequest, ns: NetnsHandle, log?: OpLog): Promise<SetupResult> {
   const sn = parseSubnet(req.subnet);
   const gateway = intToIp(gatewayOf(sn));
   const sn6 = req.subnet6 ? parseSubnet6(req.subnet6) : undefined;
@@ -74,15 +75,15 @@ async function setupVeth(req: SetupRequest, ns: NetnsHandle, log?: OpLog): Promi
   const dropEarly = async (): Promise<void> => {
     if (await early) await deleteLink(plan.hostVeth);
   };
-  const identity = { pid: req.pid, start: ns.start, netns: ns.id };
+  const identity = ns.identity;
 
   let rec: ContainerRecord;
   try {
     rec = await decide(req, log, async (db, reclaim) => {
       // The lock may have taken a while: the container must still be the process we opened.
-      if (!ns.sameProcess()) throw new OcinetError('ENOTFOUND', `process ${req.pid} exited while the hook waited for the state lock`);
+      if (!ns.alive()) throw new OcinetError('ENOTFOUND', `${ns.identity.pid ? `process ${ns.identity.pid} exited` : `${ns.what} went away`} while the hook waited for the state lock`);
       assertNew(db, req.id, reclaim);
-      const owner = namespaceOwner(db, ns.id, req.id, reclaim);
+      const owner = req.cni ? undefined : namespaceOwner(db, ns.id, req.id, reclaim);
       if (owner) {
         // Namespace sharing: the namespace already has our eth0; record, change nothing.
         // Requests of the joiner's own cannot be honoured: say so rather than drop them.

@@ -19,8 +19,10 @@ import { vmDelIface } from '../vm/hotplug.js';
 /** The kata-network target of a record; `nsPath` overrides the pid's path (setup holds the namespace open). */
 export function targetOf(r: ContainerRecord, nsPath?: string): Target | null {
   if (r.mode === 'tap') return r.vm ? vmTarget(r.vm, r.id) : null;
-  if (!r.netns || !r.pid) return null;
-  return { key: targetKey(r.netns), nsPath: nsPath ?? pidNetnsPath(r.pid), nsId: r.netns, containerId: r.id, pid: r.pid };
+  if (!r.netns || !(r.pid || r.nsPath)) return null;
+  const t: Target = { key: targetKey(r.netns), nsPath: nsPath ?? r.nsPath ?? pidNetnsPath(r.pid!), nsId: r.netns, containerId: r.id };
+  if (r.pid) t.pid = r.pid;
+  return t;
 }
 
 /**

@@ -1,7 +1,8 @@
 /**
  * Dead records never decide. A record is alive while its process is the one
  * that was recorded (pid + start time) and still in the recorded network
- * namespace; a VM sandbox while its QEMU is. A decision that reads other
+ * namespace; a CNI attachment while the runtime's namespace file still is
+ * that namespace; a VM sandbox while its QEMU is. A decision that reads other
  * records (sharing, ports, a static address, a full pool, the last container
  * leaving, the same id set up again) asks `blocks()`: a dead record standing
  * in the way is taken out of the state there and then, under the lock, and
@@ -23,6 +24,8 @@ export function isAlive(c: ContainerRecord): boolean {
     if (c.pid && c.start !== undefined) return sameProcess(c.pid, c.start);
     return Boolean(c.vm && existsSync(c.vm.qmp));
   }
+  // A runtime's namespace file (CNI): alive while it still is that namespace.
+  if (c.nsPath) return Boolean(c.netns) && netnsId(c.nsPath) === c.netns;
   return Boolean(c.pid && c.netns && sameProcess(c.pid, c.start) && netnsId(pidNetnsPath(c.pid)) === c.netns);
 }
 
@@ -86,6 +89,16 @@ export class Reclaimer {
     const heir = forget(this.db, c);
     this.queue.push({ rec: c, why, heir });
     return heir;
+  }
+
+  /**
+   * Take `c` out whether it is alive or not (a CNI runtime's GC says it is
+   * not valid any more); queued for removal like a dead one.
+   */
+  evict(c: ContainerRecord, why: string): void {
+    if (this.queue.some((q) => q.rec === c)) return;
+    const heir = forget(this.db, c);
+    this.queue.push({ rec: c, why, heir });
   }
 
   get pending(): number {

@@ -67,5 +67,5 @@ export async function resolveTarget(id: string | undefined, o: TargetOptions): P
   }
   if (rec.mode === 'tap' && rec.vm) return vmTarget(rec.vm, rec.id);
   if (!isAlive(rec)) throw new OcinetError('ENOTFOUND', `container ${rec.id}'s sandbox is gone (try 'ocinet gc')`);
-  return fromPath(pidNetnsPath(rec.pid!), rec.id, rec.pid);
+  return fromPath(rec.nsPath ?? pidNetnsPath(rec.pid!), rec.id, rec.pid);
 }

@@ -29,10 +29,14 @@ export interface Requester {
   bundle?: string;
   /** 0 or absent at poststop (runc gives none, crun 0). */
   pid?: number;
+  /** ocinet-cni's DEL: the network whose attachment it is. */
+  cniNetwork?: string;
 }
 
 /** Why `rec` is not the record of the container asking, or null when it is. */
 function notOwner(rec: ContainerRecord, who: Requester): string | null {
+  if (who.cniNetwork !== undefined && rec.cni && rec.cni.network !== who.cniNetwork) return `its record is an attachment of CNI network ${rec.cni.network}, not ${who.cniNetwork}`;
+  if (who.cniNetwork !== undefined && !rec.cni && !rec.recovered) return 'its record is not a CNI attachment';
   if (who.bundle && rec.bundle && who.bundle !== rec.bundle) return `its record belongs to bundle ${rec.bundle}, not ${who.bundle}`;
   if (who.pid && rec.pid && rec.mode !== 'tap' && who.pid !== rec.pid) return `its record belongs to process ${rec.pid}, not ${who.pid}`;
   return null;

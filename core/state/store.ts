@@ -25,6 +25,16 @@ export interface PortMapping {
   hostIp?: string;
 }
 
+/** What a CNI runtime names an attachment by (the record's id is `containerId/ifname`). */
+export interface CniAttachment {
+  network: string;
+  containerId: string;
+  ifname: string;
+}
+
+/** The record id of a CNI attachment: not a valid OCI id, so it never meets a hook's. */
+export const cniRecordId = (containerId: string, ifname: string): string => `${containerId}/${ifname}`;
+
 export interface NetworkRecord {
   bridge: string;
   subnet: string;
@@ -76,6 +86,13 @@ export interface ContainerRecord {
   start?: number;
   /** `dev:inode` of the network namespace, to spot sharing and dead sandboxes. */
   netns?: string;
+  /**
+   * The runtime's file naming the namespace (a CNI runtime's bind mount), when
+   * no process does: alive while that file is still this namespace.
+   */
+  nsPath?: string;
+  /** A CNI attachment (ocinet-cni): its network's name, the runtime's container id and interface. */
+  cni?: CniAttachment;
   /** The runtime's bundle path: a teardown naming another bundle is another container's. */
   bundle?: string;
   /** Rebuilt from kernel objects after the state file was lost; the id may be a stand-in. */
@@ -196,6 +213,11 @@ function containerProblem(id: string, c: unknown): string | null {
     if (c[k] !== undefined && !(Number.isInteger(c[k]) && (c[k] as number) >= 0)) return `field '${k}' is not a whole number`;
   }
   if (c.netns !== undefined && (typeof c.netns !== 'string' || !/^\d+:\d+$/.test(c.netns))) return `field 'netns' is not dev:inode`;
+  if (c.nsPath !== undefined && (typeof c.nsPath !== 'string' || !c.nsPath.startsWith('/'))) return `field 'nsPath' is not an absolute path`;
+  if (c.cni !== undefined) {
+    const a = c.cni as Record<string, unknown>;
+    if (!isObject(a) || typeof a.network !== 'string' || typeof a.containerId !== 'string' || !isName(a.ifname) || id !== cniRecordId(a.containerId, a.ifname)) return `field 'cni' is not this record's CNI attachment`;
+  }
   if (c.mac !== undefined && (typeof c.mac !== 'string' || !MAC.test(c.mac))) return `field 'mac' is not a MAC address`;
   if (c.guard !== undefined && !isGuard(c.guard)) return `field 'guard' is not an ocinet port guard chain`;
   if (c.firewall !== undefined && c.firewall !== 'iptables' && c.firewall !== 'nftables') return `field 'firewall' is not iptables or nftables`;

@@ -9,10 +9,10 @@ import { OcinetError } from '../../base/errors.js';
 import type { ContainerRecord } from '../../state/store.js';
 import { DNAT_CHAIN_PREFIX } from '../../state/names.js';
 import type { Firewall } from '../firewall.js';
-import { installGuard, removeGuards, staleGuards, type Guard } from './guard.js';
-import { installNetworkRules, networkRulesPresent, removeNetworkRules } from './network.js';
+import { guardPresent, installGuard, removeGuards, staleGuards, type Guard } from './guard.js';
+import { DNAT_CHAIN, installNetworkRules, networkRulesPresent, removeNetworkRules } from './network.js';
 import { portsComment, publishScript, unpublishScript, type PortsChain } from './ports.js';
-import { purge, restore, save, savedComment, savedTarget } from './tables.js';
+import { isJump, purge, restore, save, savedComment, savedTarget } from './tables.js';
 
 const portsOf = (r: ContainerRecord): PortsChain | null => (r.chain && r.tag ? { chain: r.chain, tag: r.tag } : null);
 const guardOf = (r: ContainerRecord): Pick<Guard, 'chain' | 'port'> | null => (r.guard && r.hostVeth ? { chain: r.guard, port: r.hostVeth } : null);
@@ -65,6 +65,18 @@ export const iptablesFirewall: Firewall = {
   },
 
   networkPresent: (n) => networkRulesPresent(n.sid, n.bridge, n.subnet),
+
+  async containerMissing(_sid, rec) {
+    const out: string[] = [];
+    const g = guardOf(rec);
+    if (g && !(await guardPresent(g))) out.push(`port guard ${g.chain} (ebtables nat)`);
+    const c = portsOf(rec);
+    if (c && rec.ports.length) {
+      const nat = await save('nat');
+      if (!nat.chains.has(c.chain) || !nat.rules.some((l) => isJump(l, DNAT_CHAIN, c.chain))) out.push(`published ports chain ${c.chain} (iptables nat)`);
+    }
+    return out;
+  },
 
   // Chains are refilled by name, but jumps to them would be doubled: take the records' rules out first.
   async reapplyContainers(sid, recs, subnetOf) {

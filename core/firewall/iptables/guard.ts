@@ -89,6 +89,12 @@ async function purgeGuards(chains: Set<string>): Promise<void> {
   if (lines.length) await restore(lines);
 }
 
+/** Whether a port's guard chain is there with the port's jump to it. */
+export async function guardPresent(g: Pick<Guard, 'chain' | 'port'>): Promise<boolean> {
+  const saved = await saveNat();
+  return saved.chains.includes(g.chain) && saved.rules.includes(`-A ${jump(g)}`);
+}
+
 /** gc: this state dir's guard chains that no record names. */
 export async function staleGuards(sid: string, keep: ReadonlySet<string | undefined>): Promise<string[]> {
   const mine = `${GUARD_CHAIN_PREFIX}${sid}-`;

@@ -119,14 +119,14 @@ function networkElements(sid: string, n: { bridge: string; subnet?: string; subn
 
 /**
  * A container's elements: its port's guard entries and its published ports.
- * Its port's entry carries `<sid>:<id>` as a comment (plain ids), so that a
+ * Its port's entry carries `<sid>:<id>` as a comment (plain ids, CNI's `cid/ifname`), so that a
  * state rebuilt from the kernel finds the id again.
  */
 export function containerElements(sid: string, rec: ContainerRecord, allowSpoofing: boolean): Element[] {
   const b = `bridge ${tableName(sid)}`;
   const port = q(rec.hostVeth!);
   const out: Element[] = [{ where: `${b} ports`, key: port }];
-  if (/^[A-Za-z0-9_.+-]{1,100}$/.test(rec.id)) out[0]!.comment = ` comment ${q(`${sid}:${rec.id}`)}`;
+  if (/^[A-Za-z0-9_.+/-]{1,100}$/.test(rec.id)) out[0]!.comment = ` comment ${q(`${sid}:${rec.id}`)}`;
   if (!allowSpoofing) {
     out.push({ where: `${b} guarded`, key: port }, { where: `${b} portmac`, key: `${port} . ${rec.mac}` }, { where: `${b} portip`, key: `${port} . ${rec.ip}` });
     if (rec.ip6) out.push({ where: `${b} portip6`, key: `${port} . ${rec.ip6}` });
@@ -134,6 +134,8 @@ export function containerElements(sid: string, rec: ContainerRecord, allowSpoofi
   return [...out, ...portElements(sid, rec.ip!, rec.ports, rec.ip6)];
 }
 
+/** `SET KEY`: an element as a listing of its set shows it. */
+const setKey = (e: Element): string => `${e.where.split(' ').pop()} ${e.key}`;
 const addLine = (e: Element): string => `add element ${e.where} { ${e.key}${e.comment ?? ''}${e.value ? ` : ${e.value}` : ''} }`;
 /**
  * nft has no delete-if-present before 1.0.8: adding the element first (the
@@ -283,8 +285,18 @@ export const nftablesFirewall: Firewall = {
     return r.code === 0 && b.code === 0 && r.stdout.includes(q(n.bridge)) && /ip saddr @nets4 ip daddr != @nets4 masquerade/.test(r.stdout) && /iifname @guarded/.test(b.stdout);
   },
 
+  async containerMissing(sid, rec) {
+    if (!rec.hostVeth || !rec.ip) return [];
+    const there = new Set<string>();
+    for (const o of await listTables(sid)) {
+      const s = o.set ?? o.map;
+      if (s && s.table === tableName(sid)) for (const raw of s.elem ?? []) there.add(`${s.name} ${elementText(raw).key}`);
+    }
+    return containerElements(sid, rec, rec.allowSpoofing === true).map(setKey).filter((k) => !there.has(k)).map((k) => `nftables element ${k}`);
+  },
+
   async purgeStale(sid, keep) {
-    const kept = new Set(keep.flatMap((r) => (r.hostVeth && r.ip ? containerElements(sid, r, false) : [])).map((e) => `${e.where.split(' ').pop()} ${e.key}`));
+    const kept = new Set(keep.flatMap((r) => (r.hostVeth && r.ip ? containerElements(sid, r, false) : [])).map(setKey));
     return purge(sid, (set, e) => set !== 'nets4' && set !== 'nets6' && set !== 'bridges' && !kept.has(`${set} ${e.key}`));
   },
 };

@@ -1,0 +1,84 @@
+/**
+ * ADD and DEL of one CNI attachment (network, container id, interface), on
+ * the hook's core: the same state, IPAM, rules and teardown. The record's
+ * id is `containerId/ifname`, which no OCI container id can be; it is
+ * alive while the runtime's namespace file (or /proc/PID/ns/net's process)
+ * still names the namespace.
+ */
+import { OcinetError } from '../base/errors.js';
+import { CniError, CNI_CODE, type CniConfig, type CniEnv } from '../input/cni.js';
+import type { SetupRequest } from '../input/request.js';
+import { openNetnsPath } from '../net/netns.js';
+import { setupVeth } from '../sandbox/container.js';
+import { isAlive } from '../sandbox/reclaim.js';
+import { teardownContainer, type TeardownResult } from '../sandbox/teardown.js';
+import type { OpLog } from '../state/log.js';
+import { cniRecordId, loadDb, type ContainerRecord, type Db } from '../state/store.js';
+import { attachmentResult, type CniResult } from './result.js';
+
+/** The attachment's record id and what its record carries. */
+export function attachmentOf(cfg: CniConfig, env: CniEnv): { id: string; cni: NonNullable<ContainerRecord['cni']> } {
+  return { id: cniRecordId(env.containerId!, env.ifname!), cni: { network: cfg.name, containerId: env.containerId!, ifname: env.ifname! } };
+}
+
+/** The state, or none when it cannot be read (setup and teardown then repair it under the lock). */
+function peek(stateDir: string): Db | undefined {
+  try {
+    return loadDb(stateDir);
+  } catch {
+    return undefined;
+  }
+}
+
+export async function cniAdd(cfg: CniConfig, env: CniEnv, log?: OpLog): Promise<CniResult> {
+  const { id, cni } = attachmentOf(cfg, env);
+  const ns = openNetnsPath(env.netns!);
+  try {
+    // The same ADD again (a runtime retrying after a timeout): the same result, never a second address.
+    const db = peek(cfg.stateDir);
+    const known = db?.containers[id];
+    if (known?.cni?.network === cfg.name && known.netns === ns.id && isAlive(known) && db?.networks[known.bridge]) {
+      return await attachmentResult(cfg, known, db.networks[known.bridge]!, env.netns!);
+    }
+    const req: SetupRequest = {
+      stateDir: cfg.stateDir, bridge: cfg.bridge, subnet: cfg.subnet, iface: cni.ifname, mtu: cfg.mtu, keepBridge: cfg.keepBridge,
+      firewall: cfg.firewall, id, pid: ns.identity.pid ?? 0, ports: cfg.ports, mode: 'veth', cni,
+      requested: { ports: cfg.ports.length > 0, ip: cfg.ip !== undefined },
+      ...(cfg.subnet6 ? { subnet6: cfg.subnet6 } : {}), ...(cfg.ip ? { ip: cfg.ip } : {}), ...(cfg.ip6 ? { ip6: cfg.ip6 } : {}),
+      ...(cfg.allowSpoofing ? { allowSpoofing: true } : {}),
+    };
+    const res = await setupVeth(req, ns, log);
+    const rec: ContainerRecord = {
+      id, mode: 'veth', bridge: cfg.bridge, ip: res.ip, prefix: res.prefix, iface: res.iface, hostVeth: res.hostVeth!, ports: res.ports,
+      mac: res.mac!, createdAt: '', setupPid: process.pid, ...(res.ip6 ? { ip6: res.ip6 } : {}),
+    };
+    return await attachmentResult(cfg, rec, { gateway: res.gateway, ...(res.gateway6 ? { gateway6: res.gateway6 } : {}), ...(cfg.subnet6 ? { subnet6: cfg.subnet6 } : {}) }, env.netns!);
+  } catch (e) {
+    if (e instanceof OcinetError && e.code === 'ECONFLICT' && /already has a network from ocinet/.test(e.message)) {
+      throw new CniError(100, `attachment ${id} of network ${cfg.name} already exists in another network namespace (DEL it first)`, 'ECONFLICT');
+    }
+    throw e;
+  } finally {
+    ns.close();
+  }
+}
+
+/**
+ * DEL: idempotent and permissive, as the spec asks: a missing namespace,
+ * record or earlier DEL is success. Works from the state alone (the
+ * prevResult, when given, adds nothing the record does not hold); a record
+ * of another network or of a hook is not touched.
+ */
+export async function cniDel(cfg: CniConfig, env: CniEnv, log?: OpLog): Promise<TeardownResult> {
+  const { id } = attachmentOf(cfg, env);
+  return teardownContainer(id, { stateDir: cfg.stateDir, bridge: cfg.bridge, keepBridge: cfg.keepBridge }, { cniNetwork: cfg.name }, log);
+}
+
+/** The record of this attachment, or a CNI "unknown container" error. */
+export function recordOf(cfg: CniConfig, env: CniEnv): { rec: ContainerRecord; db: Db } {
+  const { id } = attachmentOf(cfg, env);
+  const db = loadDb(cfg.stateDir);
+  const rec = db.containers[id];
+  if (!rec || rec.cni?.network !== cfg.name) throw new CniError(CNI_CODE.unknownContainer, `no attachment ${id} of network ${cfg.name} in ocinet's state (${cfg.stateDir})`, 'ENOTFOUND');
+  return { rec, db };
+}
