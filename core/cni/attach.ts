@@ -8,7 +8,7 @@
 import { OcinetError } from '../base/errors.js';
 import { CniError, CNI_CODE, type CniConfig, type CniEnv } from '../input/cni.js';
 import type { SetupRequest } from '../input/request.js';
-import { openNetnsPath } from '../net/netns.js';
+import { openNetnsPath, type NetnsHandle } from '../net/netns.js';
 import { setupVeth } from '../sandbox/container.js';
 import { isAlive } from '../sandbox/reclaim.js';
 import { teardownContainer, type TeardownResult } from '../sandbox/teardown.js';
@@ -19,6 +19,16 @@ import { attachmentResult, type CniResult } from './result.js';
 /** The attachment's record id and what its record carries. */
 export function attachmentOf(cfg: CniConfig, env: CniEnv): { id: string; cni: NonNullable<ContainerRecord['cni']> } {
   return { id: cniRecordId(env.containerId!, env.ifname!), cni: { network: cfg.name, containerId: env.containerId!, ifname: env.ifname! } };
+}
+
+/** CNI_NETNS opened; one that is not a namespace (or is the plugin's own) is an invalid environment. */
+export function openCniNetns(path: string): NetnsHandle {
+  try {
+    return openNetnsPath(path);
+  } catch (e) {
+    if (e instanceof OcinetError && e.code !== 'ENOTFOUND') throw new CniError(CNI_CODE.invalidEnvironment, `CNI_NETNS: ${e.message}`);
+    throw e;
+  }
 }
 
 /** The state, or none when it cannot be read (setup and teardown then repair it under the lock). */
@@ -32,7 +42,7 @@ function peek(stateDir: string): Db | undefined {
 
 export async function cniAdd(cfg: CniConfig, env: CniEnv, log?: OpLog): Promise<CniResult> {
   const { id, cni } = attachmentOf(cfg, env);
-  const ns = openNetnsPath(env.netns!);
+  const ns = openCniNetns(env.netns!);
   try {
     // The same ADD again (a runtime retrying after a timeout): the same result, never a second address.
     const db = peek(cfg.stateDir);

@@ -8,10 +8,9 @@
 import { run } from '../base/exec.js';
 import { CniError, configError, type CniConfig, type CniEnv } from '../input/cni.js';
 import { firewallOf } from '../firewall/backends.js';
-import { openNetnsPath } from '../net/netns.js';
 import { isAlive } from '../sandbox/reclaim.js';
 import { stateId } from '../state/names.js';
-import { recordOf } from './attach.js';
+import { openCniNetns, recordOf } from './attach.js';
 import type { CniInterface, CniResult } from './result.js';
 
 /** ocinet's own code for "CHECK found the attachment not as it was made". */
@@ -45,7 +44,7 @@ export async function cniCheck(cfg: CniConfig, env: CniEnv): Promise<void> {
   const want = [`${rec.ip}/${rec.prefix}`, ...(rec.ip6 && net?.subnet6 ? [`${rec.ip6}/${net.subnet6.split('/')[1]}`] : [])];
   for (const a of want) if (!addrs.includes(a)) wrong.push(`prevResult does not hold ${a}, which ocinet gave ${ifname}`);
 
-  const ns = openNetnsPath(env.netns!);
+  const ns = openCniNetns(env.netns!);
   try {
     if (!isAlive(rec) || rec.netns !== ns.id) wrong.push(`${env.netns} is not the network namespace ocinet attached (${rec.nsPath ?? `process ${rec.pid}`})`);
     const inside = (await ipShow([`addr show dev ${ifname}`, 'route show default'], ns.path)) + (rec.ip6 ? await ipShow(['route show default'], ns.path, '-6') : '');
