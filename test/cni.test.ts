@@ -219,7 +219,10 @@ t.test('STATUS: ready, unusable state dir (50), rules gone under live containers
   mkdirSync(open);
   chmodSync(open, 0o777);
   const bad = await cni({ command: 'STATUS' }, { ...conf(), stateDir: open });
-  t.equal(bad.json?.code, 7, `a state dir others may write is refused as configuration: ${bad.stdout}`);
+  t.equal(bad.json?.code, 50, `a state dir others may write: not available: ${bad.stdout}`);
+  t.match(bad.json?.msg, /state directory/);
+  const addThere = await cni({ command: 'ADD', containerId: 'x', netns: '/proc/self/ns/net' }, { ...conf(), stateDir: open });
+  t.equal(addThere.json?.code, 7, 'ADD with it: refused as configuration, before anything');
 
   const a = await netns();
   t.teardown(() => a.drop());

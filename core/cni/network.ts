@@ -61,7 +61,7 @@ export async function cniStatus(cfg: CniConfig): Promise<void> {
     throw new CniError(CNI_CODE.notAvailable, `ocinet-cni cannot add containers: ${failed.map((c) => `${c.name}: ${c.detail}${c.fix ? ` (${c.fix})` : ''}`).join('; ')}`, 'EKERNEL');
   }
   // Attachments that run while their network's rules are gone (someone flushed them) are cut off.
-  const db = loadDb(cfg.stateDir);
+  const db = loadDb(cfg.stateDir); // the doctor found it usable
   const net = db.networks[cfg.bridge];
   if (!net || !Object.values(db.containers).some((c) => c.bridge === net.bridge && isAlive(c))) return;
   const fw = firewallOf(net.firewall);

@@ -14,7 +14,7 @@ import { validateCniConfig } from '../generated/validators.js';
 import { parseBackendChoice, type BackendChoice } from '../firewall/backends.js';
 import { isIfName } from '../state/names.js';
 import { DEFAULT_STATE_DIR, type PortMapping } from '../state/store.js';
-import { resolveStateDir } from './config.js';
+import { resolveStateDir, stateDirFrom } from './config.js';
 import { DEFAULT_POLICY, parseRange } from './policy.js';
 
 /** The spec versions ocinet-cni speaks, oldest first (VERSION lists them). */
@@ -204,7 +204,8 @@ export function parseCniConfig(raw: unknown, version: CniVersion, env: CniEnv): 
   const firewall = wrap('firewall', () => parseBackendChoice(c.firewall ?? 'auto', 'firewall'));
   if (subnet6 && firewall === 'iptables') throw configError("'subnet6': needs the nftables firewall backend (firewall nftables or auto)");
   const range = c.publishRange === undefined ? DEFAULT_POLICY.publishRange : wrap('publishRange', () => parseRange(c.publishRange!, 'publishRange'));
-  const stateDir = wrap('stateDir', () => resolveStateDir(c.stateDir ?? DEFAULT_STATE_DIR, {}));
+  // STATUS reports an unusable state dir (code 50) instead of refusing the configuration.
+  const stateDir = wrap('stateDir', () => (env.command === 'STATUS' ? stateDirFrom : resolveStateDir)(c.stateDir ?? DEFAULT_STATE_DIR, {}));
   const out: CniConfig = {
     cniVersion: version, name: c.name, bridge: c.bridge ?? 'ocinet0', subnet, mtu: c.mtu ?? 1500, stateDir,
     logFile: c.log === 'none' ? null : (c.log ?? `${stateDir}/ocinet.log`), firewall,
