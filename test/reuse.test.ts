@@ -6,7 +6,7 @@ import t from 'tap';
 import { isolate } from './lib/isolate.js';
 isolate(new URL(import.meta.url).pathname);
 import { spawn } from 'node:child_process';
-import { readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { readFileSync, readdirSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { acquire } from '../core/state/lock.js';
 import { dnatChain, hostVethName, stateId } from '../core/state/names.js';
@@ -202,7 +202,23 @@ t.test('a pid reused by a host process while setup waits for the lock: the host 
   child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
   const exited = new Promise<number>((r) => child.once('close', (c) => r(c ?? 1)));
   child.stdin.end(state('victim', 'creating', victim.pid));
-  await sleep(1500); // the hook has opened the namespace and waits for the lock
+  // Wait until the hook holds the namespace open (it then waits for the lock): no fixed sleep, which a loaded machine outruns.
+  const victimNs = readlinkSync(`/proc/${victim.pid}/ns/net`);
+  const holds = (): boolean => {
+    try {
+      return readdirSync(`/proc/${child.pid}/fd`).some((fd) => {
+        try {
+          return readlinkSync(`/proc/${child.pid}/fd/${fd}`) === victimNs;
+        } catch {
+          return false;
+        }
+      });
+    } catch {
+      return false;
+    }
+  };
+  for (let i = 0; i < 3000 && !holds(); i++) await sleep(10);
+  t.ok(holds(), 'the hook holds the namespace open while it waits for the lock');
   const pid = victim.pid;
   await victim.kill();
   // Hand the pid to a process in the host's namespace (this test's pid namespace lets us pick it).
