@@ -10,23 +10,51 @@
  * `podman container cleanup` that conmon runs when a container exits is not
  * given `--runtime-flag` and would use /run/runc: `boot` mounts a tmpfs on
  * /run inside the test's own mount namespace, so nothing reaches the host's.
+ *
+ * With `cni` (podman's CNI backend instead of `--network none` and a hook):
+ * a containers.conf of the file's own, named by CONTAINERS_CONF, says
+ * `network_backend = "cni"`, the plugin directories and the network config
+ * directory (`networkDir`, where the test writes its conflist). Podman
+ * creates each container's namespace as a bind mount under /run/netns (the
+ * private /run); libcni's cache, /var/lib/cni, is made private too
+ * (`privateCniCache`). What podman sends the plugins: test/cni-clients.test.ts.
  */
-import { spawn } from 'node:child_process';
-import { closeSync, copyFileSync, existsSync, mkdirSync, openSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import { HOOK, sh, type HookRun } from './env.js';
+import { privateCniCache } from './cni-chain.js';
+import { bounded, busyboxRootfs, clientEnv, HOOK, privateRun, type HookRun } from './env.js';
 
-/** Applets the rootfs links to /bin/busybox. */
-const APPLETS = ['sh', 'ls', 'cat', 'echo', 'sleep', 'ping', 'wget', 'nc', 'httpd', 'ip', 'ifconfig', 'route', 'hostname', 'timeout'];
+export { unmountUnder } from './env.js';
+
+const CGROUP_ROOT = '/sys/fs/cgroup';
+
+/** rmdir an empty cgroup; one still busy (or not empty) stays. */
+function rmdirOrKeep(dir: string): void {
+  try {
+    rmdirSync(dir);
+  } catch {
+    // busy or not empty: not ours to force
+  }
+}
 
 /** How long one podman command may take before the test kills it. */
 const PODMAN_TIMEOUT_MS = 60_000;
+
+/** Podman's CNI backend, for `Podman.boot`. */
+export interface PodmanCni {
+  /** `cni_plugin_dirs`: where podman finds the plugins a conflist names. */
+  pluginDirs: string[];
+}
 
 export interface PodmanRunOptions {
   /** `--annotation KEY=VAL` each. */
   annotations?: Record<string, string>;
   /** The container's command; default: a web server on port 80 answering `hello from NAME`. */
   cmd?: string[];
+  /** `--network`: default `none` (the hook makes the network). */
+  network?: string;
+  /** `-p SPEC` each (`8080:80`). */
+  publish?: string[];
 }
 
 /** One line of the hook's JSON-lines log (`STATE_DIR/ocinet.log`). */
@@ -57,38 +85,51 @@ export function webServer(name: string): string[] {
 export class Podman {
   readonly rootfs: string;
   readonly hooksDir: string;
-  private calls = 0;
+  /** The network config directory (`--network-config-dir`): CNI conflists go here. */
+  readonly networkDir: string;
+  /** podman's environment (`clientEnv`), with CONTAINERS_CONF for `cni`. */
+  private readonly env: NodeJS.ProcessEnv;
+  /** Every container `run` made (their cgroups go in `rmAll`). */
+  private readonly ids = new Set<string>();
 
   private constructor(
     readonly work: string,
     /** Flags for the hook after its program name (`--state-dir`, `--subnet`, ...). */
     readonly hookArgs: string[],
     readonly hook: string,
+    readonly cni?: PodmanCni,
   ) {
     this.rootfs = join(work, 'rootfs');
     this.hooksDir = join(work, 'hooks.d');
+    this.networkDir = join(work, 'podman', 'networks');
+    this.env = clientEnv(cni ? { CONTAINERS_CONF: join(work, 'podman', 'containers.conf') } : {});
   }
 
-  /** The file's fixture, made once: rootfs, hooks.d file, storage directories. */
-  static async boot(work: string, hookArgs: string[], hook: string = HOOK): Promise<Podman> {
-    // Only ever inside isolate()'s private mount namespace: never over the machine's /run.
-    if (process.env.OCINET_TEST_ISOLATED !== '1') throw new Error('Podman.boot runs only inside isolate()');
-    // -n: no utab entry (libmount would make /run/mount on the host's /run first).
-    await sh('mount', ['-n', '-t', 'tmpfs', '-o', 'mode=0755', 'ocinet-test-run', '/run']);
-    const p = new Podman(work, hookArgs, hook);
-    await p.makeRootfs();
+  /** The file's fixture, made once: rootfs, hooks.d file, storage directories, containers.conf with `cni`. */
+  static async boot(work: string, hookArgs: string[], hook: string = HOOK, cni?: PodmanCni): Promise<Podman> {
+    await privateRun();
+    if (cni) await privateCniCache();
+    const p = new Podman(work, hookArgs, hook, cni);
+    busyboxRootfs(p.rootfs);
     p.writeHooksFile();
     for (const d of ['root', 'runroot', 'tmp', 'networks', 'runc', 'out']) mkdirSync(join(work, 'podman', d), { recursive: true });
-    const info = await p.podman(['info', '--format', '{{.Host.OCIRuntime.Path}}']);
+    if (cni) p.writeContainersConf(cni);
+    const info = await p.podman(['info', '--format', '{{.Host.OCIRuntime.Path}} {{.Host.NetworkBackend}}']);
     if (info.exitCode !== 0) throw new Error(`podman info failed: ${info.stderr.trim()}`);
+    if (cni && !/ cni$/.test(info.stdout.trim())) throw new Error(`podman's network backend is not cni: ${info.stdout.trim()}`);
     return p;
   }
 
-  private async makeRootfs(): Promise<void> {
-    const busybox = (await sh('sh', ['-c', 'command -v busybox'])).stdout.trim();
-    for (const d of ['bin', 'proc', 'sys', 'dev', 'tmp', 'www', 'etc']) mkdirSync(join(this.rootfs, d), { recursive: true });
-    copyFileSync(busybox, join(this.rootfs, 'bin/busybox'));
-    for (const a of APPLETS) symlinkSync('busybox', join(this.rootfs, 'bin', a));
+  private writeContainersConf(cni: PodmanCni): void {
+    const list = (xs: string[]): string => `[${xs.map((x) => JSON.stringify(x)).join(', ')}]`;
+    const conf = [
+      '[network]',
+      'network_backend = "cni"',
+      `cni_plugin_dirs = ${list(cni.pluginDirs)}`,
+      `network_config_dir = ${JSON.stringify(this.networkDir)}`,
+      '',
+    ];
+    writeFileSync(this.env.CONTAINERS_CONF!, conf.join('\n'));
   }
 
   /** Like examples/oci-hooks.d/ocinet.json, with this hook and its flags. */
@@ -114,42 +155,31 @@ export class Podman {
     ];
   }
 
-  /**
-   * Any podman command, bounded. Output goes through files, not pipes: a
-   * detached container's conmon must not keep us waiting for end of stream.
-   */
-  async podman(args: string[]): Promise<HookRun> {
-    const n = ++this.calls;
-    const outFile = join(this.work, 'podman/out', `${n}.stdout`);
-    const errFile = join(this.work, 'podman/out', `${n}.stderr`);
-    const out = openSync(outFile, 'w');
-    const err = openSync(errFile, 'w');
-    const child = spawn('podman', [...this.globalArgs(), ...args], { stdio: ['ignore', out, err] });
-    const timer = setTimeout(() => child.kill('SIGKILL'), PODMAN_TIMEOUT_MS);
-    const exitCode = await new Promise<number>((r) => {
-      child.once('error', () => r(127));
-      child.once('exit', (c, sig) => r(c ?? (sig ? 128 : 1)));
-    });
-    clearTimeout(timer);
-    closeSync(out);
-    closeSync(err);
-    return { exitCode, stdout: readFileSync(outFile, 'utf8'), stderr: readFileSync(errFile, 'utf8') };
+  /** Any podman command, bounded (a detached container's conmon must not keep us waiting: see `bounded`). */
+  podman(args: string[]): Promise<HookRun> {
+    return bounded('podman', [...this.globalArgs(), ...args], { outDir: join(this.work, 'podman/out'), env: this.env, timeoutMs: PODMAN_TIMEOUT_MS });
   }
 
   /**
    * `podman run -d` with the options these machines need: no podman network
-   * (the hook makes it), rlimits the sandbox accepts, CAP_NET_RAW for ping,
-   * a tmpfs on /www. `--rootfs` comes last: everything after it is the command.
+   * unless asked (the hook makes it), rlimits the sandbox accepts,
+   * CAP_NET_RAW for ping, a tmpfs on /www. `--rootfs` comes last: everything
+   * after it is the command.
    */
-  run(name: string, opts: PodmanRunOptions = {}): Promise<HookRun> {
+  async run(name: string, opts: PodmanRunOptions = {}): Promise<HookRun> {
     const ann = Object.entries(opts.annotations ?? {}).flatMap(([k, v]) => ['--annotation', `${k}=${v}`]);
-    return this.podman([
-      'run', '-d', '--name', name, '--network', 'none',
+    const ports = (opts.publish ?? []).flatMap((p) => ['-p', p]);
+    const r = await this.podman([
+      'run', '-d', '--name', name, '--network', opts.network ?? 'none', ...ports,
       '--ulimit', 'nofile=1024:1024', '--ulimit', 'nproc=1024:1024',
       '--cap-add', 'NET_RAW', '--tmpfs', '/www',
       ...ann,
       '--rootfs', this.rootfs, ...(opts.cmd ?? webServer(name)),
     ]);
+    // A failed start prints no id: ask for it (the container exists, "Created").
+    const id = /^[0-9a-f]{64}$/m.exec(r.stdout)?.[0] ?? (await this.podman(['inspect', '--format', '{{.Id}}', name])).stdout.trim();
+    if (/^[0-9a-f]{64}$/.test(id)) this.ids.add(id);
+    return r;
   }
 
   /** A command inside a running container, bounded by busybox timeout (busybox wget -T is not reliable). */
@@ -177,8 +207,21 @@ export class Podman {
     return this.podman(['rm', '-f', '-t', '0', ...names]);
   }
 
-  rmAll(): Promise<HookRun> {
-    return this.podman(['rm', '-a', '-f', '-t', '0']);
+  /**
+   * Remove every container, then the cgroups podman leaves for them: with
+   * runc and cgroupfs on this machine's cgroup v1, each container's empty
+   * `libpod_parent/libpod-ID` stays behind in every hierarchy of the
+   * machine's cgroup tree (libpod_parent itself is shared: kept).
+   */
+  async rmAll(): Promise<HookRun> {
+    const r = await this.podman(['rm', '-a', '-f', '-t', '0']);
+    for (const h of readdirSync(CGROUP_ROOT)) {
+      for (const id of this.ids) {
+        const dir = join(CGROUP_ROOT, h, 'libpod_parent', `libpod-${id}`);
+        if (existsSync(dir)) rmdirOrKeep(dir);
+      }
+    }
+    return r;
   }
 
   /** Names of all containers podman knows, running or not. */
@@ -186,17 +229,4 @@ export class Podman {
     const r = await this.podman(['ps', '-a', '--format', '{{.Names}}']);
     return r.stdout.split('\n').filter((l) => l.trim() !== '').sort();
   }
-}
-
-/**
- * Lazily unmount whatever is still mounted under dir (a container's shm left
- * by a killed podman), deepest first, so removing dir never walks into a mount.
- */
-export async function unmountUnder(dir: string): Promise<void> {
-  const points = readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .map((l) => l.split(' ')[4] ?? '')
-    .filter((p) => p === dir || p.startsWith(dir + '/'))
-    .sort((a, b) => b.length - a.length);
-  for (const p of points) await sh('umount', ['-n', '-l', p], { reject: false });
 }
