@@ -1,10 +1,9 @@
 /** Driving the built ocinet-cni as a runtime does: CNI_* environment, configuration on stdin. */
 import { execa } from 'execa';
-import { join } from 'node:path';
-import { ROOT, sh } from './env.js';
+import { DEBIAN_PLUGINS as DEBIAN_CNI, OCINET_CNI as CNI_PLUGIN } from './cni-chain.js';
+import { sh } from './env.js';
 
-export const CNI_PLUGIN = join(ROOT, 'dist/bin/ocinet-cni');
-export const DEBIAN_CNI = '/usr/lib/cni';
+export { DEBIAN_CNI };
 
 export interface CniRun {
   exitCode: number;
