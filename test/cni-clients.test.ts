@@ -30,11 +30,12 @@
 import t, { type Test } from 'tap';
 import { isolate } from './lib/isolate.js';
 isolate(new URL(import.meta.url).pathname);
+import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { CNI_CACHE, conflist, describeCall, installPlugins, readCalls, TUNING_SYSCTL, writeConflist, type CniCall, type PluginKind } from './lib/cni-chain.js';
 import { Containerd, privateCtrCniDirs } from './lib/containerd.js';
-import { busyboxRootfs, cleanup, httpGet, inNs, readDb, sh, snapshot, tempDir, unmountUnder, HOOK } from './lib/env.js';
+import { busyboxRootfs, cleanup, httpGet, inNs, readDb, ROOT, sh, snapshot, tempDir, unmountUnder, HOOK } from './lib/env.js';
 import { Podman, webServer } from './lib/podman.js';
 
 const KIND: PluginKind = process.env.OCINET_CNI_KIND === 'debian' ? 'debian' : 'ocinet';
@@ -54,17 +55,22 @@ async function tearDown(): Promise<void> {
   cleanup(work);
 }
 
+// The real entry point: the plugin as `make install` links it (PREFIX/lib/cni/ocinet).
+const prefix = join(work, 'prefix');
+execFileSync('make', ['-s', '-C', ROOT, 'install', `PREFIX=${prefix}`], { stdio: 'ignore' });
+const INSTALLED = join(prefix, 'lib/cni/ocinet');
+
 async function setUp(): Promise<{ ctr: Containerd; image: string; binDir: string; podman: Podman }> {
   // containerd: ctr's fixed CNI directories, private to this mount namespace.
   const { confDir, binDir } = await privateCtrCniDirs();
-  installPlugins(binDir, KIND, ctrLog);
+  installPlugins(binDir, KIND, ctrLog, INSTALLED);
   writeConflist(confDir, conflist(KIND, ctrNet));
   const ctr = (started.ctr = await Containerd.start(work));
   busyboxRootfs(join(work, 'ctr-rootfs'));
   const image = await ctr.importRootfs(join(work, 'ctr-rootfs'), 'ocinet.test/busybox:latest');
   // podman: a containers.conf of its own naming a plugin directory of its own.
   mkdirSync(pmBin, { recursive: true });
-  installPlugins(pmBin, KIND, pmLog);
+  installPlugins(pmBin, KIND, pmLog, INSTALLED);
   const podman = (started.podman = await Podman.boot(work, [], HOOK, { pluginDirs: [pmBin] }));
   writeConflist(podman.networkDir, conflist(KIND, pmNet));
   return { ctr, image, binDir, podman };

@@ -90,12 +90,12 @@ export function conflist(kind: PluginKind, o: NetworkOptions): ConfList {
 }
 
 /** Where each plugin type of a chain lives (IPAM plugins included: bridge finds host-local through CNI_PATH). */
-export function pluginBinaries(kind: PluginKind): Record<string, string> {
+export function pluginBinaries(kind: PluginKind, ocinet = OCINET_CNI): Record<string, string> {
   const debian = (t: string): [string, string] => [t, join(DEBIAN_PLUGINS, t)];
   return Object.fromEntries(
     kind === 'debian'
       ? [debian('bridge'), debian('host-local'), debian('portmap'), debian('tuning')]
-      : [['ocinet', OCINET_CNI], debian('tuning')],
+      : [['ocinet', ocinet], debian('tuning')],
   );
 }
 
@@ -128,9 +128,12 @@ process.exitCode = r.status === null ? 1 : r.status;
 `;
 }
 
-/** Fill plugin directory `dir` for `kind`: logging stand-ins when `log` is given, else symlinks. */
-export function installPlugins(dir: string, kind: PluginKind, log?: string): void {
-  for (const [type, real] of Object.entries(pluginBinaries(kind))) {
+/**
+ * Fill plugin directory `dir` for `kind`: logging stand-ins when `log` is
+ * given, else symlinks. `ocinet`: the plugin to run (e.g. as `make install` put it).
+ */
+export function installPlugins(dir: string, kind: PluginKind, log?: string, ocinet = OCINET_CNI): void {
+  for (const [type, real] of Object.entries(pluginBinaries(kind, ocinet))) {
     if (!existsSync(real)) throw new Error(`CNI plugin ${type}: ${real} is missing (make build?)`);
     const file = join(dir, type);
     if (log) {
