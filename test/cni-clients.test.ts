@@ -31,11 +31,11 @@ import t, { type Test } from 'tap';
 import { isolate } from './lib/isolate.js';
 isolate(new URL(import.meta.url).pathname);
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { CNI_CACHE, conflist, describeCall, installPlugins, readCalls, TUNING_SYSCTL, writeConflist, type CniCall, type PluginKind } from './lib/cni-chain.js';
 import { Containerd, privateCtrCniDirs } from './lib/containerd.js';
-import { busyboxRootfs, cleanup, httpGet, inNs, readDb, ROOT, sh, snapshot, tempDir, unmountUnder, HOOK } from './lib/env.js';
+import { busyboxRootfs, cleanup, cli, httpGet, inNs, readDb, ROOT, sh, sleep, snapshot, tempDir, unmountUnder, HOOK } from './lib/env.js';
 import { Podman, webServer } from './lib/podman.js';
 
 const KIND: PluginKind = process.env.OCINET_CNI_KIND === 'debian' ? 'debian' : 'ocinet';
@@ -205,6 +205,35 @@ t.test(`containerd: ctr run --rm --cni (${KIND})`, async (t) => {
     t.equal(mine[1]?.env.CNI_NETNS, '', `${id}: DEL's netns is empty (the task is gone)`);
     t.equal(mine[0]?.netnsAlive, true, `${id}: ADD's netns exists`);
   }
+});
+
+// The ugly path: `ctr run -d --cni` never sends DEL, whatever becomes of the
+// task. The attachment's record names the task's process (pid + start time),
+// so once the task is killed it is dead: `ocinet list` says so and `ocinet
+// gc` (the same reclaim code a setup uses) takes all of it away.
+t.test('containerd: a task ctr never DELs (run -d) is reclaimed once dead', { skip: KIND !== 'ocinet' && 'ocinet only' }, async (t) => {
+  const before = await state(ctrNet);
+  const r = await ctr.ctr(['run', '-d', '--cni', '--cgroup', '', IMAGE, 'orphan', 'sleep', '3600']);
+  t.equal(r.exitCode, 0, `ctr run -d ${r.stderr.trim()}`);
+  const row = (await ctr.tasks()).find((x) => x.id === 'orphan');
+  t.ok(row, 'the task runs');
+  let listed = JSON.parse((await cli(['list', '--json', '--state-dir', ctrNet.stateDir])).stdout) as { id: string; alive: boolean }[];
+  t.same(listed.map((x) => [x.id, x.alive]), [['default-orphan/eth0', true]], 'ocinet list: the attachment, alive');
+  await ctr.ctr(['task', 'kill', '-s', 'SIGKILL', 'orphan']);
+  for (let i = 0; i < 400 && (await ctr.tasks()).some((x) => x.id === 'orphan' && x.status === 'RUNNING'); i++) await sleep(25);
+  await ctr.ctr(['task', 'rm', 'orphan']);
+  await ctr.ctr(['container', 'rm', 'orphan']);
+  t.notOk(readCalls(ctrLog).some((c) => c.env.CNI_COMMAND === 'DEL' && c.env.CNI_CONTAINERID === 'default-orphan'), 'ctr sent no DEL');
+  listed = JSON.parse((await cli(['list', '--json', '--state-dir', ctrNet.stateDir])).stdout) as { id: string; alive: boolean }[];
+  t.same(listed.map((x) => [x.id, x.alive]), [['default-orphan/eth0', false]], 'ocinet list: dead once its task is');
+  const gc = await cli(['gc', '--json', '--state-dir', ctrNet.stateDir]);
+  t.equal(gc.exitCode, 0, gc.stderr);
+  t.same((JSON.parse(gc.stdout) as { containers: string[] }).containers, ['default-orphan/eth0'], 'ocinet gc reclaims it');
+  leftBehind(t, 'default-orphan', before, await state(ctrNet));
+  t.same(leases(ctrNet), [], 'no lease left');
+  // libcni's own leftover (its cached result, removed only by a DEL): ctr's, not ours.
+  t.same(cachedResults(), ['ctrnet-default-orphan-eth0'], "only ctr's cached result is left");
+  rmSync(join(CNI_CACHE, 'results', 'ctrnet-default-orphan-eth0'));
 });
 
 t.test(`podman --network with CNI, -p 8080:80 (${KIND})`, async (t) => {
