@@ -293,3 +293,19 @@ t.test(`podman --network with CNI, -p 8080:80 (${KIND})`, async (t) => {
     `runtimeConfig.portMappings reach ${mapper} (the capability's plugin), at DEL too`,
   );
 });
+
+// Podman's ugly path: a start that fails after ADD (the command does not
+// exist). The next container asking for the same host port must start.
+t.test(`podman: a failed start does not break the next container (${KIND})`, async (t) => {
+  const before = await state(pmNet);
+  const bad = await podman.run('broken', { network: pmNet.name, publish: ['8090:80'], cmd: ['/no/such/command'] });
+  t.not(bad.exitCode, 0, `the start fails: ${bad.stderr.trim().split('\n').pop()}`);
+  const calls = readCalls(pmLog).filter((c) => c.plugin === 'ocinet' || c.plugin === 'bridge');
+  t.comment(`after the failed start: ${calls.slice(-2).map(describeCall).join(' | ')}`);
+  const good = await podman.run('fixed', { network: pmNet.name, publish: ['8090:80'] });
+  t.equal(good.exitCode, 0, `the next container with the same port starts: ${good.stderr.trim()}`);
+  t.equal(await httpGet('http://127.0.0.1:8090/'), 'hello from fixed', '8090 answers from it');
+  t.equal((await podman.rm('fixed')).exitCode, 0);
+  t.equal((await podman.rm('broken')).exitCode, 0);
+  t.same(await state(pmNet), before, 'nothing left');
+});
