@@ -27,6 +27,7 @@ const CNI_PATH = '/usr/lib/cni';
 const PATH = '/usr/sbin:/usr/bin:/sbin:/bin';
 const CNI_BASE_ENV = { CNI_PATH, CNI_IFNAME: 'eth0', PATH };
 const NETAVARK = '/usr/lib/podman/netavark';
+const OCINET_CNI = join(ROOT, 'dist/bin/ocinet-cni');
 // ratio: ocinet/CNI; netavark: ocinet/netavark; ownWorkMs: setup's and teardown's own work
 // (wall time minus --version's) in the poststop order (issue 13; it was 25 ms for setup).
 const TARGETS = { ratio: 0.6, netavark: 0.7, loadMs: 15, ownWorkMs: 15, scale: 1.25, nftVsIpt: 1.0 };
@@ -234,6 +235,30 @@ async function netavarkLife(name, sb, order) {
   return [s.ms, d.ms];
 }
 
+// ---------- ocinet-cni (the same core as a CNI plugin) ----------
+
+const ocniConf = {
+  cniVersion: '1.0.0', name: 'benchoc', type: 'ocinet', bridge: 'occni0', subnet: '10.219.0.0/16', stateDir: join(TMP, 'ocinet-cni'),
+  firewall: 'nftables', capabilities: { portMappings: true },
+};
+const ocniPorts = { runtimeConfig: { portMappings: [{ hostPort: 8083, containerPort: 80, protocol: 'tcp' }] } };
+
+function ocni(command, id, netns, conf) {
+  const env = { ...CNI_BASE_ENV, CNI_COMMAND: command, CNI_CONTAINERID: id, CNI_NETNS: netns };
+  return run(OCINET_CNI, [], { input: JSON.stringify(conf), env });
+}
+const ocniGone = (id) => () => !(`${id}/eth0` in JSON.parse(readFileSync(join(ocniConf.stateDir, 'state.json'), 'utf8')).containers);
+
+/** ADD then DEL with one port mapping, as the CNI side does (poststop: DEL with no netns after the container died, as ctr sends it). */
+async function ocniLife(id, sb, order) {
+  const netns = `/proc/${sb.pid}/ns/net`;
+  const conf = { ...ocniConf, ...ocniPorts };
+  const add = must(await ocni('ADD', id, netns, conf), `ocinet-cni ADD ${id}`, hasIp);
+  if (order === 'poststop') await kill(sb);
+  const del = must(await ocni('DEL', id, order === 'poststop' ? '' : netns, { ...conf, prevResult: JSON.parse(add.stdout) }), `ocinet-cni DEL ${id}`, ocniGone(id));
+  return [add.ms, del.ms];
+}
+
 // ---------- statistics ----------
 
 function pct(xs, q) {
@@ -266,6 +291,7 @@ async function main() {
   // t.ocinet/cni/netavark: the three sides in both orders, ORDERS' keys.
   const t = {
     ocinet: { alive: lives(), poststop: lives() }, cni: { alive: lives(), poststop: lives() }, netavark: { alive: lives(), poststop: lives() },
+    ocinetCni: { alive: lives(), poststop: lives() },
     ipt: lives(), ds: lives(), cniSteps: { alive: [[], [], [], []], poststop: [[], [], [], []] }, version: [], node0: [], one: [], many: [], dead: [],
   };
   const push = (into, s, d) => { into.life.push(s + d); into.setup.push(s); into.teardown.push(d); };
@@ -297,6 +323,10 @@ async function main() {
   const resNOpts = nvOptions('resident-n', '10.218.0.2', false);
   must(await netavark('setup', `/proc/${resN.pid}/ns/net`, resNOpts), 'netavark resident setup', nvSetUp('10.218.0.2'));
   cleanups.push(async () => must(await netavark('teardown', `/proc/${resN.pid}/ns/net`, resNOpts), 'netavark resident teardown'));
+  const resC = await sandbox();
+  const resCNs = `/proc/${resC.pid}/ns/net`;
+  must(await ocni('ADD', 'resident-c', resCNs, ocniConf), 'ocinet-cni resident ADD', hasIp);
+  cleanups.push(async () => must(await ocni('DEL', 'resident-c', resCNs, ocniConf), 'ocinet-cni resident DEL'));
 
   /** A life of a side's own (setup, teardown in `order`), timed: [setup ms, teardown ms]. */
   const ocinetLife = async (net, id, order) => {
@@ -336,6 +366,12 @@ async function main() {
       const steps = await cniLife(`bench-b${tag}-${i}`, sb, o);
       await kill(sb);
       if (timed) { push(t.cni[o], steps[0] + steps[1], steps[2] + steps[3]); steps.forEach((ms, k) => t.cniSteps[o][k].push(ms)); }
+    };
+    tasks[`ocinet-cni-${o}`] = async (i, timed) => {
+      const sb = await sandbox();
+      const [s, d] = await ocniLife(`bench-c${tag}-${i}`, sb, o);
+      await kill(sb);
+      if (timed) push(t.ocinetCni[o], s, d);
     };
     tasks[`netavark-${o}`] = async (i, timed) => {
       const sb = await sandbox();
@@ -440,7 +476,7 @@ async function main() {
   const lifeStats = (x) => ({ life: stat(x.life), setup: stat(x.setup), teardown: stat(x.teardown) });
   const bothOrders = (x) => Object.fromEntries(ORDERS.map((o) => [o, lifeStats(x[o])]));
   const S = {
-    ocinet: bothOrders(t.ocinet), cni: bothOrders(t.cni), netavark: bothOrders(t.netavark),
+    ocinet: bothOrders(t.ocinet), cni: bothOrders(t.cni), netavark: bothOrders(t.netavark), ocinetCni: bothOrders(t.ocinetCni),
     iptables: lifeStats(t.ipt), dualStack: lifeStats(t.ds),
     cniSteps: Object.fromEntries(ORDERS.map((o) => [o, Object.fromEntries(['bridgeAdd', 'portmapAdd', 'portmapDel', 'bridgeDel'].map((k, i) => [k, stat(t.cniSteps[o][i])]))])),
     version: stat(t.version), node0: stat(t.node0), setupOne: stat(t.one), setupMany: stat(t.many),
@@ -457,6 +493,8 @@ async function main() {
     ratioPoststop: check(vs('cni', 'poststop'), TARGETS.ratio),
     netavark: check(vs('netavark', 'alive'), TARGETS.netavark),
     netavarkPoststop: check(vs('netavark', 'poststop'), TARGETS.netavark),
+    cniPlugin: check(S.ocinetCni.alive.life.p50 / S.cni.alive.life.p50, TARGETS.ratio),
+    cniPluginPoststop: check(S.ocinetCni.poststop.life.p50 / S.cni.poststop.life.p50, TARGETS.ratio),
     nftVsIpt: check(S.ocinet.alive.life.p50 / S.iptables.life.p50, TARGETS.nftVsIpt),
     loadMs: check(load, TARGETS.loadMs, ' ms'),
     ownSetupMs: check(own('poststop', 'setup'), TARGETS.ownWorkMs, ' ms'),
@@ -501,6 +539,7 @@ async function main() {
     out.push(...lifeRows('netavark 1.4 (iptables), static address as Podman', S.netavark[o]));
     out.push(...lifeRows(`CNI bridge+host-local+portmap${o === 'poststop' ? ' (DEL with no netns)' : ''}`, S.cni[o]));
     for (const [k, st] of Object.entries(S.cniSteps[o])) out.push(row(`    ${k}`, st));
+    out.push(...lifeRows(`ocinet-cni ADD+DEL, nftables${o === 'poststop' ? ' (DEL with no netns)' : ''}`, S.ocinetCni[o]));
   }
   out.push('  other ocinet lives (teardown while it runs):');
   out.push(...lifeRows('ocinet-hook, iptables', S.iptables));
@@ -514,6 +553,8 @@ async function main() {
   out.push(verdict('ratio ocinet/netavark, poststop order (p50)', checks.netavarkPoststop));
   out.push(verdict('ratio ocinet/CNI, teardown while it runs (p50)', checks.ratio));
   out.push(verdict('ratio ocinet/CNI, poststop order (p50)', checks.ratioPoststop));
+  out.push(verdict('ratio ocinet-cni/CNI chain, teardown while it runs (p50)', checks.cniPlugin));
+  out.push(verdict('ratio ocinet-cni/CNI chain, poststop order (p50)', checks.cniPluginPoststop));
   out.push(verdict('ratio nftables/iptables lifecycle (p50)', checks.nftVsIpt));
   out.push(informative('ratio dual stack / IPv4 only, nftables (p50)', S.dualStack.life.p50 / S.ocinet.alive.life.p50, 3));
   out.push(verdict('bundle load: --version - node -e 0', checks.loadMs));
