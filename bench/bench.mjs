@@ -18,7 +18,7 @@ const TMP = mkdtempSync(join(tmpdir(), 'ocinet-bench-'));
 const CNI_PATH = '/usr/lib/cni';
 // Plugins shell out to iptables, so they need a PATH (a real runtime passes its own).
 const CNI_BASE_ENV = { CNI_PATH, CNI_IFNAME: 'eth0', PATH: '/usr/sbin:/usr/bin:/sbin:/bin' };
-const TARGETS = { ratio: 0.6, loadMs: 15, ownWorkMs: 25, scale: 1.25, nftVsIpt: 1.0 };
+const TARGETS = { ratio: 0.6, loadMs: 5, ownWorkMs: 25, scale: 1.25, nftVsIpt: 1.0 };
 // Phase 2's third network: a /27 (29 addresses) that DEAD dead records and the
 // rest live residents fill, so that its timed setup must reclaim all DEAD first.
 const DEAD = 20;
