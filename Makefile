@@ -6,9 +6,11 @@ APT_PACKAGES := runc iproute2 iptables busybox-static conntrack util-linux jq hy
 	containernetworking-plugins qemu-system-x86 qemu-guest-agent ipvsadm cpio kmod podman gcc libc6-dev nftables \
 	containerd netavark
 SETUP_STAMP := .cache/setup.stamp
-SOURCES := $(shell find core hooks build -name '*.ts' -o -name '*.mjs' -o -name '*.cjs' -o -name '*.json' -o -name '*.c' | grep -v generated)
+SOURCES := $(shell find core hooks build -name '*.ts' -o -name '*.cts' -o -name '*.mjs' -o -name '*.cjs' -o -name '*.json' -o -name '*.c' | grep -v generated)
 
 .PHONY: all setup build test demo bench install uninstall clean typecheck guest
+# A build that fails midway (say, at the code caches) leaves no dist/bin/ocinet-hook that looks up to date.
+.DELETE_ON_ERROR:
 
 all: build
 
@@ -46,10 +48,14 @@ demo: build
 bench: build
 	bench/run.sh
 
+# The commands build/build.mjs makes (its `entries`): each is dist/bin/NAME (the loader that runs),
+# NAME.js (the bundle) and NAME.cache (its V8 code cache, root's alone once installed).
+COMMANDS := ocinet-hook ocinet ocinet-cni
+
 install: build
 	install -d $(LIBDIR)/bin $(PREFIX)/bin
-	install -m 0755 dist/bin/ocinet-hook dist/bin/ocinet dist/bin/ocinet-cni $(LIBDIR)/bin/
-	install -m 0644 dist/bin/netlink.node dist/bin/lock.node $(LIBDIR)/bin/
+	install -m 0755 $(addprefix dist/bin/,$(COMMANDS)) $(LIBDIR)/bin/
+	install -m 0644 $(foreach c,$(COMMANDS),dist/bin/$(c).js dist/bin/$(c).cache) dist/bin/netlink.node dist/bin/lock.node $(LIBDIR)/bin/
 	install -m 0644 dist/package.json $(LIBDIR)/package.json
 	ln -sf ../lib/ocinet/bin/ocinet-hook $(PREFIX)/bin/ocinet-hook
 	ln -sf ../lib/ocinet/bin/ocinet $(PREFIX)/bin/ocinet

@@ -1,8 +1,12 @@
-// Bundles the hook and the CLI with esbuild into dist/bin (CommonJS, unminified:
-// it loads faster here), each starting with an absolute node shebang because
-// runc's `"env": []` leaves hooks without PATH.
+// Bundles each command of `entries` with esbuild into dist/bin as three files:
+//   NAME        what runs: hooks/loader.cts, starting with an absolute node shebang because
+//               runc's `"env": []` leaves hooks without PATH;
+//   NAME.js     the command's bundle (CommonJS, unminified: it loads faster here; ASCII), its
+//               first line a build id (a hash of its code);
+//   NAME.cache  V8's code cache of NAME.js, made by build/code-cache.mjs, tied to that id.
 import { build } from 'esbuild';
 import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { chmodSync, copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 
@@ -24,23 +28,51 @@ try {
 }
 
 const entries = { 'ocinet-hook': 'hooks/hook.ts', ocinet: 'hooks/cli.ts', 'ocinet-cni': 'hooks/cni.ts' };
+const common = { bundle: true, platform: 'node', target: 'node20', format: 'cjs', minify: false, legalComments: 'none', logLevel: 'warning' };
 for (const [name, src] of Object.entries(entries)) {
+  const [bundle] = (
+    await build({
+      ...common,
+      entryPoints: [join(root, src)],
+      outfile: join(out, `${name}.js`),
+      write: false,
+      // import.meta.url is the bundle's own URL (core/lock.ts finds lock.node beside it).
+      banner: { js: `'use strict';\nvar __ocinet_bundle_url = require('node:url').pathToFileURL(__filename).href;` },
+      define: { OCINET_VERSION: JSON.stringify(pkg.version), OCINET_BUNDLED: 'true', 'import.meta.url': '__ocinet_bundle_url' },
+      alias: { 'node-gyp-build': join(root, 'build/netlink-binding.cjs') },
+    })
+  ).outputFiles;
+  // What esbuild leaves non-ASCII (comments; it escapes strings) as \u escapes: V8 keeps an ASCII
+  // source as one byte a character, and the loader reads it so.
+  const code = bundle.text.replace(/[^\0-\x7f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+  const id = createHash('sha256').update(code).digest('hex').slice(0, 16);
+  writeFileSync(bundle.path, `// ocinet-build ${id}\n${code}`);
+  chmodSync(bundle.path, 0o644);
   await build({
-    entryPoints: [join(root, src)],
+    ...common,
+    entryPoints: [join(root, 'hooks/loader.cts')],
     outfile: join(out, name),
-    bundle: true,
-    platform: 'node',
-    target: 'node20',
-    format: 'cjs',
-    minify: false,
-    legalComments: 'none',
-    // import.meta.url is the bundle's own URL (core/lock.ts finds lock.node beside it).
-    banner: { js: `#!${node}\n'use strict';\nvar __ocinet_bundle_url = require('node:url').pathToFileURL(__filename).href;` },
-    define: { OCINET_VERSION: JSON.stringify(pkg.version), OCINET_BUNDLED: 'true', 'import.meta.url': '__ocinet_bundle_url' },
-    alias: { 'node-gyp-build': join(root, 'build/netlink-binding.cjs') },
-    logLevel: 'warning',
+    banner: { js: `#!${node}` },
+    define: { OCINET_ENTRY: JSON.stringify(name) },
   });
   chmodSync(join(out, name), 0o755);
 }
 copyFileSync(join(root, 'node_modules/netlink/prebuilds/linux-x64/node.napi.node'), join(out, 'netlink.node'));
-console.log(`built ${Object.keys(entries).map((n) => 'dist/bin/' + n).join(', ')} (node ${node})`);
+
+// The code caches, made by the node the bundles run with, with no environment (as runc runs hooks:
+// V8 takes a cache only from the same node under the same V8 flags); then each checked to be taken.
+const sizes = [];
+for (const name of Object.keys(entries)) {
+  const loader = join(out, name);
+  try {
+    execFileSync(node, [join(root, 'build/code-cache.mjs'), loader], { env: {}, stdio: ['ignore', 'ignore', 'inherit'], timeout: 60_000 });
+    const check = `process.stdout.write(require(${JSON.stringify(loader)}).compileBundle(${JSON.stringify(`${loader}.js`)}, ${JSON.stringify(`${loader}.cache`)}).cache)`;
+    const use = execFileSync(node, ['-e', check], { env: {}, encoding: 'utf8', timeout: 60_000 });
+    if (use !== 'used') throw new Error(`the loader did not take it (${use})`);
+  } catch (e) {
+    console.error(`build: code cache of dist/bin/${name}: ${e.message}`);
+    process.exit(1);
+  }
+  sizes.push(`${name} ${Math.round(readFileSync(`${loader}.cache`).length / 1024)} KiB`);
+}
+console.log(`built ${Object.keys(entries).map((n) => 'dist/bin/' + n).join(', ')} (node ${node}; code caches: ${sizes.join(', ')})`);

@@ -12,7 +12,7 @@ import { changePorts } from '../core/sandbox/publish.js';
 import { OpLog } from '../core/state/log.js';
 import { listLinks } from '../core/net/links.js';
 import { loadDb, type Db } from '../core/state/store.js';
-import { parseArgs, type FlagSpec } from './args.js';
+import { parseArgs, printSync, type FlagSpec } from './args.js';
 import { networkCommand } from './network-cmd.js';
 import { ipvsCommand } from './ipvs-cmd.js';
 import { VERSION } from './version.js';
@@ -68,12 +68,12 @@ function table(rows: string[][]): string {
 
 async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
-  if (cmd === '--version') return void process.stdout.write(`ocinet ${VERSION}\n`), 0;
-  if (cmd === undefined || cmd === '--help' || cmd === 'help') return void process.stdout.write(USAGE + '\n'), 0;
+  if (cmd === '--version') return void printSync(`ocinet ${VERSION}\n`), 0;
+  if (cmd === undefined || cmd === '--help' || cmd === 'help') return void printSync(USAGE + '\n'), 0;
   if (cmd === 'network') return networkCommand(rest);
   if (cmd === 'ipvs') return ipvsCommand(rest);
   const { flags, positional } = parseArgs<Flags>(rest, COMMON);
-  if (flags.help) return void process.stdout.write(USAGE + '\n'), 0;
+  if (flags.help) return void printSync(USAGE + '\n'), 0;
   if (cmd === 'publish' || cmd === 'unpublish') {
     if (positional.length !== 2) throw new OcinetError('EINPUT', `usage: ocinet ${cmd} ID SPEC[,SPEC...]`);
     // The specs are checked before the state dir is touched.

@@ -6,6 +6,7 @@
 import { errorLine } from '../core/base/errors.js';
 import { runCni } from '../core/cni/plugin.js';
 import { CniError, CNI_CODE, CNI_CONFIG_MAX_BYTES } from '../core/input/cni.js';
+import { printSync } from './args.js';
 import { readStdin } from './stdin.js';
 import { VERSION } from './version.js';
 
@@ -15,7 +16,7 @@ const USAGE = `usage: CNI_COMMAND=ADD|DEL|CHECK|VERSION|GC|STATUS CNI_CONTAINERI
 
 async function main(argv: string[]): Promise<number> {
   if (argv[0] === '--version' || argv[0] === '--help') {
-    process.stdout.write(argv[0] === '--version' ? `ocinet-cni ${VERSION}\n` : USAGE + '\n');
+    printSync(argv[0] === '--version' ? `ocinet-cni ${VERSION}\n` : USAGE + '\n');
     return 0;
   }
   const stdin = (): string => {

@@ -9,7 +9,7 @@ import { OpLog } from '../core/state/log.js';
 import { ocinetAnnotations, parseState, stageFromStatus } from '../core/input/oci.js';
 import { setupContainer } from '../core/sandbox/container.js';
 import { teardownContainer } from '../core/sandbox/teardown.js';
-import { parseArgs, type FlagSpec } from './args.js';
+import { parseArgs, printSync, type FlagSpec } from './args.js';
 import { readStdin } from './stdin.js';
 import { VERSION } from './version.js';
 
@@ -72,11 +72,11 @@ const STATE_MAX_BYTES = 8 << 20;
 async function main(argv: string[]): Promise<number> {
   const { flags, positional } = parseArgs<HookFlags & { help?: boolean; version?: boolean }>(argv, FLAGS);
   if (flags.version) {
-    process.stdout.write(`ocinet-hook ${VERSION}\n`);
+    printSync(`ocinet-hook ${VERSION}\n`);
     return 0;
   }
   if (flags.help) {
-    process.stdout.write(USAGE + '\n');
+    printSync(USAGE + '\n');
     return 0;
   }
   const stageArg = positional[0];

@@ -3,7 +3,7 @@
  * array. Programs are resolved to absolute paths ourselves, because runc's
  * `"env": []` hands hooks an environment without PATH.
  */
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import type { ChildProcessWithoutNullStreams } from 'node:child_process';
 import { accessSync, constants } from 'node:fs';
 import { clip, ERROR_LINE_MAX, OcinetError } from './errors.js';
 
@@ -154,6 +154,9 @@ export function run(program: string, args: readonly string[], opts: RunOptions =
   const file = which(program);
   const what = `${program} ${args.slice(0, 3).join(' ')}`;
   return new Promise((resolve, reject) => {
+    // Loaded here, at the first run, not with the bundle: child_process (with net and stream) costs
+    // ~3 ms of a start, and --version, --help and some CLI commands never run a program.
+    const { spawn } = process.getBuiltinModule('node:child_process');
     const child = spawn(file, args, { env: CHILD_ENV, stdio: ['pipe', 'pipe', 'pipe', ...inherited] }) as ChildProcessWithoutNullStreams;
     const out = new HeadTail(opts.maxStdout ?? MAX_STDOUT);
     const err = new HeadTail(opts.maxStderr ?? MAX_STDERR);
