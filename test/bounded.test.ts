@@ -107,6 +107,19 @@ t.test('run(): a timeout is kept even when a grandchild holds the pipes open', a
   t.ok(ms < 3000, `rejected after ${ms} ms (not when the grandchild exits)`);
 });
 
+t.test('run(): doneWhen resolves once the output says the work is done, not at the exit; unmatched, the exit decides', async (t) => {
+  const t0 = Date.now();
+  const done = await run('sh', ['-c', 'echo partial; sleep 0.1; echo committed; exec sleep 20'], { doneWhen: (out) => /^committed\n/m.test(out) });
+  const ms = Date.now() - t0;
+  t.same({ code: done.code, stdout: done.stdout }, { code: 0, stdout: 'partial\ncommitted\n' }, 'resolved with what it printed so far');
+  t.ok(ms < 3000, `resolved after ${ms} ms (not when the program exits)`);
+  // The line never comes: a failure is still one error line, from the exit.
+  const e = await run('sh', ['-c', 'echo partial; echo refused >&2; exit 1'], { doneWhen: (out) => out.includes('committed') }).catch((x: unknown) => x);
+  t.match(errorLine(e), /refused/);
+  const failed = await run('sh', ['-c', 'exit 3'], { allowFail: true, doneWhen: () => true });
+  t.equal(failed.code, 3, 'no output at all: the exit code, as without doneWhen');
+});
+
 // ---- the guest agent ----
 
 /**

@@ -136,6 +136,17 @@ export interface RunOptions {
   maxStdout?: number;
   /** Bytes of stderr kept (default MAX_STDERR), head and tail. */
   maxStderr?: number;
+  /**
+   * The program's work is done, with success, once its stdout (so far)
+   * satisfies this: resolve then (code 0), without waiting for its exit.
+   * For programs whose exit waits on the kernel after the work is done
+   * (nft after a deleting transaction waits an RCU grace period when it
+   * closes its netlink socket). The child is left to exit by itself; its
+   * stdio are the caller's pipes, never the caller's own stdout/stderr, so a
+   * runtime waiting for the hook's output does not wait for it. Never matched:
+   * the exit decides, as without this option.
+   */
+  doneWhen?: (stdout: string) => boolean;
 }
 
 export interface RunResult {
@@ -170,7 +181,19 @@ export function run(program: string, args: readonly string[], opts: RunOptions =
       settled = true;
       reject(new OcinetError('EEXEC', `${what}: timed out after ${timeoutMs} ms`));
     }, timeoutMs);
-    child.stdout.on('data', (b: Buffer) => out.push(b));
+    let seen = '';
+    child.stdout.on('data', (b: Buffer) => {
+      out.push(b);
+      if (!opts.doneWhen || settled || seen.length > 64 * 1024) return;
+      seen += b.toString('utf8');
+      if (!opts.doneWhen(seen)) return;
+      clearTimeout(timer);
+      settled = true;
+      // Not waited for: it must not keep this process alive either.
+      child.unref();
+      for (const pipe of [child.stdout, child.stderr] as unknown as { unref(): void }[]) pipe.unref();
+      resolve({ code: 0, stdout: out.text(), stderr: err.text(), stdoutCut: out.cut, stderrCut: err.cut });
+    });
     child.stderr.on('data', (b: Buffer) => err.push(b));
     child.stdin.on('error', () => {
       /* the program may exit before reading all input; its exit code tells */

@@ -143,9 +143,21 @@ const addLine = (e: Element): string => `add element ${e.where} { ${e.key}${e.co
  */
 const removeLines = (es: Element[]): string[] => [...es.map(addLine), ...es.map((e) => `delete element ${e.where} { ${e.key} }`)];
 
+/**
+ * The line `nft -e` prints once the kernel committed its transaction (the
+ * kernel sends it only for a commit that changed something; a refused batch
+ * is aborted whole and gets none).
+ */
+const COMMITTED = /^# new generation \d+ by process \d+ \(nft\)\n/m;
+
 async function nft(lines: string[], allowFail = false): Promise<boolean> {
   if (lines.length === 0) return true;
-  const r = await run('nft', ['-f', '-'], { input: lines.join('\n') + '\n', allowFail: true });
+  // A transaction that deletes leaves the kernel work to free what it
+  // deleted after an RCU grace period, and nft's exit waits for it (closing
+  // its netlink socket flushes that work): 10-20 ms here, after the commit.
+  // Such a transaction is done when nft says it committed (-e), not when nft exits.
+  const deletes = lines.some((l) => l.startsWith('delete '));
+  const r = await run('nft', deletes ? ['-e', '-f', '-'] : ['-f', '-'], { input: lines.join('\n') + '\n', allowFail: true, ...(deletes ? { doneWhen: (out: string) => COMMITTED.test(out) } : {}) });
   if (r.code === 0 || allowFail) return r.code === 0;
   // nft says `Error: WHY`, then the statement, then carets under the part it refused.
   const err = r.stderr.split('\n');
