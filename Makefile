@@ -49,7 +49,7 @@ bench: build
 install: build
 	install -d $(LIBDIR)/bin $(PREFIX)/bin
 	install -m 0755 dist/bin/ocinet-hook dist/bin/ocinet $(LIBDIR)/bin/
-	install -m 0644 dist/bin/netlink.node dist/bin/lock.node $(LIBDIR)/bin/
+	install -m 0644 dist/bin/netlink.js dist/bin/netlink.node dist/bin/lock.node $(LIBDIR)/bin/
 	install -m 0644 dist/package.json $(LIBDIR)/package.json
 	ln -sf ../lib/ocinet/bin/ocinet-hook $(PREFIX)/bin/ocinet-hook
 	ln -sf ../lib/ocinet/bin/ocinet $(PREFIX)/bin/ocinet

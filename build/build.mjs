@@ -23,24 +23,27 @@ try {
   process.exit(1);
 }
 
+const common = { bundle: true, platform: 'node', target: 'node20', format: 'cjs', minify: false, legalComments: 'none', logLevel: 'warning' };
+// netlink's JS on its own (build/netlink-external.cjs loads it), finding netlink.node beside itself.
+await build({
+  ...common,
+  entryPoints: [join(root, 'node_modules/netlink/dist/index.js')],
+  outfile: join(out, 'netlink.js'),
+  alias: { 'node-gyp-build': join(root, 'build/netlink-binding.cjs') },
+});
+
 const entries = { 'ocinet-hook': 'hooks/hook.ts', ocinet: 'hooks/cli.ts' };
 for (const [name, src] of Object.entries(entries)) {
   await build({
+    ...common,
     entryPoints: [join(root, src)],
     outfile: join(out, name),
-    bundle: true,
-    platform: 'node',
-    target: 'node20',
-    format: 'cjs',
-    minify: false,
-    legalComments: 'none',
     // import.meta.url is the bundle's own URL (core/lock.ts finds lock.node beside it).
     banner: { js: `#!${node}\n'use strict';\nvar __ocinet_bundle_url = require('node:url').pathToFileURL(__filename).href;` },
     define: { OCINET_VERSION: JSON.stringify(pkg.version), OCINET_BUNDLED: 'true', 'import.meta.url': '__ocinet_bundle_url' },
-    alias: { 'node-gyp-build': join(root, 'build/netlink-binding.cjs') },
-    logLevel: 'warning',
+    alias: { netlink: join(root, 'build/netlink-external.cjs') },
   });
   chmodSync(join(out, name), 0o755);
 }
 copyFileSync(join(root, 'node_modules/netlink/prebuilds/linux-x64/node.napi.node'), join(out, 'netlink.node'));
-console.log(`built ${Object.keys(entries).map((n) => 'dist/bin/' + n).join(', ')} (node ${node})`);
+console.log(`built ${[...Object.keys(entries), 'netlink.js'].map((n) => 'dist/bin/' + n).join(', ')} (node ${node})`);
