@@ -6,11 +6,17 @@
 //           through ONE agent guest-exec (file as input-data): the floor
 //   (b)     one agent guest-exec per rule, timed over a few hundred rules and
 //           extrapolated to 20000: what adding rules one by one costs
-// Targets: ocinet/(a) <= 1.1, (b)/ocinet >= 20. Every timed run starts in a
-// freshly booted guest (untimed): after a clear the kernel keeps deleted real
-// servers in its dest trash for ~2 min and every add scans it, so runs after
-// clears would depend on how many came before. Every run is checked to have
-// really loaded its rules (line count of /proc/net/ip_vs).
+// And one rule as a user adds it: one `ocinet ipvs ipvsadm --parameters` process
+// (spawn to exit, 20 timed back to back, then 20 spaced) against one agent exec of
+// (b); an extra, untimed call goes through a counting proxy on the agent socket, to
+// show what one call asks of the agent (connections, guest-exec, guest-exec-status
+// polls, other requests).
+// Targets: ocinet/(a) <= 1.1, (b)/ocinet >= 20, one call (back to back) / one exec
+// of (b) <= 2.0. Every timed restore starts in a freshly booted guest (untimed):
+// after a clear the kernel keeps deleted real servers in its dest trash for ~2 min
+// and every add scans it, so runs after clears would depend on how many came
+// before. Every run is checked to have really loaded its rules (line count of
+// /proc/net/ip_vs).
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
@@ -27,7 +33,7 @@ const ONE_BY_ONE = Number(process.env.BENCH_IPVS_ONE_BY_ONE ?? 300); // rules ti
 const CLI_ONE_BY_ONE = Number(process.env.BENCH_IPVS_CLI_RULES ?? 20); // informational: ocinet per rule
 const SERVICES = 5000;
 const RULES = SERVICES * 4;
-const TARGETS = { restoreRatio: 1.1, oneByOneRatio: 20 };
+const TARGETS = { restoreRatio: 1.1, oneByOneRatio: 20, callRatio: 2.0 };
 const TMP = mkdtempSync(join(tmpdir(), 'ocinet-ipvs-bench-'));
 const GUEST = join(TMP, 'guest');
 const QMP = join(GUEST, 'qmp.sock');
@@ -111,6 +117,51 @@ async function agent(path) {
   };
 }
 
+// ---------- what one CLI call asks of the agent, and when: a proxy in front of its socket ----------
+
+/** Forwards a client to the agent socket, logging [ms since start(), what] of every request and reply. */
+async function agentProxy(target, path) {
+  const log = [];
+  let t0 = performance.now();
+  const note = (what) => log.push([performance.now() - t0, what]);
+  const lines = (onMsg) => {
+    let buf = '';
+    return (d) => {
+      buf += d.toString('latin1');
+      for (let i; (i = buf.indexOf('\n')) >= 0;) {
+        const line = buf.slice(0, i).replace(/^[^{]*/, '');
+        buf = buf.slice(i + 1);
+        try { onMsg(JSON.parse(line)); } catch {}
+      }
+    };
+  };
+  const server = net.createServer((c) => {
+    note('connect');
+    const up = net.connect(target);
+    c.on('data', (d) => up.write(d));
+    c.on('data', lines((m) => note(`> ${m.execute}${m.execute === 'guest-exec' ? ` ${m.arguments.path}` : ''}`)));
+    up.on('data', (d) => c.write(d));
+    up.on('data', lines((m) => note(m.return?.exited === true ? '< exited' : '< reply')));
+    c.on('close', () => note('close'));
+    for (const [a, b] of [[c, up], [up, c]]) { a.on('error', () => {}); a.on('close', () => b.destroy()); }
+  });
+  await new Promise((resolve, reject) => { server.once('error', reject); server.listen(path, resolve); });
+  return { log, start() { log.length = 0; t0 = performance.now(); }, close: () => new Promise((r) => server.close(r)) };
+}
+
+/** One call's log cut into phases (ms): start to connect, the agent's wake (to guest-sync's reply), ... */
+function phasesOf(log, total) {
+  const at = (pred, from = 0) => log.findIndex(([, w], k) => k >= from && pred(w));
+  const c = at((w) => w === 'connect');
+  const synced = at((w) => w.startsWith('<'), c);
+  const exec = log.findLastIndex(([, w]) => w.endsWith('/usr/sbin/ipvsadm'));
+  const exited = at((w) => w === '< exited', exec);
+  const closed = log.findLastIndex(([, w]) => w === 'close');
+  if ([c, synced, exec, exited, closed].includes(-1)) throw new Error(`unexpected agent exchange: ${JSON.stringify(log)}`);
+  const ms = (k) => log[k][0];
+  return { start: ms(c), wake: ms(synced) - ms(c), beforeExec: ms(exec) - ms(synced), exec: ms(exited) - ms(exec), afterExec: ms(closed) - ms(exited), exit: total - ms(closed), total };
+}
+
 async function withAgent(fn) {
   const a = await agent(QGA);
   try { return await fn(a); } finally { a.close(); }
@@ -184,7 +235,7 @@ async function main() {
     await expectRules(0, 'fresh guest');
   };
 
-  const t = { ocinet: [], direct: [], oneByOneMs: null, cliOneByOneMs: null };
+  const t = { ocinet: [], direct: [], oneByOneMs: null, cliOneByOneMs: null, cliSpacedMs: null, callAgent: null };
   const tasks = {
     async ocinet() {
       const r = must(await run(CLI, ['ipvs', 'ipvsadm', '--restore', '-', ...SB], { input: FILE }), 'ocinet ipvs ipvsadm --restore');
@@ -238,6 +289,35 @@ async function main() {
     }
     t.cliOneByOneMs = ms;
     await expectRules(CLI_ONE_BY_ONE, 'after ocinet one-by-one adds');
+    // The same calls spaced: with no client, qemu-ga reads its port every 100 ms, so
+    // a call waits for its next read; back to back, every call meets that read at the
+    // same phase, which decides up to 100 ms of each. Untimed pauses of 0, 5, ... 95 ms
+    // (for 20 calls) spread the calls evenly over the phase: a user's call at any moment.
+    progress(`ocinet: ${CLI_ONE_BY_ONE} more rules one CLI call each, spaced`);
+    let spaced = 0;
+    for (const [i, line] of LINES.slice(CLI_ONE_BY_ONE, 2 * CLI_ONE_BY_ONE).entries()) {
+      await new Promise((r) => setTimeout(r, (i * 100) / CLI_ONE_BY_ONE));
+      spaced += must(await run(CLI, ['ipvs', 'ipvsadm', '--parameters', line, ...SB]), `ocinet ipvs ipvsadm --parameters "${line}"`).ms;
+    }
+    t.cliSpacedMs = spaced;
+    await expectRules(2 * CLI_ONE_BY_ONE, 'after ocinet spaced adds');
+    // Untimed: a few more adds through the proxy: what each asks of the agent, and where its time goes.
+    const proxy = await agentProxy(QGA, join(TMP, 'qga-count.sock'));
+    const calls = [];
+    try {
+      for (let i = 1; i <= 5; i++) {
+        proxy.start();
+        const r = must(await run(CLI, ['ipvs', 'ipvsadm', '--parameters', `-A -t 10.99.0.${i}:80 -s rr -p 3000`, '--qmp', QMP, '--qga', join(TMP, 'qga-count.sock'), '--state-dir', STATE]), 'ocinet ipvs ipvsadm through the proxy');
+        const n = (pred) => proxy.log.filter(([, w]) => pred(w)).length;
+        calls.push({
+          connections: n((w) => w === 'connect'), exec: n((w) => w.startsWith('> guest-exec ')), polls: n((w) => w === '> guest-exec-status'),
+          other: n((w) => w.startsWith('> ') && !w.startsWith('> guest-exec')), phases: phasesOf(proxy.log, r.ms),
+        });
+      }
+    } finally {
+      await proxy.close();
+    }
+    t.callAgent = calls;
     await clear();
   }
   progress('');
@@ -253,6 +333,12 @@ async function main() {
     restoreRatio: { value: +restoreRatio.toFixed(3), target: `<= ${TARGETS.restoreRatio}`, pass: restoreRatio <= TARGETS.restoreRatio },
     oneByOneRatio: { value: +oneByOneRatio.toFixed(1), target: `>= ${TARGETS.oneByOneRatio}`, pass: oneByOneRatio >= TARGETS.oneByOneRatio },
   };
+  const cliPer = t.cliOneByOneMs !== null ? t.cliOneByOneMs / CLI_ONE_BY_ONE : null;
+  const spacedPer = t.cliSpacedMs !== null ? t.cliSpacedMs / CLI_ONE_BY_ONE : null;
+  if (cliPer !== null) {
+    const callRatio = cliPer / perRule;
+    checks.callRatio = { value: +callRatio.toFixed(2), target: `<= ${TARGETS.callRatio.toFixed(1)}`, pass: callRatio <= TARGETS.callRatio };
+  }
   const s = (ms) => (ms / 1000).toFixed(2).padStart(8);
   const row = (label, ms, runs = '') => `  ${label.padEnd(58)}${s(ms)}   ${runs}`;
   console.log(`ocinet ipvs bench: ${RULES} rules (${SERVICES} services x 3 servers) into a TCG test guest; ${ROUNDS} rounds, alternating; ${cpus().length} CPUs; node ${process.version}`);
@@ -260,13 +346,21 @@ async function main() {
   console.log(row('ocinet ipvs ipvsadm --restore (whole CLI, median)', oc, t.ocinet.map((x) => (x / 1000).toFixed(2)).join(' ')));
   console.log(row('(a) ipvsadm --restore in the guest, 1 agent exec (median)', direct, t.direct.map((x) => (x / 1000).toFixed(2)).join(' ')));
   console.log(row(`(b) 1 agent exec per rule (${ONE_BY_ONE} timed, scaled to ${RULES})`, oneByOne, `${perRule.toFixed(1)} ms/rule`));
-  if (t.cliOneByOneMs !== null) {
-    const cliPer = t.cliOneByOneMs / CLI_ONE_BY_ONE;
+  if (cliPer !== null) {
     console.log(row(`(info) 1 ocinet ipvs call per rule (${CLI_ONE_BY_ONE} timed, scaled)`, cliPer * RULES, `${cliPer.toFixed(1)} ms/rule`));
+    console.log(row(`(info) the same, spaced over qemu-ga's 100 ms idle read`, spacedPer * RULES, `${spacedPer.toFixed(1)} ms/rule = ${(spacedPer / perRule).toFixed(2)} x (b)`));
   }
   const verdict = (label, c) => `  ${label.padEnd(58)}${String(c.value).padStart(8)}   target ${c.target.padEnd(7)} ${c.pass ? 'PASS' : 'MISS'}`;
   console.log(verdict('ratio ocinet / (a)', checks.restoreRatio));
   console.log(verdict('ratio (b) / ocinet', checks.oneByOneRatio));
+  if (checks.callRatio) {
+    console.log(verdict('ratio 1 ipvsadm call (back to back) / 1 agent exec (b)', checks.callRatio));
+    const a = t.callAgent;
+    const span = (k) => { const xs = a.map((c) => c[k]); return Math.min(...xs) === Math.max(...xs) ? `${xs[0]}` : `${Math.min(...xs)}-${Math.max(...xs)}`; };
+    console.log(`  one ipvsadm call (an add) asks the agent: ${span('connections')} connection(s), ${span('exec')} guest-exec, ${span('polls')} guest-exec-status polls, ${span('other')} other requests (guest-sync, file reads)`);
+    const ph = (k) => median(a.map((c) => c.phases[k])).toFixed(0);
+    console.log(`  where its time goes (ms, median of ${a.length}): start to connect ${ph('start')}, agent wake ${ph('wake')}, to the exec ${ph('beforeExec')}, exec ${ph('exec')}, to close ${ph('afterExec')}, to exit ${ph('exit')}; total ${ph('total')}`);
+  }
 
   await cleanupAll();
   const seconds = Math.round((performance.now() - started) / 100) / 10;
@@ -277,7 +371,8 @@ async function main() {
     date: new Date().toISOString(), rules: RULES, rounds: ROUNDS, oneByOneTimed: ONE_BY_ONE, cliOneByOneTimed: CLI_ONE_BY_ONE,
     cpus: cpus().length, node: process.version, loadavg: { start: r2(load0), end: r2(load1) }, seconds,
     ms: { ocinet: r2(oc), direct: r2(direct), oneByOneExtrapolated: r2(oneByOne), oneByOnePerRule: r2(perRule),
-      ...(t.cliOneByOneMs !== null ? { cliOneByOnePerRule: r2(t.cliOneByOneMs / CLI_ONE_BY_ONE) } : {}) },
+      ...(cliPer !== null ? { cliOneByOnePerRule: r2(cliPer), cliSpacedPerRule: r2(spacedPer) } : {}) },
+    ...(t.callAgent ? { callAgentRequests: t.callAgent } : {}),
     checks, samples: { ocinet: t.ocinet.map(r2), direct: t.direct.map(r2) },
   }, null, 1) + '\n');
 }

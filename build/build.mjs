@@ -27,8 +27,16 @@ try {
   process.exit(1);
 }
 
-const entries = { 'ocinet-hook': 'hooks/hook.ts', ocinet: 'hooks/cli.ts', 'ocinet-cni': 'hooks/cni.ts' };
 const common = { bundle: true, platform: 'node', target: 'node20', format: 'cjs', minify: false, legalComments: 'none', logLevel: 'warning' };
+// netlink's JS on its own (build/netlink-external.cjs loads it), finding netlink.node beside itself.
+await build({
+  ...common,
+  entryPoints: [join(root, 'node_modules/netlink/dist/index.js')],
+  outfile: join(out, 'netlink.js'),
+  alias: { 'node-gyp-build': join(root, 'build/netlink-binding.cjs') },
+});
+
+const entries = { 'ocinet-hook': 'hooks/hook.ts', ocinet: 'hooks/cli.ts', 'ocinet-cni': 'hooks/cni.ts' };
 for (const [name, src] of Object.entries(entries)) {
   const [bundle] = (
     await build({
@@ -39,7 +47,7 @@ for (const [name, src] of Object.entries(entries)) {
       // import.meta.url is the bundle's own URL (core/lock.ts finds lock.node beside it).
       banner: { js: `'use strict';\nvar __ocinet_bundle_url = require('node:url').pathToFileURL(__filename).href;` },
       define: { OCINET_VERSION: JSON.stringify(pkg.version), OCINET_BUNDLED: 'true', 'import.meta.url': '__ocinet_bundle_url' },
-      alias: { 'node-gyp-build': join(root, 'build/netlink-binding.cjs') },
+      alias: { 'node-gyp-build': join(root, 'build/netlink-binding.cjs'), netlink: join(root, 'build/netlink-external.cjs') },
     })
   ).outputFiles;
   // What esbuild leaves non-ASCII (comments; it escapes strings) as \u escapes: V8 keeps an ASCII
@@ -75,4 +83,4 @@ for (const name of Object.keys(entries)) {
   }
   sizes.push(`${name} ${Math.round(readFileSync(`${loader}.cache`).length / 1024)} KiB`);
 }
-console.log(`built ${Object.keys(entries).map((n) => 'dist/bin/' + n).join(', ')} (node ${node}; code caches: ${sizes.join(', ')})`);
+console.log(`built ${[...Object.keys(entries), 'netlink.js'].map((n) => 'dist/bin/' + n).join(', ')} (node ${node}; code caches: ${sizes.join(', ')})`);

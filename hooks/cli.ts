@@ -2,20 +2,13 @@
  * ocinet: the command line. `list`, `gc`, `reload`, `publish`, `unpublish`,
  * `doctor`, `network` and `ipvs`. Exit 0 on success, 1 on failure with one line on stderr.
  */
-import { resolveStateDir, stateDirFrom } from '../core/input/config.js';
-import { doctor } from '../core/admin/doctor.js';
 import { errorLine, OcinetError } from '../core/base/errors.js';
-import { gc, isAlive } from '../core/admin/gc.js';
-import { reload } from '../core/admin/reload.js';
-import { formatPort, parsePortList } from '../core/firewall/ports.js';
-import { changePorts } from '../core/sandbox/publish.js';
-import { OpLog } from '../core/state/log.js';
-import { listLinks } from '../core/net/links.js';
-import { loadDb, type Db } from '../core/state/store.js';
+import type { Db } from '../core/state/store.js';
 import { parseArgs, printSync, type FlagSpec } from './args.js';
-import { networkCommand } from './network-cmd.js';
-import { ipvsCommand } from './ipvs-cmd.js';
 import { VERSION } from './version.js';
+
+// Each command loads only what it uses (`ocinet ipvs` does not load netlink,
+// the firewall backends or gc): a bundle's modules run when first imported.
 
 const COMMON: FlagSpec = {
   '--state-dir': { key: 'stateDir', kind: 'string' },
@@ -50,7 +43,8 @@ flags:
   --version, --help`;
 
 /** The state for reading only: a damaged file is reported, not rebuilt (gc does that). */
-function readState(stateDir: string): Db {
+async function readState(stateDir: string): Promise<Db> {
+  const { loadDb } = await import('../core/state/store.js');
   try {
     return loadDb(stateDir);
   } catch (e) {
@@ -70,11 +64,15 @@ async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   if (cmd === '--version') return void printSync(`ocinet ${VERSION}\n`), 0;
   if (cmd === undefined || cmd === '--help' || cmd === 'help') return void printSync(USAGE + '\n'), 0;
-  if (cmd === 'network') return networkCommand(rest);
-  if (cmd === 'ipvs') return ipvsCommand(rest);
+  if (cmd === 'network') return (await import('./network-cmd.js')).networkCommand(rest);
+  if (cmd === 'ipvs') return (await import('./ipvs-cmd.js')).ipvsCommand(rest);
   const { flags, positional } = parseArgs<Flags>(rest, COMMON);
   if (flags.help) return void printSync(USAGE + '\n'), 0;
+  const { resolveStateDir, stateDirFrom } = await import('../core/input/config.js');
+  const { OpLog } = await import('../core/state/log.js');
   if (cmd === 'publish' || cmd === 'unpublish') {
+    const { formatPort, parsePortList } = await import('../core/firewall/ports.js');
+    const { changePorts } = await import('../core/sandbox/publish.js');
     if (positional.length !== 2) throw new OcinetError('EINPUT', `usage: ocinet ${cmd} ID SPEC[,SPEC...]`);
     // The specs are checked before the state dir is touched.
     const specs = parsePortList(positional[1]!, cmd);
@@ -90,7 +88,12 @@ async function main(argv: string[]): Promise<number> {
   const stateDir = (cmd === 'doctor' ? stateDirFrom : resolveStateDir)(flags.stateDir, process.env);
   switch (cmd) {
     case 'list': {
-      const db = readState(stateDir);
+      const db = await readState(stateDir);
+      const [{ listLinks }, { isAlive }, { formatPort }] = await Promise.all([
+        import('../core/net/links.js'),
+        import('../core/admin/gc.js'),
+        import('../core/firewall/ports.js'),
+      ]);
       // The bridge each host veth hangs on (netlink, as gc reads links), to show the detached ones.
       const masters = new Map((await listLinks()).map((l) => [l.name, l.master ?? '']));
       const rows = Object.values(db.containers).map((c) => {
@@ -132,6 +135,7 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case 'gc': {
+      const { gc } = await import('../core/admin/gc.js');
       const r = await gc(stateDir, new OpLog(`${stateDir}/ocinet.log`, (w) => process.stderr.write(`ocinet gc: warning: ${w}\n`)));
       if (flags.json) process.stdout.write(JSON.stringify(r, null, 2) + '\n');
       else {
@@ -144,6 +148,7 @@ async function main(argv: string[]): Promise<number> {
       return r.errors.length ? 1 : 0;
     }
     case 'reload': {
+      const { reload } = await import('../core/admin/reload.js');
       const r = await reload(stateDir, new OpLog(`${stateDir}/ocinet.log`, (w) => process.stderr.write(`ocinet reload: warning: ${w}\n`)));
       if (flags.json) process.stdout.write(JSON.stringify(r, null, 2) + '\n');
       else process.stdout.write(`networks: ${r.networks.join(', ') || 'none'}\ncontainers: ${r.containers.join(', ') || 'none'}\n`);
@@ -151,6 +156,7 @@ async function main(argv: string[]): Promise<number> {
       return r.errors.length ? 1 : 0;
     }
     case 'doctor': {
+      const { doctor } = await import('../core/admin/doctor.js');
       const checks = await doctor(stateDir);
       if (flags.json) process.stdout.write(JSON.stringify(checks, null, 2) + '\n');
       else {

@@ -9,8 +9,10 @@ import { isolate } from './lib/isolate.js';
 isolate(new URL(import.meta.url).pathname);
 import { join } from 'node:path';
 import { guestLinks } from '../core/vm/hotplug.js';
+import { readdirSync, readFileSync } from 'node:fs';
 import { bootGuest } from './lib/guest.js';
 import { cli, hook, sandbox, sh, snapshot, state, tempDir, type HookRun } from './lib/env.js';
+import { fakeAgent, reply } from './lib/fake-agent.js';
 
 const DIR = tempDir('ipvs');
 const guest = bootGuest(DIR, t);
@@ -331,6 +333,77 @@ t.test('container sandbox on a kernel without IP_VS: a clear error', async (t) =
   t.equal(badIn.exitCode, 1);
   t.match(badIn.stderr, /invalid input of IPVS rule.*'xx'/, 'validation still comes first');
   await sb.kill();
+});
+
+t.test('what one call asks of the agent: one connection, one guest exec, no other process', async (t) => {
+  // A stand-in agent (answers at once, so each exec is polled once): the exact requests of each call.
+  const sock = join(DIR, 'count-agent.sock');
+  const fakeState = join(DIR, 'count-state');
+  let rules = 5;
+  let fileCommands = true;
+  const execs: string[] = [];
+  const procIpVs = (): string => `IP Virtual Server version 1.2.1 (size=4096)\nProt LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port Forward Weight ActiveConn InActConn\n${'TCP  0A0A0001:0050 rr\n'.repeat(rules)}`;
+  const agent = fakeAgent(sock, (c, msg) => {
+    const ok = (body: unknown): void => reply(c, { return: body, id: msg.id });
+    if (msg.execute === 'guest-sync') reply(c, { return: msg.arguments?.id });
+    else if (msg.execute.startsWith('guest-file-') && !fileCommands) reply(c, { error: { class: 'CommandNotFound', desc: `Command ${msg.execute} has been disabled` }, id: msg.id });
+    else if (msg.execute === 'guest-file-open') ok(1000);
+    else if (msg.execute === 'guest-file-read') ok({ count: procIpVs().length, 'buf-b64': Buffer.from(procIpVs()).toString('base64'), eof: true });
+    else if (msg.execute === 'guest-exec') {
+      execs.push([msg.arguments?.path, ...(msg.arguments?.arg ?? [])].join(' '));
+      ok({ pid: 7 });
+    } else if (msg.execute === 'guest-exec-status') {
+      const wc = execs.at(-1)?.includes(' wc ') ? `${rules + 3} /proc/net/ip_vs\n` : '';
+      ok({ exited: true, exitcode: 0, 'out-data': Buffer.from(wc).toString('base64') });
+    } else ok({});
+  });
+  t.teardown(() => agent.close());
+  const FAKE = ['--qmp', join(DIR, 'count-qmp.sock'), '--qga', sock, '--state-dir', fakeState];
+  const recorded = (): number | undefined => {
+    try {
+      const dir = join(fakeState, 'sandboxes');
+      const f = readdirSync(dir).find((x) => x.endsWith('.json'));
+      return f ? (JSON.parse(readFileSync(join(dir, f), 'utf8')) as { ipvsRules?: number }).ipvsRules : undefined;
+    } catch {
+      return undefined;
+    }
+  };
+  const call = async (params: string): Promise<string[]> => {
+    agent.requests.length = 0;
+    execs.length = 0;
+    const r = await ipvs(params, FAKE);
+    t.equal(r.exitCode, 0, `${params}: ${r.stderr}`);
+    return [...agent.requests];
+  };
+  const READ = ['guest-file-open', 'guest-file-read', 'guest-file-close'];
+  const EXEC = ['guest-exec', 'guest-exec-status'];
+
+  t.same(await call('-A -t 10.10.0.9:80 -s rr'), ['guest-sync', ...READ, ...EXEC], 'an add: the table read, then one exec');
+  t.same(execs, ['/usr/sbin/ipvsadm -A -t 10.10.0.9:80 -s rr'], 'the only process started is ipvsadm');
+  t.equal(recorded(), 6, 'the record: the count before, plus the one accepted add');
+  t.same(await call('-a -t 10.10.0.9:80 -r 172.17.0.4:80'), ['guest-sync', ...READ, ...EXEC], 'an add-server: the same');
+  rules = 3;
+  t.same(await call('-D -t 10.10.0.9:80'), ['guest-sync', ...EXEC, ...READ], 'a delete: one exec, then the table read');
+  t.equal(recorded(), 3, 'the record: the count read after it');
+  t.same(await call('-E -t 10.10.0.7:80 -s wrr'), ['guest-sync', ...EXEC, ...READ], 'an edit: the same');
+  t.same(await call('--list'), ['guest-sync', ...EXEC], 'a list: one exec');
+  t.same(await call('--set 1 2 3'), ['guest-sync', ...EXEC], 'a --set: one exec');
+  t.same(await call('--clear'), ['guest-sync', ...EXEC], 'a clear: one exec');
+  t.equal(recorded(), undefined, 'the record of an empty table goes');
+
+  rules = 20000;
+  agent.requests.length = 0;
+  const full = await ipvs('-A -t 10.10.0.9:80 -s rr', FAKE);
+  t.equal(full.exitCode, 1, 'an add at the limit is refused');
+  t.match(full.stderr, /rule limit 20000 reached/);
+  t.notOk(agent.requests.includes('guest-exec'), 'before anything runs in the guest');
+
+  // An agent with the file commands disabled (some distributions ship it so): `wc -l` in the guest.
+  fileCommands = false;
+  rules = 4;
+  t.same(await call('-A -t 10.10.0.9:80 -s rr'), ['guest-sync', 'guest-file-open', ...EXEC, ...EXEC], 'file commands disabled: counted by an exec');
+  t.same(execs, ['/bin/busybox wc -l /proc/net/ip_vs', '/usr/sbin/ipvsadm -A -t 10.10.0.9:80 -s rr']);
+  t.equal(recorded(), 5);
 });
 
 t.test('the hook: io.ocinet.ipvs restores rules once the network is up', async (t) => {

@@ -76,7 +76,8 @@ async function openQga(path: string, timeoutMs = CONNECT_MS): Promise<QgaClient>
   }
 }
 
-async function withQga<T>(vm: VmSockets, fn: (qga: QgaClient) => Promise<T>): Promise<T> {
+/** One agent connection for everything `fn` asks of the guest (each new one waits for the agent to notice it). */
+export async function withQga<T>(vm: VmSockets, fn: (qga: QgaClient) => Promise<T>): Promise<T> {
   const qga = await openQga(vm.qga);
   try {
     return await fn(qga);

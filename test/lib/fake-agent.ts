@@ -3,7 +3,7 @@ import net from 'node:net';
 
 export interface AgentMessage {
   execute: string;
-  arguments?: { id?: number };
+  arguments?: { id?: number; path?: string; arg?: string[] };
   id?: string;
 }
 
