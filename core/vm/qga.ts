@@ -14,6 +14,8 @@ const DEFAULT_TIMEOUT_MS = 10_000;
 /** Waits between guest-exec-status polls (see exec). */
 const POLL_MIN_MS = 10;
 const POLL_MAX_MS = 200;
+/** The least time a poll's reply is given, however close the deadline. */
+const POLL_REPLY_MS = 1_000;
 /** Bytes asked for per guest-file-read: 1 MiB is ~1.4 MB of base64, well under MAX_LINE. */
 const READ_CHUNK = 1024 * 1024;
 
@@ -174,7 +176,8 @@ export class QgaClient {
     const started = Date.now();
     for (let delay = Math.min(POLL_MIN_MS, left()); ; ) {
       await new Promise((r) => setTimeout(r, delay));
-      const st = await this.execute<ExecStatus>('guest-exec-status', { pid }, left());
+      // A poll sent just before the deadline still gets time for its reply.
+      const st = await this.execute<ExecStatus>('guest-exec-status', { pid }, Math.max(left(), POLL_REPLY_MS));
       if (st.exited) {
         const out = decoded(st['out-data'], opts.maxStdout ?? MAX_STDOUT, st['out-truncated']);
         const err = decoded(st['err-data'], opts.maxStderr ?? MAX_STDERR, st['err-truncated']);
