@@ -13,7 +13,7 @@ import { setupVeth } from '../sandbox/container.js';
 import { isAlive } from '../sandbox/reclaim.js';
 import { teardownContainer, type TeardownResult } from '../sandbox/teardown.js';
 import type { OpLog } from '../state/log.js';
-import { cniRecordId, loadDb, type ContainerRecord, type Db } from '../state/store.js';
+import { cniRecordId, loadDb, type ContainerRecord, type Db, type NetworkRecord } from '../state/store.js';
 import { attachmentResult, type CniResult } from './result.js';
 
 /** The attachment's record id and what its record carries. */
@@ -45,32 +45,35 @@ export async function cniAdd(cfg: CniConfig, env: CniEnv, log?: OpLog): Promise<
   const ns = openCniNetns(env.netns!);
   try {
     // The same ADD again (a runtime retrying after a timeout): the same result, never a second address.
-    const db = peek(cfg.stateDir);
-    const known = db?.containers[id];
-    if (known?.cni?.network === cfg.name && known.netns === ns.id && isAlive(known) && db?.networks[known.bridge]) {
-      return await attachmentResult(cfg, known, db.networks[known.bridge]!, env.netns!);
-    }
+    const known = made(cfg, id);
+    if (known && known.rec.netns === ns.id && isAlive(known.rec)) return await attachmentResult(cfg, known.rec, known.net, env.netns!);
     const req: SetupRequest = {
       stateDir: cfg.stateDir, bridge: cfg.bridge, subnet: cfg.subnet, iface: cni.ifname, mtu: cfg.mtu, keepBridge: cfg.keepBridge,
       firewall: cfg.firewall, id, pid: ns.identity.pid ?? 0, ports: cfg.ports, mode: 'veth', cni,
-      requested: { ports: cfg.ports.length > 0, ip: cfg.ip !== undefined },
       ...(cfg.subnet6 ? { subnet6: cfg.subnet6 } : {}), ...(cfg.ip ? { ip: cfg.ip } : {}), ...(cfg.ip6 ? { ip6: cfg.ip6 } : {}),
       ...(cfg.allowSpoofing ? { allowSpoofing: true } : {}),
     };
-    const res = await setupVeth(req, ns, log);
-    const rec: ContainerRecord = {
-      id, mode: 'veth', bridge: cfg.bridge, ip: res.ip, prefix: res.prefix, iface: res.iface, hostVeth: res.hostVeth!, ports: res.ports,
-      mac: res.mac!, createdAt: '', setupPid: process.pid, ...(res.ip6 ? { ip6: res.ip6 } : {}),
-    };
-    return await attachmentResult(cfg, rec, { gateway: res.gateway, ...(res.gateway6 ? { gateway6: res.gateway6 } : {}), ...(cfg.subnet6 ? { subnet6: cfg.subnet6 } : {}) }, env.netns!);
-  } catch (e) {
-    if (e instanceof OcinetError && e.code === 'ECONFLICT' && /already has a network from ocinet/.test(e.message)) {
-      throw new CniError(100, `attachment ${id} of network ${cfg.name} already exists in another network namespace (DEL it first)`, 'ECONFLICT');
-    }
-    throw e;
+    await setupVeth(req, ns, log);
   } finally {
     ns.close();
   }
+  // The result is the record's, as for a repeated ADD; an attachment whose result cannot be given goes again.
+  try {
+    const now = made(cfg, id);
+    if (!now) throw new OcinetError('ESTATE', `attachment ${id} is not in ocinet's state after its setup`);
+    return await attachmentResult(cfg, now.rec, now.net, env.netns!);
+  } catch (e) {
+    await cniDel(cfg, env, log).catch(() => undefined);
+    throw e;
+  }
+}
+
+/** This network's record of attachment `id` and its network, when the state holds both (read unlocked: the runtime serializes one attachment's calls). */
+function made(cfg: CniConfig, id: string): { rec: ContainerRecord; net: NetworkRecord } | undefined {
+  const db = peek(cfg.stateDir);
+  const rec = db?.containers[id];
+  const net = rec && db?.networks[rec.bridge];
+  return rec?.cni?.network === cfg.name && net ? { rec, net } : undefined;
 }
 
 /**

@@ -3,7 +3,8 @@
  * version: 1.x (ips name their interface by index), 0.4.0 (and their IP
  * version). Built from the record, so a repeated ADD gets the same result.
  */
-import { run } from '../base/exec.js';
+import { linkDetails } from '../net/bridge.js';
+import { bridgeMac, hostVethMac, stateId } from '../state/names.js';
 import type { CniConfig, CniVersion } from '../input/cni.js';
 import type { ContainerRecord, NetworkRecord } from '../state/store.js';
 
@@ -29,23 +30,14 @@ export interface CniResult {
   dns: Record<string, unknown>;
 }
 
-/** MACs of host links by name: one `ip -o -batch` for all of them. */
-export async function linkMacs(names: string[]): Promise<Map<string, string>> {
-  const r = await run('ip', ['-o', '-force', '-batch', '-'], { input: names.map((n) => `link show dev ${n}\n`).join(''), allowFail: true });
-  const out = new Map<string, string>();
-  for (const line of r.stdout.split('\n')) {
-    const m = /^\d+: ([^:@\s]+)[:@].* link\/ether ([0-9a-f:]{17})/.exec(line);
-    if (m) out.set(m[1]!, m[2]!);
-  }
-  return out;
-}
-
 /**
  * The attachment's result. A plugin before ocinet in the chain (a
  * prevResult on ADD) keeps its part: ocinet's interfaces come after its own.
  */
-export async function attachmentResult(cfg: CniConfig, rec: ContainerRecord, net: Pick<NetworkRecord, 'gateway' | 'gateway6' | 'subnet6'>, sandbox: string): Promise<CniResult> {
-  const macs = await linkMacs([rec.bridge, rec.hostVeth!]);
+export async function attachmentResult(cfg: CniConfig, rec: ContainerRecord, net: NetworkRecord, sandbox: string): Promise<CniResult> {
+  // Both MACs are ocinet's own (pinned when made); only a bridge ocinet did not make is asked for.
+  const bridgeMacNow = net.createdBridge ? bridgeMac(rec.bridge) : (await linkDetails(rec.bridge))?.address;
+  const hostMac = hostVethMac(rec.id, stateId(cfg.stateDir));
   const prev = cfg.prevResult as Partial<CniResult> | undefined;
   const before = Array.isArray(prev?.interfaces) ? prev.interfaces : [];
   const at = before.length;
@@ -59,7 +51,7 @@ export async function attachmentResult(cfg: CniConfig, rec: ContainerRecord, net
   }
   return {
     cniVersion: cfg.cniVersion,
-    interfaces: [...before, iface(rec.bridge, macs.get(rec.bridge)), iface(rec.hostVeth!, macs.get(rec.hostVeth!)), iface(rec.iface!, rec.mac, sandbox)],
+    interfaces: [...before, iface(rec.bridge, bridgeMacNow), iface(rec.hostVeth!, hostMac), iface(rec.iface!, rec.mac, sandbox)],
     ips: [...(Array.isArray(prev?.ips) ? prev.ips : []), ...ips],
     routes: [...(Array.isArray(prev?.routes) ? prev.routes : []), ...routes],
     dns: cfg.dns ?? (prev?.dns && typeof prev.dns === 'object' ? prev.dns : {}),

@@ -10,6 +10,8 @@ export interface VethPlan {
   iface: string;
   /** The container side's MAC: ocinet's, so the port guard knows it without asking. */
   mac: string;
+  /** The host side's MAC, ocinet's as well. */
+  hostMac: string;
   mtu: number;
   /** The container's namespace as a path (`/proc/self/fd/N`, opened once), never a pid. */
   netns: string;
@@ -19,7 +21,7 @@ export interface VethPlan {
 /** Host side: one `ip -batch`. */
 export function hostLines(p: VethPlan): string[] {
   return [
-    `link add ${p.hostVeth} mtu ${p.mtu} type veth peer name ${p.iface} address ${p.mac} mtu ${p.mtu} netns ${p.netns}`,
+    `link add ${p.hostVeth} address ${p.hostMac} mtu ${p.mtu} type veth peer name ${p.iface} address ${p.mac} mtu ${p.mtu} netns ${p.netns}`,
     ...reattachLines(p.hostVeth, p.bridge),
   ];
 }

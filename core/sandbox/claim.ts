@@ -160,7 +160,7 @@ export async function addExtras(rec: ContainerRecord, req: SetupRequest, nsPath?
 export function assertNew(db: Db, id: string, reclaim: Reclaimer): void {
   const same = db.containers[id];
   if (same && reclaim.blocks(same, `container id ${id} set up again`)?.id === id) {
-    throw new OcinetError('ECONFLICT', `container ${id} already has a network from ocinet (run teardown first)`);
+    throw new OcinetError('ECONFLICT', `container ${id} already has a network from ocinet (tear it down first)`);
   }
 }
 

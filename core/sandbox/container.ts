@@ -10,7 +10,7 @@ import { gatewayOf, intToIp, parseSubnet } from '../base/cidr.js';
 import { bigToIp6, gateway6Of, parseSubnet6 } from '../base/cidr6.js';
 import { errorLine, OcinetError } from '../base/errors.js';
 import type { OpLog } from '../state/log.js';
-import { containerMac, hostVethName, stateId } from '../state/names.js';
+import { containerMac, hostVethMac, hostVethName, stateId } from '../state/names.js';
 import { ipBatch, ipBatchIn, openContainerNetns, type NetnsHandle } from '../net/netns.js';
 import { Reclaimer } from './reclaim.js';
 import { saveDb, type ContainerRecord, type Db } from '../state/store.js';
@@ -67,7 +67,7 @@ export async function setupVeth(req: SetupRequest, ns: NetnsHandle, log?: OpLog)
   log?.step('check');
 
   const sid = stateId(req.stateDir);
-  const plan: VethPlan = { hostVeth: hostVethName(req.id, sid), iface: req.iface, mac: containerMac(req.id, sid), mtu: req.mtu, netns: ns.path, bridge: req.bridge };
+  const plan: VethPlan = { hostVeth: hostVethName(req.id, sid), iface: req.iface, mac: containerMac(req.id, sid), hostMac: hostVethMac(req.id, sid), mtu: req.mtu, netns: ns.path, bridge: req.bridge };
   // The veth pair does not depend on the address: when the bridge is already
   // there, make it while the lock is taken and the address chosen. A veth made
   // here is removed again if the locked phase refuses the container.

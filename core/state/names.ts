@@ -70,6 +70,11 @@ export function containerMac(containerId: string, sid: string): string {
   return localMac(`ct:${sid}/${containerId}`);
 }
 
+/** The host end of a container's veth: pinned too, so a CNI result names it without asking the kernel. */
+export function hostVethMac(containerId: string, sid: string): string {
+  return localMac(`host:${sid}/${containerId}`);
+}
+
 /** A VM sandbox's NIC MAC, stable for its id. */
 export function vmMac(containerId: string): string {
   return localMac('vm:' + containerId);
