@@ -5,27 +5,17 @@
  * bridge, the bridge's address, and the network's and the container's
  * rules. Says every difference it finds, in one line.
  */
-import { run } from '../base/exec.js';
+import { ipv4Addresses, linkDetails } from '../net/bridge.js';
+import { ipShowIn } from '../net/netns.js';
 import { CniError, configError, type CniConfig, type CniEnv } from '../input/cni.js';
 import { firewallOf } from '../firewall/backends.js';
 import { isAlive } from '../sandbox/reclaim.js';
 import { stateId } from '../state/names.js';
 import { openCniNetns, recordOf } from './attach.js';
-import type { CniInterface, CniResult } from './result.js';
+import { addressesOf, type CniInterface, type CniResult } from './result.js';
 
 /** ocinet's own code for "CHECK found the attachment not as it was made". */
 export const CHECK_FAILED = 110;
-
-/**
- * What `ip` prints for the given show commands, in the namespace at nsPath
- * (or here). Only `addr` and `route` shows: in a batch, a `link show` makes
- * the next `addr show` list links again (iproute2 6.1).
- */
-async function ipShow(lines: string[], nsPath?: string, family?: '-6'): Promise<string> {
-  const ip = ['ip', ...(family ? [family] : []), '-force', '-batch', '-'];
-  const [file, args] = nsPath ? ['nsenter', [`--net=${nsPath}`, '--', ...ip]] : [ip[0]!, ip.slice(1)];
-  return (await run(file, args, { input: lines.join('\n') + '\n', allowFail: true })).stdout;
-}
 
 const esc = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
@@ -41,13 +31,13 @@ export async function cniCheck(cfg: CniConfig, env: CniEnv): Promise<void> {
   const mine = prevIfaces.findIndex((i) => i.name === ifname && i.sandbox);
   const mac = prevIfaces[mine]?.mac ?? rec.mac;
   const addrs = (Array.isArray(prev.ips) ? prev.ips : []).filter((i) => i.interface === undefined || i.interface === mine).map((i) => i.address);
-  const want = [`${rec.ip}/${rec.prefix}`, ...(rec.ip6 && net?.subnet6 ? [`${rec.ip6}/${net.subnet6.split('/')[1]}`] : [])];
+  const want = addressesOf(rec, net);
   for (const a of want) if (!addrs.includes(a)) wrong.push(`prevResult does not hold ${a}, which ocinet gave ${ifname}`);
 
   const ns = openCniNetns(env.netns!);
   try {
     if (!isAlive(rec) || rec.netns !== ns.id) wrong.push(`${env.netns} is not the network namespace ocinet attached (${rec.nsPath ?? `process ${rec.pid}`})`);
-    const inside = (await ipShow([`addr show dev ${ifname}`, 'route show default'], ns.path)) + (rec.ip6 ? await ipShow(['route show default'], ns.path, '-6') : '');
+    const inside = (await ipShowIn(ns.path, [`addr show dev ${ifname}`, 'route show default'])) + (rec.ip6 ? await ipShowIn(ns.path, ['route show default'], '-6') : '');
     const link = new RegExp(`^\\d+: ${esc(ifname)}[@:].*`, 'm').exec(inside)?.[0];
     if (!link) wrong.push(`${ifname} is missing in the container`);
     else {
@@ -61,13 +51,12 @@ export async function cniCheck(cfg: CniConfig, env: CniEnv): Promise<void> {
     ns.close();
   }
 
-  const host = await ipShow([`addr show dev ${rec.hostVeth}`, `addr show dev ${rec.bridge}`]);
-  const port = new RegExp(`^\\d+: ${esc(rec.hostVeth!)}@.*`, 'm').exec(host)?.[0];
+  const port = await linkDetails(rec.hostVeth!);
   if (!port) wrong.push(`host link ${rec.hostVeth} is missing`);
-  else if (!port.includes(` master ${rec.bridge} `)) wrong.push(`host link ${rec.hostVeth} is not on bridge ${rec.bridge}`);
+  else if (port.master !== rec.bridge) wrong.push(`host link ${rec.hostVeth} is not on bridge ${rec.bridge}`);
   if (!net) wrong.push(`network ${rec.bridge} is missing from ocinet's state`);
   else {
-    if (!new RegExp(`inet ${esc(net.gateway)}/`).test(host)) wrong.push(`bridge ${rec.bridge} lacks its gateway address ${net.gateway}`);
+    if (!(await ipv4Addresses(rec.bridge)).some((a) => a.startsWith(`${net.gateway}/`))) wrong.push(`bridge ${rec.bridge} lacks its gateway address ${net.gateway}`);
     const fw = firewallOf(rec.firewall);
     const sid = stateId(cfg.stateDir);
     if (!(await fw.networkPresent({ sid, bridge: net.bridge, subnet: net.subnet }))) wrong.push(`network ${net.bridge}'s ${fw.backend} rules are missing (ocinet reload)`);

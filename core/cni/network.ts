@@ -7,11 +7,12 @@
  * doctor's required checks) and whether existing attachments are served.
  */
 import { doctor } from '../admin/doctor.js';
+import { errorLine } from '../base/errors.js';
 import { CniError, CNI_CODE, type CniConfig } from '../input/cni.js';
 import { firewallOf } from '../firewall/backends.js';
 import { isAlive, Reclaimer } from '../sandbox/reclaim.js';
 import { loadForChange } from '../sandbox/recover.js';
-import { removeNetwork } from '../sandbox/teardown.js';
+import { releaseNetwork } from '../sandbox/teardown.js';
 import { withLock } from '../state/lock.js';
 import type { OpLog } from '../state/log.js';
 import { stateId } from '../state/names.js';
@@ -39,11 +40,9 @@ export async function cniGc(cfg: CniConfig, log?: OpLog): Promise<CniGcReport> {
     const done = await reclaim.finish();
     const out: CniGcReport = { removed: done.map((d) => d.id), errors: done.filter((d) => d.error).map((d) => `${d.id}: ${d.error}`) };
     if (done.length === 0) return out;
-    // Its network goes with its last container, as after a DEL (dead records on it do not keep it).
+    // Its network goes with its last container, as after a DEL.
     for (const b of bridges) {
-      const left = Object.values(db.containers).some((c) => c.bridge === b && reclaim.blocks(c, `bridge ${b} kept for it after GC`) !== null);
-      await reclaim.finish();
-      if (!left && !cfg.keepBridge) await removeNetwork(db, b, cfg.stateDir).catch((e: unknown) => out.errors.push(`network ${b}: ${(e as Error).message}`));
+      await releaseNetwork(db, b, cfg.stateDir, cfg.keepBridge, reclaim, 'GC').catch((e: unknown) => out.errors.push(`network ${b}: ${errorLine(e)}`));
     }
     saveDb(cfg.stateDir, db);
     return out;

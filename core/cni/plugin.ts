@@ -7,7 +7,7 @@
  */
 import { errorLine, isOcinetError, type ErrorCode } from '../base/errors.js';
 import {
-  CniError, CNI_CODE, CNI_VERSIONS, cniVersionOf, decodeCniConfig, parseCniConfig, parseCniEnv, type CniConfig, type CniEnv, type CniVersion,
+  CniError, CNI_CODE, CNI_VERSIONS, cniVersionOf, decodeCniConfig, parseCniConfig, parseCniEnv, type CniCommand, type CniConfig, type CniEnv, type CniVersion,
 } from '../input/cni.js';
 import { OpLog } from '../state/log.js';
 import { cniAdd, cniDel } from './attach.js';
@@ -72,30 +72,26 @@ export async function runCni(env: NodeJS.ProcessEnv, readStdin: () => string, wa
   const op = `cni-${req.command.toLowerCase()}`;
   const id = req.containerId ? `${req.containerId}/${req.ifname}` : cfg.name;
   try {
-    switch (req.command) {
-      case 'ADD': {
-        const result = await cniAdd(cfg, req, log);
-        log.write({ op, id, ok: true, network: cfg.name, ip: result.ips.map((i) => i.address).join(',') });
-        return { stdout: json(result), exitCode: 0 };
-      }
-      case 'DEL': {
-        const r = await cniDel(cfg, req, log);
-        log.write({ op, id, ok: true, network: cfg.name, removed: r.removed, bridgeRemoved: r.bridgeRemoved, ...(r.skipped ? { skipped: r.skipped } : {}) });
-        return { stdout: '', exitCode: 0 };
-      }
-      case 'CHECK':
-        await cniCheck(cfg, req);
-        return { stdout: '', exitCode: 0 };
-      case 'GC':
-        await cniGc(cfg, log);
-        return { stdout: '', exitCode: 0 };
-      case 'STATUS':
-        await cniStatus(cfg);
-        return { stdout: '', exitCode: 0 };
-    }
+    return { stdout: await COMMANDS[req.command as Exclude<CniCommand, 'VERSION'>](cfg, req, log, op, id), exitCode: 0 };
   } catch (e) {
     if (req.command === 'ADD' || req.command === 'DEL') log.write({ op, id, ok: false, error: errorLine(e), code: isOcinetError(e) ? e.code : 'EUNKNOWN' });
     return failure(e, version);
   }
-  return failure(new CniError(CNI_CODE.invalidEnvironment, `CNI_COMMAND ${req.command} is not handled`), version);
 }
+
+/** What each command prints on success (ADD its result; the others nothing), VERSION aside. */
+const COMMANDS: Record<Exclude<CniCommand, 'VERSION'>, (cfg: CniConfig, req: CniEnv, log: OpLog, op: string, id: string) => Promise<string>> = {
+  async ADD(cfg, req, log, op, id) {
+    const result = await cniAdd(cfg, req, log);
+    log.write({ op, id, ok: true, network: cfg.name, ip: result.ips.map((i) => i.address).join(',') });
+    return json(result);
+  },
+  async DEL(cfg, req, log, op, id) {
+    const r = await cniDel(cfg, req, log);
+    log.write({ op, id, ok: true, network: cfg.name, removed: r.removed, bridgeRemoved: r.bridgeRemoved, ...(r.skipped ? { skipped: r.skipped } : {}) });
+    return '';
+  },
+  CHECK: (cfg, req) => cniCheck(cfg, req).then(() => ''),
+  GC: (cfg, _req, log) => cniGc(cfg, log).then(() => ''),
+  STATUS: (cfg) => cniStatus(cfg).then(() => ''),
+};

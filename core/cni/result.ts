@@ -30,6 +30,11 @@ export interface CniResult {
   dns: Record<string, unknown>;
 }
 
+/** An attachment's addresses as `A/PREFIX`: IPv4, then IPv6 on a dual-stack network. */
+export function addressesOf(rec: ContainerRecord, net: NetworkRecord | undefined): string[] {
+  return [`${rec.ip}/${rec.prefix}`, ...(rec.ip6 && net?.subnet6 ? [`${rec.ip6}/${net.subnet6.split('/')[1]}`] : [])];
+}
+
 /**
  * The attachment's result. A plugin before ocinet in the chain (a
  * prevResult on ADD) keeps its part: ocinet's interfaces come after its own.
@@ -43,10 +48,11 @@ export async function attachmentResult(cfg: CniConfig, rec: ContainerRecord, net
   const at = before.length;
   const iface = (name: string, mac: string | undefined, ns?: string): CniInterface => ({ name, ...(mac ? { mac } : {}), ...(ns ? { sandbox: ns } : {}) });
   const old = cfg.cniVersion === '0.4.0';
-  const ips: CniIp[] = [{ ...(old ? { version: '4' as const } : {}), address: `${rec.ip}/${rec.prefix}`, gateway: net.gateway, interface: at + 2 }];
+  const [v4, v6] = addressesOf(rec, net);
+  const ips: CniIp[] = [{ ...(old ? { version: '4' as const } : {}), address: v4!, gateway: net.gateway, interface: at + 2 }];
   const routes: CniResult['routes'] = [{ dst: '0.0.0.0/0', gw: net.gateway }];
-  if (rec.ip6 && net.subnet6 && net.gateway6) {
-    ips.push({ ...(old ? { version: '6' as const } : {}), address: `${rec.ip6}/${net.subnet6.split('/')[1]}`, gateway: net.gateway6, interface: at + 2 });
+  if (v6 && net.gateway6) {
+    ips.push({ ...(old ? { version: '6' as const } : {}), address: v6, gateway: net.gateway6, interface: at + 2 });
     routes.push({ dst: '::/0', gw: net.gateway6 });
   }
   return {

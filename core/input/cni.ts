@@ -14,7 +14,7 @@ import { validateCniConfig } from '../generated/validators.js';
 import { parseBackendChoice, type BackendChoice } from '../firewall/backends.js';
 import { isIfName } from '../state/names.js';
 import { DEFAULT_STATE_DIR, type PortMapping } from '../state/store.js';
-import { resolveStateDir, stateDirFrom } from './config.js';
+import { DEFAULTS, resolveStateDir, stateDirFrom } from './config.js';
 import { DEFAULT_POLICY, parseRange } from './policy.js';
 
 /** The spec versions ocinet-cni speaks, oldest first (VERSION lists them). */
@@ -199,7 +199,7 @@ export function parseCniConfig(raw: unknown, version: CniVersion, env: CniEnv): 
     throw new CniError(CNI_CODE.invalidConfig, (e as Error).message);
   }
   if (c.ipMasq === false) throw configError("'ipMasq': false is not supported (ocinet networks always masquerade outbound traffic)");
-  const subnet = wrap('subnet', () => parseSubnet(c.subnet ?? DEFAULT_SUBNET, 'subnet').cidr);
+  const subnet = wrap('subnet', () => parseSubnet(c.subnet ?? DEFAULTS.subnet, 'subnet').cidr);
   const subnet6 = c.subnet6 === undefined ? undefined : wrap('subnet6', () => parseSubnet6(c.subnet6!, 'subnet6').cidr);
   const firewall = wrap('firewall', () => parseBackendChoice(c.firewall ?? 'auto', 'firewall'));
   if (subnet6 && firewall === 'iptables') throw configError("'subnet6': needs the nftables firewall backend (firewall nftables or auto)");
@@ -207,7 +207,7 @@ export function parseCniConfig(raw: unknown, version: CniVersion, env: CniEnv): 
   // STATUS reports an unusable state dir (code 50) instead of refusing the configuration.
   const stateDir = wrap('stateDir', () => (env.command === 'STATUS' ? stateDirFrom : resolveStateDir)(c.stateDir ?? DEFAULT_STATE_DIR, {}));
   const out: CniConfig = {
-    cniVersion: version, name: c.name, bridge: c.bridge ?? 'ocinet0', subnet, mtu: c.mtu ?? 1500, stateDir,
+    cniVersion: version, name: c.name, bridge: c.bridge ?? DEFAULTS.bridge, subnet, mtu: c.mtu ?? DEFAULTS.mtu, stateDir,
     logFile: c.log === 'none' ? null : (c.log ?? `${stateDir}/ocinet.log`), firewall,
     keepBridge: c.keepBridge === true, allowSpoofing: c.allowSpoofing === true,
     ports: (c.runtimeConfig?.portMappings ?? []).map((p, i) => portOf(p, i, range)),
@@ -232,8 +232,6 @@ export function parseCniConfig(raw: unknown, version: CniVersion, env: CniEnv): 
   }
   return out;
 }
-
-const DEFAULT_SUBNET = '10.213.0.0/16';
 
 function wrap<T>(field: string, fn: () => T): T {
   try {

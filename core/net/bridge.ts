@@ -82,7 +82,8 @@ export function bridgeHasSubnetRoute(bridge: string, subnet: string): boolean {
   return false;
 }
 
-async function ipv4Addresses(dev: string): Promise<string[]> {
+/** A link's IPv4 addresses as `A/PREFIX`. */
+export async function ipv4Addresses(dev: string): Promise<string[]> {
   const r = await run('ip', ['-j', '-4', 'addr', 'show', 'dev', dev]);
   const parsed = JSON.parse(r.stdout || '[]') as { addr_info?: { local: string; prefixlen: number }[] }[];
   return (parsed[0]?.addr_info ?? []).map((a) => `${a.local}/${a.prefixlen}`);

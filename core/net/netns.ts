@@ -120,6 +120,16 @@ export async function ipBatchIn(nsPath: string, lines: string[]): Promise<void> 
   await run('nsenter', [`--net=${nsPath}`, '--', 'ip', '-batch', '-'], { input: lines.join('\n') + '\n' });
 }
 
+/**
+ * What `ip -batch` prints for show commands inside the namespace at nsPath
+ * (`-6`: of IPv6). Only `addr` and `route` shows: in a batch, a `link show`
+ * makes the next `addr show` list links again (iproute2 6.1).
+ */
+export async function ipShowIn(nsPath: string, lines: string[], family?: '-6'): Promise<string> {
+  const ip = ['ip', ...(family ? [family] : []), '-force', '-batch', '-'];
+  return (await run('nsenter', [`--net=${nsPath}`, '--', ...ip], { input: lines.join('\n') + '\n', allowFail: true })).stdout;
+}
+
 /** Run `ip -batch -` in the caller's namespace. */
 export async function ipBatch(lines: string[], allowFail = false): Promise<{ code: number; stderr: string }> {
   if (lines.length === 0) return { code: 0, stderr: '' };

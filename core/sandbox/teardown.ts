@@ -76,17 +76,24 @@ export async function teardownContainer(
     const reclaim = new Reclaimer(db, o.stateDir, id, log);
     // Only the record this teardown removed: a new container of the same id may have come meanwhile.
     if (rec && db.containers[rec.id]?.createdAt === rec.createdAt) delete db.containers[rec.id];
-    // Dead records on the bridge do not keep it: they are reclaimed here.
-    const left = Object.values(db.containers).some((c) => c.bridge === bridge && reclaim.blocks(c, `bridge ${bridge} kept for it after ${id} left`) !== null);
-    await reclaim.finish();
-    let removed = false;
-    if (!left && !o.keepBridge) removed = await removeNetwork(db, bridge, o.stateDir);
+    const removed = await releaseNetwork(db, bridge, o.stateDir, o.keepBridge, reclaim, id);
     if (rec || removed || reclaim.done.length) saveDb(o.stateDir, db);
     return removed;
   });
   log?.step('release');
   if (extrasError) throw new OcinetError('EEXEC', extrasError);
   return { id, removed: Boolean(rec), bridgeRemoved };
+}
+
+/**
+ * After `who` left bridge `bridge`: its network goes unless a live container
+ * is still on it (dead records on it do not keep it: they are reclaimed here)
+ * or `keepBridge`. Caller holds the lock; says whether it went.
+ */
+export async function releaseNetwork(db: Db, bridge: string, stateDir: string, keepBridge: boolean, reclaim: Reclaimer, who: string): Promise<boolean> {
+  const left = Object.values(db.containers).some((c) => c.bridge === bridge && reclaim.blocks(c, `bridge ${bridge} kept for it after ${who} left`) !== null);
+  await reclaim.finish();
+  return !left && !keepBridge && (await removeNetwork(db, bridge, stateDir));
 }
 
 /**
