@@ -8,7 +8,7 @@ isolate(new URL(import.meta.url).pathname);
 import { spawn } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { cleanup, cli, hook, inNs, outsideHost, sandbox, sh, snapshot, state, tempDir, type Sandbox, httpGet } from './lib/env.js';
+import { cli, hook, httpGet, inNs, outsideAndBaseline, sandbox, sh, snapshot, state, tempDir, type Sandbox } from './lib/env.js';
 
 const work = tempDir('ds');
 const dir = join(work, 'state');
@@ -18,14 +18,10 @@ writeFileSync(join(www, 'index.html'), 'hello over v6\n');
 const NET = ['--state-dir', dir, '--subnet', '10.232.0.0/24', '--subnet6', 'fd00:232::/64'];
 
 // The outside host, with IPv6 on its link too.
-const outside = await outsideHost('ocout0', '192.0.2.1', '192.0.2.2');
-await sh('ip', ['addr', 'add', '2001:db8:9::1/64', 'dev', 'ocout0', 'nodad']);
-await inNs(outside.sb.pid, ['ip', 'addr', 'add', '2001:db8:9::2/64', 'dev', 'eth0', 'nodad']);
-await inNs(outside.sb.pid, ['ip', '-6', 'route', 'add', 'default', 'via', '2001:db8:9::1']);
-const baseline = await snapshot();
-t.teardown(async () => {
-  await outside.stop();
-  cleanup(work);
+const { outside, baseline } = await outsideAndBaseline(t, work, async (o) => {
+  await sh('ip', ['addr', 'add', '2001:db8:9::1/64', 'dev', 'ocout0', 'nodad']);
+  await inNs(o.sb.pid, ['ip', 'addr', 'add', '2001:db8:9::2/64', 'dev', 'eth0', 'nodad']);
+  await inNs(o.sb.pid, ['ip', '-6', 'route', 'add', 'default', 'via', '2001:db8:9::1']);
 });
 
 const wget = (pid: number | undefined, url: string): Promise<string> => httpGet(url, pid);

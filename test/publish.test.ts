@@ -8,7 +8,7 @@ isolate(new URL(import.meta.url).pathname);
 import { spawn } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { cleanup, cli, hook, inNs, outsideHost, readDb, sandbox, sh, snapshot, state, tempDir, httpGet } from './lib/env.js';
+import { cli, hook, httpGet, inNs, outsideAndBaseline, readDb, sandbox, sh, snapshot, state, tempDir } from './lib/env.js';
 
 const work = tempDir('publish');
 for (const port of [80, 81, 82]) {
@@ -16,12 +16,7 @@ for (const port of [80, 81, 82]) {
   writeFileSync(join(work, `www${port}`, 'index.html'), `port ${port}\n`);
 }
 
-const outside = await outsideHost('ocout0', '192.0.2.1', '192.0.2.2');
-const baseline = await snapshot();
-t.teardown(async () => {
-  await outside.stop();
-  cleanup(work);
-});
+const { outside, baseline } = await outsideAndBaseline(t, work);
 
 const wget = httpGet;
 const local = (port: number): Promise<string> => wget(`http://127.0.0.1:${port}/`);

@@ -8,19 +8,14 @@ isolate(new URL(import.meta.url).pathname);
 import { spawn } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { cleanup, cli, hook, inNs, outsideHost, sandbox, sh, snapshot, state, tempDir, httpGet } from './lib/env.js';
+import { cli, hook, httpGet, inNs, outsideAndBaseline, sandbox, sh, snapshot, state, tempDir } from './lib/env.js';
 
 const work = tempDir('reload');
 const www = join(work, 'www');
 mkdirSync(www);
 writeFileSync(join(www, 'index.html'), 'hello from the container\n');
 
-const outside = await outsideHost('ocout0', '192.0.2.1', '192.0.2.2');
-const baseline = await snapshot();
-t.teardown(async () => {
-  await outside.stop();
-  cleanup(work);
-});
+const { outside, baseline } = await outsideAndBaseline(t, work);
 
 const wget = httpGet;
 

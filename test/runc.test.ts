@@ -6,7 +6,7 @@ import { isolate } from './lib/isolate.js';
 isolate(new URL(import.meta.url).pathname);
 import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { cleanup, cli, inNs, outsideHost, ROOT, sh, snapshot, tempDir } from './lib/env.js';
+import { cli, inNs, outsideAndBaseline, ROOT, sh, snapshot, tempDir } from './lib/env.js';
 import { Runc } from './lib/runc.js';
 
 const work = tempDir('runc');
@@ -29,13 +29,7 @@ const stop = (id: string) => rc.stop(id);
 
 // The outside host: its own namespace, joined to ours by a veth; it answers
 // HTTP with the peer address it sees.
-const outside = await outsideHost('ocout0', '192.0.2.1', '192.0.2.2');
-const baseline = await snapshot();
-
-t.teardown(async () => {
-  await outside.stop();
-  cleanup(work);
-});
+const { outside, baseline } = await outsideAndBaseline(t, work);
 
 t.test('two runc containers: addresses, ping, NAT, published ports, clean delete', async (t) => {
   const a = await bundle('ctr-a', { OCINET_ANNOTATIONS: JSON.stringify({ 'io.ocinet.publish': '8080:80' }) });

@@ -1,5 +1,6 @@
 /** Shared test fixtures: fake sandboxes, the built hook, namespace snapshots. */
 import { execa } from 'execa';
+import type { Test } from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { accessSync, closeSync, constants, copyFileSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -150,6 +151,23 @@ export async function outsideHost(name: string, hostAddr: string, peerAddr: stri
       await sb.kill();
     },
   };
+}
+
+export type OutsideHost = Awaited<ReturnType<typeof outsideHost>>;
+
+/**
+ * A file's usual fixture: the outside host `ocout0` (192.0.2.1 here, .2
+ * there), `prepare` (e.g. IPv6 on its link), then the namespace's baseline
+ * snapshot. The host and `work` go when the file ends.
+ */
+export async function outsideAndBaseline(t: Test, work: string, prepare?: (o: OutsideHost) => Promise<void>): Promise<{ outside: OutsideHost; baseline: string }> {
+  const outside = await outsideHost('ocout0', '192.0.2.1', '192.0.2.2');
+  t.teardown(async () => {
+    await outside.stop();
+    cleanup(work);
+  });
+  await prepare?.(outside);
+  return { outside, baseline: await snapshot() };
 }
 
 /** What `url` answers, fetched from the test's namespace or from inside `pid`'s ('' when nothing does, within 5 s). */
