@@ -18,7 +18,7 @@ import { attachmentResult, type CniResult } from './result.js';
 
 /** The attachment's record id and what its record carries. */
 export function attachmentOf(cfg: CniConfig, env: CniEnv): { id: string; cni: NonNullable<ContainerRecord['cni']> } {
-  return { id: cniRecordId(env.containerId!, env.ifname!), cni: { network: cfg.name, containerId: env.containerId!, ifname: env.ifname! } };
+  return { id: cniRecordId(env.containerId!, env.ifname!), cni: { network: cfg.name } };
 }
 
 /** CNI_NETNS opened; one that is not a namespace (or is the plugin's own) is an invalid environment. */
@@ -48,7 +48,7 @@ export async function cniAdd(cfg: CniConfig, env: CniEnv, log?: OpLog): Promise<
     const known = made(cfg, id);
     if (known && known.rec.netns === ns.id && isAlive(known.rec)) return await attachmentResult(cfg, known.rec, known.net, env.netns!);
     const req: SetupRequest = {
-      stateDir: cfg.stateDir, bridge: cfg.bridge, subnet: cfg.subnet, iface: cni.ifname, mtu: cfg.mtu, keepBridge: cfg.keepBridge,
+      stateDir: cfg.stateDir, bridge: cfg.bridge, subnet: cfg.subnet, iface: env.ifname!, mtu: cfg.mtu, keepBridge: cfg.keepBridge,
       firewall: cfg.firewall, id, pid: ns.identity.pid ?? 0, ports: cfg.ports, mode: 'veth', cni,
       ...(cfg.subnet6 ? { subnet6: cfg.subnet6 } : {}), ...(cfg.ip ? { ip: cfg.ip } : {}), ...(cfg.ip6 ? { ip6: cfg.ip6 } : {}),
       ...(cfg.allowSpoofing ? { allowSpoofing: true } : {}),

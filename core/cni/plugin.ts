@@ -10,6 +10,7 @@ import {
   CniError, CNI_CODE, CNI_VERSIONS, cniVersionOf, decodeCniConfig, parseCniConfig, parseCniEnv, type CniCommand, type CniConfig, type CniEnv, type CniVersion,
 } from '../input/cni.js';
 import { OpLog } from '../state/log.js';
+import { cniRecordId } from '../state/store.js';
 import { cniAdd, cniDel } from './attach.js';
 import { cniCheck } from './check.js';
 import { cniGc, cniStatus } from './network.js';
@@ -70,7 +71,7 @@ export async function runCni(env: NodeJS.ProcessEnv, readStdin: () => string, wa
   }
   const log = new OpLog(cfg.logFile, warn);
   const op = `cni-${req.command.toLowerCase()}`;
-  const id = req.containerId ? `${req.containerId}/${req.ifname}` : cfg.name;
+  const id = req.containerId ? cniRecordId(req.containerId, req.ifname!) : cfg.name;
   try {
     return { stdout: await COMMANDS[req.command as Exclude<CniCommand, 'VERSION'>](cfg, req, log, op, id), exitCode: 0 };
   } catch (e) {

@@ -25,11 +25,9 @@ export interface PortMapping {
   hostIp?: string;
 }
 
-/** What a CNI runtime names an attachment by (the record's id is `containerId/ifname`). */
+/** A CNI attachment's network; the runtime's container id and interface are its record's id, `containerId/ifname`. */
 export interface CniAttachment {
   network: string;
-  containerId: string;
-  ifname: string;
 }
 
 /** The record id of a CNI attachment: not a valid OCI id, so it never meets a hook's. */
@@ -91,7 +89,7 @@ export interface ContainerRecord {
    * no process does: alive while that file is still this namespace.
    */
   nsPath?: string;
-  /** A CNI attachment (ocinet-cni): its network's name, the runtime's container id and interface. */
+  /** A CNI attachment (ocinet-cni): its network's name. */
   cni?: CniAttachment;
   /** The runtime's bundle path: a teardown naming another bundle is another container's. */
   bundle?: string;
@@ -216,7 +214,7 @@ function containerProblem(id: string, c: unknown): string | null {
   if (c.nsPath !== undefined && (typeof c.nsPath !== 'string' || !c.nsPath.startsWith('/'))) return `field 'nsPath' is not an absolute path`;
   if (c.cni !== undefined) {
     const a = c.cni as Record<string, unknown>;
-    if (!isObject(a) || typeof a.network !== 'string' || typeof a.containerId !== 'string' || !isName(a.ifname) || id !== cniRecordId(a.containerId, a.ifname)) return `field 'cni' is not this record's CNI attachment`;
+    if (!isObject(a) || typeof a.network !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9_.-]*\/[A-Za-z][A-Za-z0-9_.-]{0,14}$/.test(id)) return `field 'cni' is not a CNI attachment's`;
   }
   if (c.mac !== undefined && (typeof c.mac !== 'string' || !MAC.test(c.mac))) return `field 'mac' is not a MAC address`;
   if (c.guard !== undefined && !isGuard(c.guard)) return `field 'guard' is not an ocinet port guard chain`;
