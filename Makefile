@@ -55,7 +55,7 @@ COMMANDS := ocinet-hook ocinet ocinet-cni
 install: build
 	install -d $(LIBDIR)/bin $(PREFIX)/bin
 	install -m 0755 $(addprefix dist/bin/,$(COMMANDS)) $(LIBDIR)/bin/
-	install -m 0644 $(foreach c,$(COMMANDS),dist/bin/$(c).js dist/bin/$(c).cache) dist/bin/netlink.js dist/bin/netlink.node dist/bin/lock.node $(LIBDIR)/bin/
+	install -m 0644 $(foreach c,$(COMMANDS),dist/bin/$(c).js dist/bin/$(c).cache) dist/bin/netlink.js dist/bin/netlink.node dist/bin/native.node $(LIBDIR)/bin/
 	install -m 0644 dist/package.json $(LIBDIR)/package.json
 	ln -sf ../lib/ocinet/bin/ocinet-hook $(PREFIX)/bin/ocinet-hook
 	ln -sf ../lib/ocinet/bin/ocinet $(PREFIX)/bin/ocinet

@@ -7,7 +7,7 @@
 import { build } from 'esbuild';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chmodSync, copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 
 const root = new URL('..', import.meta.url).pathname;
@@ -18,12 +18,14 @@ const out = join(root, 'dist/bin');
 mkdirSync(out, { recursive: true });
 writeFileSync(join(root, 'dist/package.json'), '{ "type": "commonjs" }\n');
 
-// The lock addon (build/lock.c): N-API only, so Node's own headers and cc suffice.
+// native.node (build/native/*.c): N-API only, so Node's own headers and cc suffice.
 const nodeInclude = join(dirname(dirname(process.execPath)), 'include/node');
+const nativeSrc = join(root, 'build/native');
 try {
-  execFileSync(process.env.CC ?? 'cc', ['-O2', '-Wall', '-Werror', '-shared', '-fPIC', `-I${nodeInclude}`, '-o', join(out, 'lock.node'), join(root, 'build/lock.c')], { stdio: 'inherit' });
+  const sources = readdirSync(nativeSrc).filter((f) => f.endsWith('.c')).map((f) => join(nativeSrc, f));
+  execFileSync(process.env.CC ?? 'cc', ['-O2', '-Wall', '-Werror', '-shared', '-fPIC', `-I${nodeInclude}`, '-o', join(out, 'native.node'), ...sources, '-ldl'], { stdio: 'inherit' });
 } catch (e) {
-  console.error(`build: cannot compile build/lock.c (needs cc and Node's headers in ${nodeInclude}): ${e.message}`);
+  console.error(`build: cannot compile build/native (needs cc and Node's headers in ${nodeInclude}): ${e.message}`);
   process.exit(1);
 }
 
@@ -44,7 +46,7 @@ for (const [name, src] of Object.entries(entries)) {
       entryPoints: [join(root, src)],
       outfile: join(out, `${name}.js`),
       write: false,
-      // import.meta.url is the bundle's own URL (core/lock.ts finds lock.node beside it).
+      // import.meta.url is the bundle's own URL (core/base/native.ts finds native.node beside it).
       banner: { js: `'use strict';\nvar __ocinet_bundle_url = require('node:url').pathToFileURL(__filename).href;` },
       define: { OCINET_VERSION: JSON.stringify(pkg.version), OCINET_BUNDLED: 'true', 'import.meta.url': '__ocinet_bundle_url' },
       alias: { 'node-gyp-build': join(root, 'build/netlink-binding.cjs'), netlink: join(root, 'build/netlink-external.cjs') },

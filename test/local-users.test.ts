@@ -133,10 +133,10 @@ t.test('a holder killed by SIGKILL does not keep the lock, nor do its children',
   const ino = statSync(join(dir, 'lock')).ino;
   t.same(flockHolders(ino), [], 'free between hooks');
 
-  // The hook's own lock call (dist/bin/lock.node), in a process that also starts a long-lived child.
+  // The hook's own lock call (dist/bin/native.node), in a process that also starts a long-lived child.
   const holderScript = `
     const m = { exports: {} };
-    process.dlopen(m, ${JSON.stringify(join(ROOT, 'dist/bin/lock.node'))});
+    process.dlopen(m, ${JSON.stringify(join(ROOT, 'dist/bin/native.node'))});
     const fd = m.exports.lock(${JSON.stringify(join(dir, 'lock'))});
     const child = require('node:child_process').spawn('sleep', ['3600'], { stdio: 'ignore' });
     process.stdout.write(JSON.stringify({ fd, child: child.pid }) + '\\n');

@@ -172,7 +172,7 @@ async function stateDirChecks(stateDir: string): Promise<Check[]> {
     checks.push({
       name: 'state lock', ok: held, required: true,
       detail: held ? `${LOCK_MECHANISM}: ${lockName(stateDir)} held by a running ocinet` : errorLine(e),
-      ...(held ? {} : { fix: "run 'make build' (dist/bin/lock.node) as root" }),
+      ...(held ? {} : { fix: "run 'make build' (dist/bin/native.node) as root" }),
     });
   }
   return checks;

@@ -10,6 +10,7 @@ import { OcinetError } from '../base/errors.js';
 import { run } from '../base/exec.js';
 import { bridgeMac } from '../state/names.js';
 import { ipBatch } from './netns.js';
+import { removeLink } from './rtnl.js';
 
 /** The alias of the previous version's bridges: no state dir named. */
 export const LEGACY_BRIDGE_ALIAS = 'ocinet';
@@ -121,10 +122,10 @@ export async function ensureBridge(sid: string, bridge: string, subnet: string, 
   return true;
 }
 
-/** Delete link `name` if it is there (a veth takes its peer along; a TAP goes even while QEMU holds it). */
+/**
+ * Delete link `name` if it is there (a veth takes its peer along; a TAP goes
+ * even while QEMU holds it). Losing a race with someone else deleting it is fine.
+ */
 export async function deleteLink(name: string): Promise<void> {
-  if (!linkExists(name)) return;
-  const r = await ipBatch([`link del ${name}`], true);
-  // Lost a race with someone else deleting it: fine. Still there: say why.
-  if (r.code !== 0 && linkExists(name)) throw new OcinetError('EEXEC', `ip link del ${name}: ${r.stderr.trim() || `exit ${r.code}`}`);
+  if (linkExists(name)) removeLink(name);
 }

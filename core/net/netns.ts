@@ -1,7 +1,8 @@
 /**
- * Network namespaces of processes. Node cannot setns(), so work inside a
- * namespace goes through one `nsenter --net=... ip -batch -` per step: one
- * exec, all commands on stdin.
+ * Network namespaces of processes. Node cannot setns(): a container's veth
+ * side is set up over rtnetlink (veth.ts, through native.node); other work
+ * inside a namespace goes through one `nsenter --net=... ip -batch -` per
+ * step: one exec, all commands on stdin.
  */
 import { closeSync, constants, fstatSync, openSync, statSync } from 'node:fs';
 import { OcinetError } from '../base/errors.js';
@@ -31,6 +32,8 @@ export function pidNetnsPath(pid: number): string {
  */
 export interface NetnsHandle {
   path: string;
+  /** The open descriptor (for rtnetlink in the namespace). */
+  fd: number;
   /** `dev:inode` of the namespace. */
   id: string;
   /**
@@ -59,6 +62,7 @@ function handle(fd: number, what: string, identity: Omit<NetnsHandle['identity']
   const childFd = inheritFd(fd);
   return {
     path: `/proc/self/fd/${childFd}`,
+    fd,
     id,
     identity: { ...identity, netns: id },
     what,

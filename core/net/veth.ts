@@ -1,9 +1,10 @@
 /**
  * The veth pair joining a container to the bridge. The peer is created
  * straight inside the container's namespace under its final name (one
- * netlink message), so a host interface is never renamed or moved.
+ * netlink message), so a host interface is never renamed or moved. Both
+ * sides are made over rtnetlink from the hook's own process (rtnl.ts).
  */
-import { defaultRoute } from './route.js';
+import { addAddress, defaultRoute, getLink, hairpin, indexOf, newVeth, removeLink, talk, upByIndex, upByName, withSocket } from './rtnl.js';
 
 export interface VethPlan {
   hostVeth: string;
@@ -13,20 +14,12 @@ export interface VethPlan {
   /** The host side's MAC, ocinet's as well. */
   hostMac: string;
   mtu: number;
-  /** The container's namespace as a path (`/proc/self/fd/N`, opened once), never a pid. */
-  netns: string;
+  /** The container's namespace, a descriptor opened once, never a pid. */
+  nsFd: number;
   bridge: string;
 }
 
-/** Host side: one `ip -batch`. */
-export function hostLines(p: VethPlan): string[] {
-  return [
-    `link add ${p.hostVeth} address ${p.hostMac} mtu ${p.mtu} type veth peer name ${p.iface} address ${p.mac} mtu ${p.mtu} netns ${p.netns}`,
-    ...reattachLines(p.hostVeth, p.bridge),
-  ];
-}
-
-/** Attach a host veth to the bridge (again, after the bridge was made anew). */
+/** Attach a host veth to the bridge (again, after the bridge was made anew): `ip -batch` lines. */
 export function reattachLines(hostVeth: string, bridge: string): string[] {
   return [
     `link set ${hostVeth} master ${bridge} up`,
@@ -35,9 +28,41 @@ export function reattachLines(hostVeth: string, bridge: string): string[] {
   ];
 }
 
-/** Container side: one `nsenter ... ip -batch`. */
-export function containerLines(iface: string, ip: string, prefix: number, gateway: string, v6?: { ip: string; prefix: number; gateway: string }): string[] {
-  // IPv6 without duplicate address detection: ocinet's IPAM made it unique, and it is usable at once.
-  const six = v6 ? [`addr add ${v6.ip}/${v6.prefix} dev ${iface} nodad`] : [];
-  return [`link set lo up`, `addr add ${ip}/${prefix} dev ${iface}`, ...six, `link set ${iface} up`, defaultRoute(gateway, iface), ...(v6 ? [defaultRoute(v6.gateway, iface)] : [])];
+/**
+ * The pair, its host side up on the bridge with hairpin on. When the pair
+ * could not be made, nothing was (a link of that name is not touched); when
+ * a later step failed, the pair it made is removed again.
+ */
+export function makeVeth(p: VethPlan): void {
+  withSocket(-1, (fd) => {
+    const master = indexOf(talk(fd, [getLink(p.bridge)])[0]!.replies[0]!);
+    const veth = newVeth({ name: p.hostVeth, mac: p.hostMac, mtu: p.mtu, master, peer: p.iface, peerMac: p.mac, nsFd: p.nsFd });
+    talk(fd, [{ what: `creating veth ${p.hostVeth} on ${p.bridge} (peer ${p.iface} in the container)`, msg: veth }]);
+    try {
+      // Hairpin: a container reaching its own published port comes back through its own port.
+      talk(fd, [{ what: `hairpin on ${p.hostVeth}`, msg: hairpin(p.hostVeth) }]);
+    } catch (e) {
+      removeLink(p.hostVeth);
+      throw e;
+    }
+  });
+}
+
+export interface InsideAddress {
+  ip: string;
+  prefix: number;
+  gateway: string;
+}
+
+/** The container's side: loopback up, its addresses, its link up, a default route per family. */
+export function configureInside(nsFd: number, iface: string, addrs: InsideAddress[]): void {
+  withSocket(nsFd, (fd) => {
+    const [, link] = talk(fd, [{ what: 'loopback up in the container', msg: upByName('lo') }, getLink(iface)]);
+    const index = indexOf(link!.replies[0]!);
+    talk(fd, [
+      ...addrs.map((a) => ({ what: `address ${a.ip}/${a.prefix} on ${iface} in the container`, msg: addAddress(index, a) })),
+      { what: `${iface} up in the container`, msg: upByIndex(index) },
+      ...addrs.map((a) => ({ what: `default route via ${a.gateway} in the container`, msg: defaultRoute(index, a.gateway) })),
+    ]);
+  });
 }

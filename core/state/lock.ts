@@ -5,42 +5,16 @@
  * The kernel drops the lock when its descriptor closes, and a killed
  * process's descriptors close (SIGKILL too); the descriptor is close-on-exec,
  * so a program the holder started never keeps it. Node has no flock, so a
- * small N-API addon (build/lock.c, dist/bin/lock.node) opens and locks.
+ * small N-API addon (build/native/lock.c, in dist/bin/native.node) opens and locks.
  */
 import { closeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { OcinetError } from '../base/errors.js';
+import { errorLine, OcinetError } from '../base/errors.js';
+import { native, type Native } from '../base/native.js';
 import { useStateDir } from './statedir.js';
 
 export interface Lock {
   release(): Promise<void>;
-}
-
-interface LockAddon {
-  /** The locked descriptor, or -1 while another open file holds the lock. */
-  lock(path: string): number;
-}
-
-// Set by build/build.mjs: bundles load the addon from beside themselves, sources from dist/bin.
-declare const OCINET_BUNDLED: boolean | undefined;
-
-let addon: LockAddon | undefined;
-
-/** Where the addon is loaded from (for `ocinet doctor`). */
-export function lockAddonPath(): string {
-  return fileURLToPath(new URL(typeof OCINET_BUNDLED === 'boolean' ? 'lock.node' : '../../dist/bin/lock.node', import.meta.url));
-}
-
-function loadAddon(): LockAddon {
-  if (addon) return addon;
-  const mod = { exports: {} as LockAddon };
-  try {
-    process.dlopen(mod, lockAddonPath());
-  } catch (e) {
-    throw new OcinetError('ELOCK', `cannot load the lock addon ${lockAddonPath()} (run 'make build'): ${(e as Error).message.split('\n')[0]}`);
-  }
-  return (addon = mod.exports);
 }
 
 /** What `ocinet doctor` says about the lock. */
@@ -53,10 +27,15 @@ export function lockName(stateDir: string): string {
 }
 
 function tryLock(path: string): number {
+  let n: Native;
   try {
-    return loadAddon().lock(path);
+    n = native();
   } catch (e) {
-    if (e instanceof OcinetError) throw e;
+    throw new OcinetError('ELOCK', errorLine(e));
+  }
+  try {
+    return n.lock(path);
+  } catch (e) {
     throw new OcinetError('ELOCK', `state lock ${path}: ${(e as Error).message}`);
   }
 }

@@ -11,6 +11,7 @@
  */
 import { OcinetError } from '../../base/errors.js';
 import { run } from '../../base/exec.js';
+import { native, type NftAnswer } from '../../base/native.js';
 import type { ContainerRecord, PortMapping } from '../../state/store.js';
 import type { Firewall, NetworkRules } from '../firewall.js';
 
@@ -152,18 +153,26 @@ const COMMITTED = /^# new generation \d+ by process \d+ \(nft\)\n/m;
 
 async function nft(lines: string[], allowFail = false): Promise<boolean> {
   if (lines.length === 0) return true;
+  const text = lines.join('\n') + '\n';
   // A transaction that deletes leaves the kernel work to free what it
-  // deleted after an RCU grace period, and nft's exit waits for it (closing
-  // its netlink socket flushes that work): 10-20 ms here, after the commit.
-  // Such a transaction is done when nft says it committed (-e), not when nft exits.
+  // deleted after an RCU grace period, and the last close of the netlink
+  // socket waits for it: 10-20 ms here, after the commit. In this process,
+  // a detached holder keeps that socket (native.node); as a program, nft is
+  // done when it says it committed (-e), not when it exits.
   const deletes = lines.some((l) => l.startsWith('delete '));
-  const r = await run('nft', deletes ? ['-e', '-f', '-'] : ['-f', '-'], { input: lines.join('\n') + '\n', allowFail: true, ...(deletes ? { doneWhen: (out: string) => COMMITTED.test(out) } : {}) });
+  const r = native().nftRun(text, deletes) ?? (await nftProgram(text, deletes));
   if (r.code === 0 || allowFail) return r.code === 0;
   // nft says `Error: WHY`, then the statement, then carets under the part it refused.
-  const err = r.stderr.split('\n');
+  const err = r.err.split('\n');
   const i = err.findIndex((l) => l.includes('Error: '));
-  const why = i >= 0 ? `${err[i]!.slice(err[i]!.indexOf('Error: ') + 7)}: ${err[i + 1]?.trim() ?? ''}` : r.stderr.trim() || `exit ${r.code}`;
+  const why = i >= 0 ? `${err[i]!.slice(err[i]!.indexOf('Error: ') + 7)}: ${err[i + 1]?.trim() ?? ''}` : r.err.trim() || `exit ${r.code}`;
   throw new OcinetError('EEXEC', `nft: ${why}`);
+}
+
+/** The same through the nft program, where libnftables cannot be loaded. */
+async function nftProgram(text: string, deletes: boolean): Promise<NftAnswer> {
+  const r = await run('nft', deletes ? ['-e', '-f', '-'] : ['-f', '-'], { input: text, allowFail: true, ...(deletes ? { doneWhen: (out: string) => COMMITTED.test(out) } : {}) });
+  return { code: r.code, out: r.stdout, err: r.stderr };
 }
 
 /** The state dir's tables as `nft -j` lists them, or none. */

@@ -1,0 +1,48 @@
+/*
+ * native.node: what Node cannot do and the hooks need on their start path,
+ * without running a program: flock(2) (lock.c), rtnetlink requests in the
+ * hook's or a container's namespace (rtnl.c), nftables transactions through
+ * libnftables (nft.c). Only N-API (node_api.h from Node's own headers): the
+ * binary works with every Node version from 20 on. Built by build/build.mjs
+ * with cc.
+ */
+#define _GNU_SOURCE
+#include "native.h"
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <linux/close_range.h>
+#include <sys/syscall.h>
+
+napi_value native_fail(napi_env env, const char *what, int err) {
+  char msg[256];
+  snprintf(msg, sizeof msg, "%s: %s", what, strerror(err));
+  napi_throw_error(env, NULL, msg);
+  return NULL;
+}
+
+/* Only syscalls: safe in the child of a fork of a threaded process. */
+void native_close_all_but(int a, int b) {
+  if (a > b) { int t = a; a = b; b = t; }
+  unsigned lo = 0;
+  int keep[2] = {a, b};
+  for (int i = 0; i < 2; i++) {
+    if (keep[i] < 0) continue;
+    if ((unsigned)keep[i] > lo) syscall(SYS_close_range, lo, (unsigned)keep[i] - 1, 0);
+    lo = (unsigned)keep[i] + 1;
+  }
+  syscall(SYS_close_range, lo, ~0U, 0);
+}
+
+NAPI_MODULE_INIT() {
+  const struct { const char *name; napi_callback fn; } fns[] = {
+    {"lock", Lock}, {"rtnlSocket", RtnlSocket}, {"rtnlTalk", RtnlTalk}, {"rtnlDetached", RtnlDetached}, {"nftRun", NftRun},
+  };
+  for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
+    napi_value fn;
+    napi_create_function(env, fns[i].name, NAPI_AUTO_LENGTH, fns[i].fn, NULL, &fn);
+    napi_set_named_property(env, exports, fns[i].name, fn);
+  }
+  return exports;
+}
