@@ -44,16 +44,19 @@ export function parseArgs<T extends object>(argv: readonly string[], spec: FlagS
 }
 
 /**
- * Writes text to stdout at once, with writeSync: process.stdout would first load Node's stream
- * machinery (and net, for a pipe), ~2.5 ms of a --version or --help that needs nothing else.
+ * Writes text to stdout (or `fd`) at once, with writeSync: process.stdout would first load Node's
+ * stream machinery (and net, for a pipe), ~2.5 ms of a hook run or --version that needs nothing else.
  */
-export function printSync(text: string): void {
+export function printSync(text: string, fd = 1): void {
   const buf = Buffer.from(text);
   for (let off = 0; off < buf.length; ) {
     try {
-      off += writeSync(1, buf, off);
+      off += writeSync(fd, buf, off);
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') throw e;
+      if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') {
+        if (fd === 2) return; // a closed stderr loses a message, never the run
+        throw e;
+      }
       Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5); // a full non-blocking pipe: wait, do not spin
     }
   }

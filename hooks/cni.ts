@@ -26,8 +26,8 @@ async function main(argv: string[]): Promise<number> {
       throw new CniError(CNI_CODE.decodingFailure, errorLine(e));
     }
   };
-  const out = await runCni(process.env, stdin, (w) => process.stderr.write(`ocinet-cni: warning: ${w}\n`));
-  process.stdout.write(out.stdout);
+  const out = await runCni(process.env, stdin, (w) => printSync(`ocinet-cni: warning: ${w}\n`, 2));
+  printSync(out.stdout);
   return out.exitCode;
 }
 
@@ -35,7 +35,7 @@ main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (e: unknown) => {
     // Only a bug gets here (runCni answers every failure as CNI error JSON).
-    process.stdout.write(JSON.stringify({ cniVersion: '1.1.0', code: 999, msg: errorLine(e) }) + '\n');
+    printSync(JSON.stringify({ cniVersion: '1.1.0', code: 999, msg: errorLine(e) }) + '\n');
     process.exit(1);
   },
 );

@@ -86,13 +86,13 @@ async function main(argv: string[]): Promise<number> {
   const state = parseState(readStdin(STATE_MAX_BYTES));
   const stage = stageArg ?? stageFromStatus(state);
   const cfg = resolveConfig(flags, stage === 'setup' ? ocinetAnnotations(state) : {}, process.env);
-  const log = new OpLog(cfg.logFile, (w) => process.stderr.write(`ocinet-hook: warning: ${w}\n`));
+  const log = new OpLog(cfg.logFile, (w) => printSync(`ocinet-hook: warning: ${w}\n`, 2));
   try {
     if (stage === 'setup') {
       if (!state.pid && cfg.mode === 'veth') throw new OcinetError('EINPUT', `state field 'pid' is required for setup (status '${state.status}')`);
       const res = await setupContainer({ ...cfg, id: state.id, pid: state.pid ?? 0, bundle: state.bundle }, log);
       log.write({ op: 'setup', id: state.id, ok: true, ip: res.ip, ports: res.ports.length, shared: res.sharedWith });
-      process.stdout.write(JSON.stringify(res) + '\n');
+      printSync(JSON.stringify(res) + '\n');
     } else {
       // Only the record this container made: another runtime may run one with the same id.
       const res = await teardownContainer(state.id, cfg, { bundle: state.bundle, ...(state.pid ? { pid: state.pid } : {}) }, log);
@@ -108,7 +108,7 @@ async function main(argv: string[]): Promise<number> {
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (e: unknown) => {
-    process.stderr.write(`ocinet-hook: ${errorLine(e)}\n`);
+    printSync(`ocinet-hook: ${errorLine(e)}\n`, 2);
     process.exit(1);
   },
 );
