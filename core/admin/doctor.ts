@@ -8,6 +8,7 @@ import { accessSync, constants, existsSync, lstatSync } from 'node:fs';
 import { errorLine } from '../base/errors.js';
 import { hasProgram, run } from '../base/exec.js';
 import { acquire, LOCK_MECHANISM, lockName } from '../state/lock.js';
+import { native } from '../base/native.js';
 import { inspectStateDir, useStateDir } from '../state/statedir.js';
 import { loadDb } from '../state/store.js';
 import { missingRules } from './reload.js';
@@ -69,6 +70,17 @@ const GUARD_PROBE = `*nat
 COMMIT
 `;
 
+/** Whether the hooks run nftables transactions through libnftables in their own process (an empty one, changing nothing). */
+function inProcessNft(): Check {
+  const name = 'libnftables (nftables rules without running nft)';
+  try {
+    const ok = native().nftRun('', false) !== null;
+    return { name, ok, required: false, detail: ok ? 'libnftables.so.1 loads' : 'libnftables.so.1 cannot be loaded: hooks run the nft program (slower)', ...(ok ? {} : { fix: 'apt-get install libnftables1' }) };
+  } catch (e) {
+    return { name, ok: false, required: false, detail: errorLine(e), fix: "run 'make build' (dist/bin/native.node)" };
+  }
+}
+
 export async function doctor(stateDir: string): Promise<Check[]> {
   const checks: Check[] = [];
   for (const p of PROGRAMS) {
@@ -99,6 +111,7 @@ export async function doctor(stateDir: string): Promise<Check[]> {
       checks.push({ name, ok: r.ok, required: true, detail: r.ok ? 'works' : r.detail, ...(r.ok ? {} : { fix }) });
     }
   }
+  checks.push(inProcessNft());
   const ipvs = existsSync('/proc/net/ip_vs');
   checks.push({
     name: 'kernel: IP_VS (ocinet ipvs on container sandboxes)', ok: ipvs, required: false,

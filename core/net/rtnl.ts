@@ -103,8 +103,12 @@ function message(type: number, flags: number, head: Buffer, attrs: Buffer[] = []
   return b;
 }
 
-/** The index of the link a GETLINK (or NEWLINK) reply describes. */
-export const indexOf = (reply: Buffer): number => readU32(reply, 16 + 4);
+/** The index of the link a GETLINK answer describes. */
+export function indexOf(answer: RtnlAnswer, name: string): number {
+  const reply = answer.replies[0];
+  if (!reply || reply.length < 16 + 16) throw new OcinetError('EKERNEL', `rtnetlink: no description of link ${name} in the kernel's answer`);
+  return readU32(reply, 16 + 4);
+}
 
 /** What the kernel refused, as one line. */
 function refused(what: string, errno: number): OcinetError {

@@ -35,7 +35,7 @@ export function reattachLines(hostVeth: string, bridge: string): string[] {
  */
 export function makeVeth(p: VethPlan): void {
   withSocket(-1, (fd) => {
-    const master = indexOf(talk(fd, [getLink(p.bridge)])[0]!.replies[0]!);
+    const master = indexOf(talk(fd, [getLink(p.bridge)])[0]!, p.bridge);
     const veth = newVeth({ name: p.hostVeth, mac: p.hostMac, mtu: p.mtu, master, peer: p.iface, peerMac: p.mac, nsFd: p.nsFd });
     talk(fd, [{ what: `creating veth ${p.hostVeth} on ${p.bridge} (peer ${p.iface} in the container)`, msg: veth }]);
     try {
@@ -58,7 +58,7 @@ export interface InsideAddress {
 export function configureInside(nsFd: number, iface: string, addrs: InsideAddress[]): void {
   withSocket(nsFd, (fd) => {
     const [, link] = talk(fd, [{ what: 'loopback up in the container', msg: upByName('lo') }, getLink(iface)]);
-    const index = indexOf(link!.replies[0]!);
+    const index = indexOf(link!, iface);
     talk(fd, [
       ...addrs.map((a) => ({ what: `address ${a.ip}/${a.prefix} on ${iface} in the container`, msg: addAddress(index, a) })),
       { what: `${iface} up in the container`, msg: upByIndex(index) },
