@@ -14,6 +14,7 @@
 #include <unistd.h>
 #include <linux/close_range.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 
 napi_value native_fail(napi_env env, const char *what, int err) {
   char msg[256];
@@ -33,6 +34,23 @@ void native_close_all_but(int a, int b) {
     lo = (unsigned)keep[i] + 1;
   }
   syscall(SYS_close_range, lo, ~0U, 0);
+}
+
+/*
+ * Children this process forked and does not wait for: each is reaped here,
+ * without blocking, by a later call (a long `ocinet gc` collects no zombies),
+ * and by whoever inherits it when this process exits. Only our own pids:
+ * libuv waits for the children it spawned by theirs.
+ */
+void native_reap_later(int pid) {
+  static pid_t pending[64];
+  for (size_t i = 0; i < sizeof pending / sizeof pending[0]; i++) {
+    if (pending[i] > 0 && waitpid(pending[i], NULL, WNOHANG) != 0) pending[i] = 0;
+    if (pid > 0 && pending[i] == 0) {
+      pending[i] = pid;
+      pid = 0;
+    }
+  }
 }
 
 NAPI_MODULE_INIT() {

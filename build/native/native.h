@@ -8,6 +8,8 @@
 napi_value native_fail(napi_env env, const char *what, int err);
 /* Closes every descriptor but keep (-1: none); for a forked child before it waits. */
 void native_close_all_but(int keep_a, int keep_b);
+/* Remembers a child not waited for, and reaps those of them that have ended. */
+void native_reap_later(int pid);
 
 napi_value Lock(napi_env env, napi_callback_info info);
 napi_value RtnlSocket(napi_env env, napi_callback_info info);

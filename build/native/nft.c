@@ -23,7 +23,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 #include <linux/netlink.h>
 
@@ -89,7 +88,6 @@ static void hold_until_exit(int fd) {
     return;
   }
   if (child == 0) {
-    if (fork() != 0) _exit(0);
     native_close_all_but(fd, p[0]);
     char c;
     /* EOF when every write end is gone: this process has exited. */
@@ -97,9 +95,8 @@ static void hold_until_exit(int fd) {
     }
     _exit(0);
   }
+  native_reap_later(child); /* it ends after this process: its heir reaps it */
   close(p[0]);
-  while (waitpid(child, NULL, 0) < 0 && errno == EINTR) {
-  }
   /* p[1] stays open (close-on-exec) for the rest of this process's life. */
 }
 

@@ -30,7 +30,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <linux/netlink.h>
@@ -201,8 +200,6 @@ napi_value RtnlDetached(napi_env env, napi_callback_info info) {
     return native_fail(env, "fork", e);
   }
   if (child == 0) {
-    /* Twice, so that the sender is nobody's child here and nobody waits for it. */
-    if (fork() != 0) _exit(0);
     native_close_all_but(s, p[1]);
     struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
     int e = 0;
@@ -226,10 +223,9 @@ napi_value RtnlDetached(napi_env env, napi_callback_info info) {
     (void)w;
     _exit(0);
   }
+  native_reap_later(child);
   close(s);
   close(p[1]);
-  while (waitpid(child, NULL, 0) < 0 && errno == EINTR) {
-  }
   struct timespec t0;
   clock_gettime(CLOCK_MONOTONIC, &t0);
   int32_t result = ETIMEDOUT;
