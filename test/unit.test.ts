@@ -11,6 +11,7 @@ import { bridgeMac, dnatChain, hostVethName, isIfName, shortHash, stateId } from
 import { RestoreScript } from '../core/firewall/iptables/tables.js';
 import { emptyDb, findContainer, loadDb, type Db, type NetworkRecord } from '../core/state/store.js';
 import { parseArgs } from '../hooks/args.js';
+import { addrBytes, defaultRoute, newVeth } from '../core/net/rtnl.js';
 
 const code = (fn: () => unknown): string | undefined => {
   try {
@@ -330,4 +331,24 @@ t.test('state records: checked on load, damaged ones kept by name, prototype ids
   writeFileSync(`${dir}/state.json`, '[]');
   t.equal(code(() => loadDb(dir)), 'EDAMAGED');
   rmSync(dir, { recursive: true, force: true });
+});
+
+t.test('rtnetlink messages as ip builds them', async (t) => {
+  t.equal(addrBytes('10.213.0.2').toString('hex'), '0ad50002');
+  t.equal(addrBytes('2001:db8:9::1').toString('hex'), '20010db8000900000000000000000001');
+  t.equal(addrBytes('fd00::').toString('hex'), 'fd000000000000000000000000000000');
+  t.equal(addrBytes('2001:db8:0:1:2:3:4:5').toString('hex'), '20010db8000000010002000300040005');
+  // `ip route replace default via 10.213.0.1 dev IF` (strace of ip 6.1): rtmsg, then RTA_GATEWAY, RTA_OIF.
+  const route = defaultRoute(7, '10.213.0.1');
+  t.equal(route.readUInt32LE(0), route.length, 'nlmsg_len is the whole message');
+  t.equal(route.readUInt16LE(4), 24, 'RTM_NEWROUTE');
+  t.equal(route.readUInt16LE(6), 0x500, 'NLM_F_CREATE | NLM_F_REPLACE');
+  t.equal(route.subarray(16, 28).toString('hex'), '02000000fe03000100000000', 'rtmsg: inet, main table, proto boot, unicast');
+  t.equal(route.subarray(28).toString('hex'), '080005000ad50001' + '0800040007000000', 'gateway, then the interface');
+  // Every attribute is 4-byte aligned: the veth's message parses back to the lengths it claims.
+  const veth = newVeth({ name: 'ocv0123456789', mac: '02:00:00:00:00:01', mtu: 1500, master: 3, peer: 'eth0', peerMac: '02:00:00:00:00:02', nsFd: 5 });
+  t.equal(veth.readUInt32LE(0), veth.length);
+  const lens: number[] = [];
+  for (let at = 32; at < veth.length; at += (veth.readUInt16LE(at) + 3) & ~3) lens.push(veth.readUInt16LE(at + 2));
+  t.same(lens, [3, 1, 4, 10, 18], 'IFLA_IFNAME, IFLA_ADDRESS, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, in that order');
 });
