@@ -98,14 +98,26 @@ function failed(prog: string, r: Ran): OcinetError {
   return new OcinetError('EEXEC', `${prog}: ${why}`);
 }
 
-function recordCount(t: Target, stateDir: string, n: number): void {
+/** The record's rule count, and in a VM how long a one-entry command ran (the next one's polls start from it). */
+function recordCount(t: Target, stateDir: string, n: number, ranMs?: number): void {
   const rec = loadRecord(stateDir, t);
   rec.ipvsRules = n;
+  // A slow run (a busy host) raises the expectation by a quarter at most, a fast one lowers it at once.
+  if (ranMs !== undefined) rec.ipvsadmMs = Math.round(Math.min(ranMs, (rec.ipvsadmMs ?? Infinity) * 1.25));
   saveRecord(stateDir, rec);
 }
 
 /** Commands that change one entry: their run time does not grow with the table, so the last one's predicts the next. */
 const ONE_ENTRY = new Set<IpvsRule['command']>(['add-service', 'edit-service', 'delete-service', 'add-server', 'edit-server', 'delete-server']);
+
+/** The sandbox's last one-entry run time, if its record has one (a record that does not read gives none here). */
+function lastRunMs(t: Target, stateDir: string): number | undefined {
+  try {
+    return loadRecord(stateDir, t).ipvsadmMs;
+  } catch {
+    return undefined;
+  }
+}
 
 /**
  * One ipvsadm command. Returns ipvsadm's output (the listing for -L). On a VM
@@ -114,9 +126,8 @@ const ONE_ENTRY = new Set<IpvsRule['command']>(['add-service', 'edit-service', '
  */
 export async function ipvsadm(t: Target, rule: IpvsRule, stateDir: string): Promise<string> {
   return withSandboxLock(stateDir, t.key, async () => {
-    // list and --set leave the table as it is; the rest change what it holds, and the record keeps its size.
-    const rec = rule.command !== 'list' && rule.command !== 'set' ? loadRecord(stateDir, t) : undefined;
     const oneEntry = ONE_ENTRY.has(rule.command);
+    const expectMs = t.vm && oneEntry ? lastRunMs(t, stateDir) : undefined;
     const done = await inSandbox(t, async (sb) => {
       // The kernel's count, not only ours: it cannot drift from what is really there.
       let before: number | undefined;
@@ -124,21 +135,17 @@ export async function ipvsadm(t: Target, rule: IpvsRule, stateDir: string): Prom
         before = await sb.count();
         if (before >= MAX_RULES) throw new OcinetError('ECONFLICT', `rule limit ${MAX_RULES} reached: the sandbox has ${before} rules`);
       }
-      const r = await sb.run('ipvsadm', rule.argv, oneEntry && rec?.ipvsadmMs ? { expectMs: rec.ipvsadmMs } : {});
+      const r = await sb.run('ipvsadm', rule.argv, expectMs !== undefined ? { expectMs } : {});
       if (r.code !== 0) throw failed('ipvsadm', r);
-      // An accepted add put exactly one entry into the table counted just before (under
+      // list and --set leave the table as it is; the rest change what it holds. An
+      // accepted add put exactly one entry into the table counted just before (under
       // the sandbox's lock) and a clear left none; edits and deletes are counted again.
-      const after = rec === undefined ? undefined : before !== undefined ? before + 1 : rule.command === 'clear' ? 0 : await sb.count();
-      return { out: r.stdout, after, ranMs: r.ranMs };
+      const changed = rule.command !== 'list' && rule.command !== 'set';
+      const after = !changed ? undefined : before !== undefined ? before + 1 : rule.command === 'clear' ? 0 : await sb.count();
+      return { out: r.stdout, after, ranMs: oneEntry ? r.ranMs : undefined };
     });
     // The agent connection is closed by now: the record is the host's alone.
-    if (rec !== undefined && done.after !== undefined) {
-      rec.ipvsRules = done.after;
-      // In a VM, how long this one ran: the next one-entry command's polls start from it. A slow
-      // run (a busy host) raises the expectation by a quarter at most, a fast one lowers it at once.
-      if (oneEntry && done.ranMs !== undefined) rec.ipvsadmMs = Math.round(Math.min(done.ranMs, (rec.ipvsadmMs ?? Infinity) * 1.25));
-      saveRecord(stateDir, rec);
-    }
+    if (done.after !== undefined) recordCount(t, stateDir, done.after, done.ranMs);
     return done.out;
   });
 }
