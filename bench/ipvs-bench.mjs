@@ -10,7 +10,10 @@
 // (spawn to exit, 20 timed back to back, then 20 spaced) against one agent exec of
 // (b); an extra, untimed call goes through a counting proxy on the agent socket, to
 // show what one call asks of the agent (connections, guest-exec, guest-exec-status
-// polls, other requests).
+// polls, other requests). Then, for information, the same calls and raw execs in a
+// second guest whose agent port is a virtconsole (its host end always open to the
+// guest, so an idle qemu-ga does not read it only every 100 ms): what that idle read
+// costs a call.
 // Targets: ocinet/(a) <= 1.1, (b)/ocinet >= 20, one call (back to back) / one exec
 // of (b) <= 2.0. Every timed restore starts in a freshly booted guest (untimed):
 // after a clear the kernel keeps deleted real servers in its dest trash for ~2 min
@@ -162,8 +165,8 @@ function phasesOf(log, total) {
   return { start: ms(c), wake: ms(synced) - ms(c), beforeExec: ms(exec) - ms(synced), exec: ms(exited) - ms(exec), afterExec: ms(closed) - ms(exited), exit: total - ms(closed), total };
 }
 
-async function withAgent(fn) {
-  const a = await agent(QGA);
+async function withAgent(fn, path = QGA) {
+  const a = await agent(path);
   try { return await fn(a); } finally { a.close(); }
 }
 
@@ -235,7 +238,7 @@ async function main() {
     await expectRules(0, 'fresh guest');
   };
 
-  const t = { ocinet: [], direct: [], oneByOneMs: null, cliOneByOneMs: null, cliSpacedMs: null, callAgent: null };
+  const t = { ocinet: [], direct: [], oneByOneMs: null, cliOneByOneMs: null, cliSpacedMs: null, callAgent: null, console: null, nodeStartMs: null, oneByOneEach: [] };
   const tasks = {
     async ocinet() {
       const r = must(await run(CLI, ['ipvs', 'ipvsadm', '--restore', '-', ...SB], { input: FILE }), 'ocinet ipvs ipvsadm --restore');
@@ -269,10 +272,14 @@ async function main() {
   await freshGuest();
   // (b) one ipvsadm per rule through one agent connection (the cheapest way to go rule by rule).
   progress(`(b): ${ONE_BY_ONE} rules one agent exec each`);
+  // Each exec's time too: the client's polls (5, 10, 20, 40 ms apart) see ipvsadm end at
+  // ~35 or ~75 ms after the agent started it, so one exec takes either ~50 or ~90 ms.
   t.oneByOneMs = await withAgent(async (a) => {
     const t0 = performance.now();
     for (const line of LINES.slice(0, ONE_BY_ONE)) {
+      const t1 = performance.now();
       const r = await a.exec('/usr/sbin/ipvsadm', line.split(' '));
+      t.oneByOneEach.push(performance.now() - t1);
       if (r.code !== 0) throw new Error(`ipvsadm ${line} FAILED: ${r.stderr.trim()}`);
     }
     return performance.now() - t0;
@@ -319,7 +326,34 @@ async function main() {
     }
     t.callAgent = calls;
     await clear();
+
+    // Info: the agent on a virtconsole port, one raw exec and one CLI call per service (no
+    // real servers: this guest has no NIC), back to back, as above.
+    progress('a second guest, its agent on a virtconsole port');
+    const CG = join(TMP, 'guest-console');
+    const boot = spawnSync('bash', [join(ROOT, 'build/guest/boot-guest.sh'), CG], { stdio: ['ignore', 'ignore', 'pipe'], timeout: 180_000, env: { ...process.env, OCINET_GUEST_AGENT_PORT: 'console' } });
+    if (boot.status !== 0) throw new Error(`boot-guest.sh (console) FAILED: ${String(boot.stderr).trim().slice(-500)}`);
+    const consolePid = Number(readFileSync(join(CG, 'qemu.pid'), 'utf8'));
+    cleanups.push(async () => { try { process.kill(consolePid, 'SIGKILL'); } catch {} });
+    const CSB = ['--qmp', join(CG, 'qmp.sock'), '--qga', join(CG, 'qga.sock'), '--state-dir', join(TMP, 'state-console')];
+    const rawMs = await withAgent(async (a) => {
+      const t0 = performance.now();
+      for (let i = 0; i < CLI_ONE_BY_ONE; i++) {
+        const r = await a.exec('/usr/sbin/ipvsadm', ['-A', '-t', `10.30.${i >> 8}.${(i & 255) + 1}:80`, '-s', 'rr']);
+        if (r.code !== 0) throw new Error(`ipvsadm in the console guest FAILED: ${r.stderr.trim()}`);
+      }
+      return performance.now() - t0;
+    }, join(CG, 'qga.sock'));
+    let callMs = 0;
+    for (let i = 0; i < CLI_ONE_BY_ONE; i++) {
+      callMs += must(await run(CLI, ['ipvs', 'ipvsadm', '--parameters', `-A -t 10.31.${i >> 8}.${(i & 255) + 1}:80 -s rr`, ...CSB]), 'ocinet ipvs ipvsadm (console guest)').ms;
+    }
+    t.console = { rawPerRule: rawMs / CLI_ONE_BY_ONE, cliPerRule: callMs / CLI_ONE_BY_ONE };
   }
+  // What node's own start costs in this environment (NODE_EXTRA_CA_CERTS, for one, makes it load a CA store).
+  const starts = [];
+  for (let i = 0; i < 7; i++) starts.push(must(await run(process.execPath, ['-e', '0']), 'node -e 0').ms);
+  t.nodeStartMs = starts;
   progress('');
 
   // ---------- figures ----------
@@ -345,7 +379,9 @@ async function main() {
   console.log(`  ${''.padEnd(58)}${'s'.padStart(8)}   runs (s)`);
   console.log(row('ocinet ipvs ipvsadm --restore (whole CLI, median)', oc, t.ocinet.map((x) => (x / 1000).toFixed(2)).join(' ')));
   console.log(row('(a) ipvsadm --restore in the guest, 1 agent exec (median)', direct, t.direct.map((x) => (x / 1000).toFixed(2)).join(' ')));
-  console.log(row(`(b) 1 agent exec per rule (${ONE_BY_ONE} timed, scaled to ${RULES})`, oneByOne, `${perRule.toFixed(1)} ms/rule`));
+  const pct = (xs, p) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(p * xs.length))];
+  const eachSpread = [0.1, 0.5, 0.9].map((p) => pct(t.oneByOneEach, p).toFixed(0)).join('/');
+  console.log(row(`(b) 1 agent exec per rule (${ONE_BY_ONE} timed, scaled to ${RULES})`, oneByOne, `${perRule.toFixed(1)} ms/rule (p10/50/90 ${eachSpread})`));
   if (cliPer !== null) {
     console.log(row(`(info) 1 ocinet ipvs call per rule (${CLI_ONE_BY_ONE} timed, scaled)`, cliPer * RULES, `${cliPer.toFixed(1)} ms/rule`));
     console.log(row(`(info) the same, spaced over qemu-ga's 100 ms idle read`, spacedPer * RULES, `${spacedPer.toFixed(1)} ms/rule = ${(spacedPer / perRule).toFixed(2)} x (b)`));
@@ -357,9 +393,11 @@ async function main() {
     console.log(verdict('ratio 1 ipvsadm call (back to back) / 1 agent exec (b)', checks.callRatio));
     const a = t.callAgent;
     const span = (k) => { const xs = a.map((c) => c[k]); return Math.min(...xs) === Math.max(...xs) ? `${xs[0]}` : `${Math.min(...xs)}-${Math.max(...xs)}`; };
-    console.log(`  one ipvsadm call (an add) asks the agent: ${span('connections')} connection(s), ${span('exec')} guest-exec, ${span('polls')} guest-exec-status polls, ${span('other')} other requests (guest-sync, file reads)`);
+    console.log(`  one ipvsadm call (an add) asks the agent: ${span('connections')} connection(s), ${span('exec')} guest-exec, ${span('polls')} guest-exec-status polls, ${span('other')} other requests (the table's read)`);
     const ph = (k) => median(a.map((c) => c.phases[k])).toFixed(0);
-    console.log(`  where its time goes (ms, median of ${a.length}): start to connect ${ph('start')}, agent wake ${ph('wake')}, to the exec ${ph('beforeExec')}, exec ${ph('exec')}, to close ${ph('afterExec')}, to exit ${ph('exit')}; total ${ph('total')}`);
+    console.log(`  where its time goes (ms, median of ${a.length}): start to connect ${ph('start')} (node -e 0 here: ${median(t.nodeStartMs).toFixed(0)}${process.env.NODE_EXTRA_CA_CERTS ? ', NODE_EXTRA_CA_CERTS set' : ''}), agent wake ${ph('wake')}, to the exec ${ph('beforeExec')}, exec ${ph('exec')}, to close ${ph('afterExec')}, to exit ${ph('exit')}; total ${ph('total')}`);
+    const c = t.console;
+    console.log(`  (info) agent on a virtconsole port, no 100 ms idle read: 1 call ${c.cliPerRule.toFixed(1)} ms, 1 agent exec ${c.rawPerRule.toFixed(1)} ms = ${(c.cliPerRule / c.rawPerRule).toFixed(2)} x`);
   }
 
   await cleanupAll();
@@ -371,8 +409,11 @@ async function main() {
     date: new Date().toISOString(), rules: RULES, rounds: ROUNDS, oneByOneTimed: ONE_BY_ONE, cliOneByOneTimed: CLI_ONE_BY_ONE,
     cpus: cpus().length, node: process.version, loadavg: { start: r2(load0), end: r2(load1) }, seconds,
     ms: { ocinet: r2(oc), direct: r2(direct), oneByOneExtrapolated: r2(oneByOne), oneByOnePerRule: r2(perRule),
+      oneByOneP10P50P90: [0.1, 0.5, 0.9].map((p) => r2(pct(t.oneByOneEach, p))),
       ...(cliPer !== null ? { cliOneByOnePerRule: r2(cliPer), cliSpacedPerRule: r2(spacedPer) } : {}) },
     ...(t.callAgent ? { callAgentRequests: t.callAgent } : {}),
+    ...(t.console ? { consolePort: { cliPerRule: r2(t.console.cliPerRule), rawPerRule: r2(t.console.rawPerRule), ratio: r2(t.console.cliPerRule / t.console.rawPerRule) } } : {}),
+    nodeStartMs: t.nodeStartMs.map(r2),
     checks, samples: { ocinet: t.ocinet.map(r2), direct: t.direct.map(r2) },
   }, null, 1) + '\n');
 }

@@ -3,7 +3,11 @@
 #   boot-guest.sh DIR
 # DIR gets qmp.sock, qga.sock, qemu.pid and console.log. Stop it with
 #   kill "$(cat DIR/qemu.pid)"
-# Env: OCINET_GUEST_DIR (images, default .cache/guest), OCINET_BOOT_TIMEOUT (s, 60).
+# Env: OCINET_GUEST_DIR (images, default .cache/guest), OCINET_BOOT_TIMEOUT (s, 60),
+# OCINET_GUEST_AGENT_PORT: serial (default: a virtio-serial port named
+# org.qemu.guest_agent.0, as libvirt gives the agent) or console (a virtconsole:
+# the guest sees its host end always open, so an idle qemu-ga blocks in poll
+# instead of reading the port every 100 ms; for the bench's comparison).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -14,6 +18,11 @@ mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
 [[ -f $IMG/vmlinuz && -f $IMG/initramfs.cpio.gz ]] || { echo "boot-guest: no guest in $IMG (run build-guest.sh)" >&2; exit 1; }
 rm -f "$DIR/qmp.sock" "$DIR/qga.sock" "$DIR/qemu.pid" "$DIR/console.log"
+case ${OCINET_GUEST_AGENT_PORT:-serial} in
+  serial) port=virtserialport ;;
+  console) port=virtconsole ;;
+  *) echo "boot-guest: OCINET_GUEST_AGENT_PORT is serial or console" >&2; exit 1 ;;
+esac
 
 # TCG only: KVM fails for real kernels on these machines ("failed to set MSR").
 # Machine pc (i440fx): its root bus takes PCI hot-plug, q35's pcie.0 does not.
@@ -24,7 +33,7 @@ qemu-system-x86_64 -machine pc -accel tcg -cpu max -m 512 -smp 1 \
   -append 'console=ttyS0 quiet panic=-1' \
   -qmp "unix:$DIR/qmp.sock,server=on,wait=off" \
   -chardev "socket,path=$DIR/qga.sock,server=on,wait=off,id=qga0" \
-  -device virtio-serial -device virtserialport,chardev=qga0,name=org.qemu.guest_agent.0 \
+  -device virtio-serial -device "$port,chardev=qga0,name=org.qemu.guest_agent.0" \
   -nic none -pidfile "$DIR/qemu.pid" -serial "file:$DIR/console.log"
 
 # Wait for the agent: guest-sync with a fresh id each second (early requests

@@ -128,9 +128,12 @@ while read -r m; do
   insmod "/lib/modules/$m.ko" || echo "ocinet-guest: insmod $m failed"
 done < /lib/modules/order
 ip link set lo up
-# The agent's port: found by name, since there is no udev to make symlinks.
+# The agent's port: found by name, since there is no udev to make symlinks. A guest
+# booted with the agent on a virtconsole (boot-guest.sh OCINET_GUEST_AGENT_PORT=console)
+# has it as /dev/hvc0, a tty: qemu-ga's isa-serial method.
 port=
 for i in $(seq 1 100); do
+  [ -e /dev/hvc0 ] && port=/dev/hvc0 && break
   for n in /sys/class/virtio-ports/*/name; do
     [ -f "$n" ] && [ "$(cat "$n")" = org.qemu.guest_agent.0 ] && port=/dev/$(basename "$(dirname "$n")")
   done
@@ -140,7 +143,8 @@ done
 echo "ocinet-guest: ready, agent on ${port:-none}"
 # init must never exit (kernel panic): keep the agent running.
 while true; do
-  qemu-ga -m virtio-serial -p "${port:-/dev/vport0p1}" -t /run -f /run/qemu-ga.pid
+  if [ "$port" = /dev/hvc0 ]; then method=isa-serial; else method=virtio-serial; fi
+  qemu-ga -m $method -p "${port:-/dev/vport0p1}" -t /run -f /run/qemu-ga.pid
   echo "ocinet-guest: qemu-ga exited $?, restarting"
   sleep 1
 done

@@ -20,6 +20,15 @@ interface Ran {
   code: number;
   stdout: string;
   stderr: string;
+  /** In a guest: how long it ran as the agent's polls saw it (GuestExecResult.ranMs). */
+  ranMs?: number;
+}
+
+interface RunOptions {
+  input?: string;
+  timeoutMs?: number;
+  /** In a guest: an earlier ranMs of the same kind of command (GuestExecOptions.expectMs). */
+  expectMs?: number;
 }
 
 const GUEST_BIN: Record<string, string> = { ipvsadm: '/usr/sbin/ipvsadm', conntrack: '/usr/sbin/conntrack' };
@@ -27,7 +36,7 @@ const NO_IP_VS = 'this kernel has no IP_VS (no /proc/net/ip_vs)';
 
 /** Where one operation's programs run: a container's namespace, or a VM's guest over one agent connection. */
 interface Sandbox {
-  run(prog: 'ipvsadm' | 'conntrack', args: string[], input?: string, timeoutMs?: number): Promise<Ran>;
+  run(prog: 'ipvsadm' | 'conntrack', args: string[], opts?: RunOptions): Promise<Ran>;
   /** Services + real servers in the sandbox's table: /proc/net/ip_vs has 3 header lines. */
   count(): Promise<number>;
 }
@@ -38,9 +47,9 @@ const rulesOfWc = (out: string): number => rulesIn(Number(out.trim().split(/\s+/
 
 function guestSandbox(qga: QgaClient): Sandbox {
   return {
-    async run(prog, args, input, timeoutMs = 120_000) {
-      const r = await qga.exec(GUEST_BIN[prog]!, args, { ...(input !== undefined ? { input } : {}), timeoutMs });
-      return { code: r.exitcode, stdout: r.stdout, stderr: r.stderr };
+    async run(prog, args, { timeoutMs = 120_000, ...opts } = {}) {
+      const r = await qga.exec(GUEST_BIN[prog]!, args, { ...opts, timeoutMs });
+      return { code: r.exitcode, stdout: r.stdout, stderr: r.stderr, ranMs: r.ranMs };
     },
     // Read through the agent, no process in the guest: at 20000 rules too it costs less
     // than `wc -l`, which stays for agents that have the file commands disabled.
@@ -64,7 +73,7 @@ function guestSandbox(qga: QgaClient): Sandbox {
 
 function nsSandbox(t: Target): Sandbox {
   return {
-    async run(prog, args, input, timeoutMs = 120_000) {
+    async run(prog, args, { input, timeoutMs = 120_000 } = {}) {
       if (prog === 'ipvsadm' && !existsSync('/proc/net/ip_vs')) {
         throw new OcinetError('EKERNEL', `${NO_IP_VS}: ipvsadm cannot work in container sandboxes here; load ip_vs or use a VM sandbox`);
       }
@@ -89,10 +98,25 @@ function failed(prog: string, r: Ran): OcinetError {
   return new OcinetError('EEXEC', `${prog}: ${why}`);
 }
 
-function recordCount(t: Target, stateDir: string, n: number): void {
+/** The record's rule count, and in a VM how long a one-entry command ran (the next one's polls start from it). */
+function recordCount(t: Target, stateDir: string, n: number, ranMs?: number): void {
   const rec = loadRecord(stateDir, t);
   rec.ipvsRules = n;
+  // A slow run (a busy host) raises the expectation by a quarter at most, a fast one lowers it at once.
+  if (ranMs !== undefined) rec.ipvsadmMs = Math.round(Math.min(ranMs, (rec.ipvsadmMs ?? Infinity) * 1.25));
   saveRecord(stateDir, rec);
+}
+
+/** Commands that change one entry: their run time does not grow with the table, so the last one's predicts the next. */
+const ONE_ENTRY = new Set<IpvsRule['command']>(['add-service', 'edit-service', 'delete-service', 'add-server', 'edit-server', 'delete-server']);
+
+/** The sandbox's last one-entry run time, if its record has one (a record that does not read gives none here). */
+function lastRunMs(t: Target, stateDir: string): number | undefined {
+  try {
+    return loadRecord(stateDir, t).ipvsadmMs;
+  } catch {
+    return undefined;
+  }
 }
 
 /**
@@ -101,25 +125,29 @@ function recordCount(t: Target, stateDir: string, n: number): void {
  * table's size before it (a file read through the agent, no exec).
  */
 export async function ipvsadm(t: Target, rule: IpvsRule, stateDir: string): Promise<string> {
-  return withSandboxLock(stateDir, t.key, () =>
-    inSandbox(t, async (sb) => {
+  return withSandboxLock(stateDir, t.key, async () => {
+    const oneEntry = ONE_ENTRY.has(rule.command);
+    const expectMs = t.vm && oneEntry ? lastRunMs(t, stateDir) : undefined;
+    const done = await inSandbox(t, async (sb) => {
       // The kernel's count, not only ours: it cannot drift from what is really there.
       let before: number | undefined;
       if (rule.command === 'add-service' || rule.command === 'add-server') {
         before = await sb.count();
         if (before >= MAX_RULES) throw new OcinetError('ECONFLICT', `rule limit ${MAX_RULES} reached: the sandbox has ${before} rules`);
       }
-      const r = await sb.run('ipvsadm', rule.argv);
+      const r = await sb.run('ipvsadm', rule.argv, expectMs !== undefined ? { expectMs } : {});
       if (r.code !== 0) throw failed('ipvsadm', r);
       // list and --set leave the table as it is; the rest change what it holds. An
       // accepted add put exactly one entry into the table counted just before (under
       // the sandbox's lock) and a clear left none; edits and deletes are counted again.
-      if (rule.command !== 'list' && rule.command !== 'set') {
-        recordCount(t, stateDir, before !== undefined ? before + 1 : rule.command === 'clear' ? 0 : await sb.count());
-      }
-      return r.stdout;
-    }),
-  );
+      const changed = rule.command !== 'list' && rule.command !== 'set';
+      const after = !changed ? undefined : before !== undefined ? before + 1 : rule.command === 'clear' ? 0 : await sb.count();
+      return { out: r.stdout, after, ranMs: oneEntry ? r.ranMs : undefined };
+    });
+    // The agent connection is closed by now: the record is the host's alone.
+    if (done.after !== undefined) recordCount(t, stateDir, done.after, done.ranMs);
+    return done.out;
+  });
 }
 
 /** Batch restore: only into an empty table, within the limit, in one exec. */
@@ -131,7 +159,7 @@ export async function ipvsRestore(t: Target, parsed: RestoreSet, stateDir: strin
       // The table was empty: emptying it again undoes the rules that got in before a failure,
       // also when the call itself failed (a timeout, a reply over the agent's cap).
       const undo = (): Promise<unknown> => sb.run('ipvsadm', ['-C']).catch(() => undefined);
-      const r = await sb.run('ipvsadm', ['--restore'], parsed.text, 600_000).catch(async (e: unknown) => {
+      const r = await sb.run('ipvsadm', ['--restore'], { input: parsed.text, timeoutMs: 600_000 }).catch(async (e: unknown) => {
         await undo();
         throw e;
       });

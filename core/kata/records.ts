@@ -41,6 +41,8 @@ export interface SandboxRecord {
   routes: RouteSpec[];
   /** IPVS rules (services + servers) last counted in the sandbox's table. */
   ipvsRules?: number;
+  /** A VM's last one-entry ipvsadm command: ms it ran as the agent's polls saw it (where the next one's polls start). */
+  ipvsadmMs?: number;
 }
 
 // ---- per-sandbox record ----

@@ -18,7 +18,7 @@ import { deleteLink, linkExists } from '../net/bridge.js';
 import { OcinetError } from '../base/errors.js';
 import { outputReason } from '../base/exec.js';
 import { addressOf, type AddedIface, type IfaceInput } from '../input/iface.js';
-import { QgaClient, type GuestExecOptions, type GuestExecResult, type GuestNetworkInterface } from './qga.js';
+import { agentSilent, QgaClient, type GuestExecOptions, type GuestExecResult, type GuestNetworkInterface } from './qga.js';
 import { QmpClient, QmpCommandError, type JsonObject } from './qmp.js';
 import { ensureTap, restoreTap, type TapResult } from '../net/tap.js';
 
@@ -63,22 +63,23 @@ async function openQmp(path: string, timeoutMs = CONNECT_MS): Promise<QmpClient>
   return QmpClient.connect(path, { timeoutMs });
 }
 
-async function openQga(path: string, timeoutMs = CONNECT_MS): Promise<QgaClient> {
+async function openQga(path: string, sync = true, timeoutMs = CONNECT_MS): Promise<QgaClient> {
   try {
-    return await QgaClient.connect(path, { timeoutMs });
+    return await QgaClient.connect(path, { timeoutMs, sync });
   } catch (e) {
     // The socket is there but nobody answers guest-sync: qemu-ga is not
     // running in the guest (or another client holds the channel).
-    if (e instanceof Error && /no reply within/.test(e.message)) {
-      throw new OcinetError('EEXEC', `guest agent at ${path} did not answer within ${timeoutMs} ms (is qemu-ga running in the guest, and no other client connected?)`);
-    }
+    if (e instanceof Error && /no reply within/.test(e.message)) throw agentSilent(path, timeoutMs);
     throw e;
   }
 }
 
-/** One agent connection for everything `fn` asks of the guest (each new one waits for the agent to notice it). */
+/**
+ * One agent connection for everything `fn` asks of the guest (each new one waits for the agent to
+ * notice it). No guest-sync first: `fn`'s first request finds out whether the agent answers.
+ */
 export async function withQga<T>(vm: VmSockets, fn: (qga: QgaClient) => Promise<T>): Promise<T> {
-  const qga = await openQga(vm.qga);
+  const qga = await openQga(vm.qga, false);
   try {
     return await fn(qga);
   } finally {

@@ -1,8 +1,10 @@
 /**
  * qemu-guest-agent client over the host end of its virtio-serial chardev.
  * The agent answers one request at a time, so requests are queued; replies
- * are matched by id and anything else on the channel (stale replies, guest
- * garbage) is dropped. guest-sync with a random id resynchronises.
+ * are matched by ids no earlier client used, and anything else on the channel
+ * (stale replies, guest garbage) is dropped. A 0xFF byte ahead of the first
+ * request resets the agent's parser (a client before may have left half a
+ * request); guest-sync resynchronises on demand.
  * Every operation has a timeout; a closed socket rejects everything pending.
  */
 import type { Socket } from 'node:net';
@@ -14,6 +16,8 @@ const DEFAULT_TIMEOUT_MS = 10_000;
 /** Waits between guest-exec-status polls (see exec). */
 const POLL_MIN_MS = 10;
 const POLL_MAX_MS = 200;
+/** The first poll of a program with an expected run time goes this far into it. */
+const EXPECT_EARLY = 0.9;
 /** The least time a poll's reply is given, however close the deadline. */
 const POLL_REPLY_MS = 1_000;
 /** Bytes asked for per guest-file-read: 1 MiB is ~1.4 MB of base64, well under MAX_LINE. */
@@ -43,6 +47,11 @@ export interface GuestExecOptions {
   /** Bytes of stdout / stderr kept, head and tail (defaults as run()'s). */
   maxStdout?: number;
   maxStderr?: number;
+  /**
+   * How long the program is expected to run, as a ranMs of an earlier run of the same command:
+   * the polls go from just before then, closer together (see exec).
+   */
+  expectMs?: number;
 }
 
 export interface GuestExecResult {
@@ -54,6 +63,8 @@ export interface GuestExecResult {
   /** Bytes cut out of the middle of stdout / stderr (0: whole; -1: cut by the agent itself). */
   stdoutCut: number;
   stderrCut: number;
+  /** ms from the agent's reply to guest-exec to the poll that saw the program ended: at most this long it ran. */
+  ranMs: number;
 }
 
 interface ExecStatus {
@@ -76,6 +87,11 @@ function decoded(b64: string | undefined, max: number, agentCut: boolean | undef
   return { text, cut: agentCut ? -1 : buf.cut };
 }
 
+/** What a client hears when the agent never answers: no qemu-ga in the guest, or QEMU serving another client. */
+export function agentSilent(path: string, ms: number): OcinetError {
+  return new OcinetError('EEXEC', `guest agent at ${path} did not answer within ${ms} ms (is qemu-ga running in the guest, and no other client connected?)`);
+}
+
 /** The agent answered with an error (`errorClass` is its QMP class). */
 export class QgaCommandError extends QemuCommandError {
   constructor(command: string, errorClass: string, desc: string) {
@@ -90,8 +106,13 @@ interface Waiter {
 }
 
 export interface QgaConnectOptions {
-  /** Deadline for connect+sync, and the default per request (ms). */
+  /** Deadline for connect+sync (or the agent's first reply), and the default per request (ms). */
   timeoutMs?: number;
+  /**
+   * false: no guest-sync round trip; the first request finds out whether the agent answers,
+   * within the same deadline. Default true: connect answers for the agent.
+   */
+  sync?: boolean;
 }
 
 export class QgaClient {
@@ -103,13 +124,24 @@ export class QgaClient {
   private queue: Promise<unknown> = Promise.resolve();
   private closedError: OcinetError | null = null;
   private nextId = 1;
+  /** Ids `ocinet-<tag>-<n>`: a reply meant for an earlier client never matches. Only unlike, not secret. */
+  private readonly tag = Math.floor(Math.random() * 2 ** 32).toString(16);
+  /** The 0xFF reset still goes ahead of the next request written. */
+  private resetPending = true;
+  /** Until the agent's first reply, requests wait no later than this (connect's deadline). */
+  private readonly answerBy: number;
+  private heard = false;
 
-  private constructor(sock: Socket, path: string, timeoutMs: number) {
+  private constructor(sock: Socket, path: string, timeoutMs: number, answerBy: number) {
     this.sock = sock;
     this.path = path;
     this.timeoutMs = timeoutMs;
+    this.answerBy = answerBy;
     sock.on('data', (d: Buffer) => {
-      for (const msg of this.reader.push(d)) if (this.waiter?.accept(msg)) this.waiter = null;
+      for (const msg of this.reader.push(d)) {
+        this.heard = true;
+        if (this.waiter?.accept(msg)) this.waiter = null;
+      }
     });
     sock.on('error', (e: NodeJS.ErrnoException) => this.fail(`guest agent connection ${path} lost (${e.code ?? e.message}; QEMU exited?)`));
     sock.on('close', () => this.fail(`guest agent connection ${path} closed (QEMU exited?)`));
@@ -117,13 +149,18 @@ export class QgaClient {
 
   /**
    * Connect and guest-sync. QEMU serves one client per chardev socket: a
-   * second client connects but gets no answer, which shows up as a timeout here.
+   * second client connects but gets no answer, which shows up as a timeout here
+   * (or at the first request, with `sync: false`). An agent on a virtio-serial
+   * port that had no client reads the port only every 100 ms (qemu-ga sleeps
+   * between reads while the host end is closed), so whatever request comes first
+   * waits for that read: without the sync, that is one round trip less a connection.
    */
   static async connect(path: string, opts: QgaConnectOptions = {}): Promise<QgaClient> {
     const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     const deadline = Date.now() + timeoutMs;
     const sock = await connectUnix(path, timeoutMs, 'guest agent');
-    const qga = new QgaClient(sock, path, timeoutMs);
+    const qga = new QgaClient(sock, path, timeoutMs, deadline);
+    if (opts.sync === false) return qga;
     try {
       await qga.sync(Math.max(1, deadline - Date.now()));
     } catch (e) {
@@ -142,11 +179,11 @@ export class QgaClient {
    * guest-sync with a random id; every reply before the matching one is stale.
    */
   sync(timeoutMs: number = this.timeoutMs): Promise<void> {
-    // node:crypto here, not with the bundle: it costs ~2.5 ms of every start and only TAP mode needs it.
-    const id = process.getBuiltinModule('node:crypto').randomInt(1, 2 ** 31);
-    return this.enqueue('guest-sync', timeoutMs, (msg) => msg.return === id, () => {
-      this.sock.write(Buffer.concat([Buffer.from([0xff]), Buffer.from(JSON.stringify({ execute: 'guest-sync', arguments: { id } }) + '\n')]));
-    }).then(() => undefined);
+    // Only unlike earlier ids on the channel, not secret (the guest writes every reply anyway):
+    // no node:crypto, which costs a call ~2.5 ms to load.
+    const id = 1 + Math.floor(Math.random() * (2 ** 31 - 1));
+    this.resetPending = true;
+    return this.enqueue('guest-sync', timeoutMs, (msg) => msg.return === id, () => this.write({ execute: 'guest-sync', arguments: { id } })).then(() => undefined);
   }
 
   async ping(timeoutMs?: number): Promise<void> {
@@ -170,12 +207,18 @@ export class QgaClient {
     // half the time the program has run so far (the agent replies once it has
     // started it), within POLL_MIN_MS..POLL_MAX_MS. A long program is seen at most
     // ~50% late, and the polls grow with the log of its run time: each one costs
-    // the guest CPU (3-4 ms under TCG), taken from the program polled. (A poll at
+    // the guest CPU (1-3 ms under TCG), taken from the program polled. (A poll at
     // once would find nothing: the reply to guest-exec took longer than most
-    // programs that could have ended since.)
+    // programs that could have ended since.) With an expected run time, the
+    // same rule counts from just before it, and the first poll goes there: a
+    // program as fast as last time is seen a few ms late after one or two polls.
+    const expect = opts.expectMs !== undefined && opts.expectMs > 0 ? opts.expectMs : undefined;
+    const from = expect !== undefined ? expect * EXPECT_EARLY : 0;
+    const minGap = expect !== undefined ? Math.min(POLL_MIN_MS, Math.max(2, expect / 16)) : POLL_MIN_MS;
     const started = Date.now();
-    for (let delay = Math.min(POLL_MIN_MS, left()); ; ) {
+    for (let delay = Math.min(Math.max(from, minGap), left()); ; ) {
       await new Promise((r) => setTimeout(r, delay));
+      const sent = Date.now() - started;
       // A poll sent just before the deadline still gets time for its reply.
       const st = await this.execute<ExecStatus>('guest-exec-status', { pid }, Math.max(left(), POLL_REPLY_MS));
       if (st.exited) {
@@ -189,9 +232,10 @@ export class QgaClient {
           stderr: err.text,
           stdoutCut: out.cut,
           stderrCut: err.cut,
+          ranMs: sent,
         };
       }
-      delay = Math.min(POLL_MAX_MS, Math.max(POLL_MIN_MS, (Date.now() - started) / 2));
+      delay = Math.min(POLL_MAX_MS, Math.max(minGap, (Date.now() - started - from) / 2));
       if (Date.now() + delay >= deadline) {
         throw new OcinetError('EEXEC', `guest exec ${path} ${args.join(' ')}: still running after ${timeoutMs} ms (guest pid ${pid})`);
       }
@@ -228,10 +272,8 @@ export class QgaClient {
 
   /** Any agent command; resolves with its `return`, rejects with QgaCommandError on `error`. */
   async execute<T = unknown>(command: string, args?: JsonObject, timeoutMs: number = this.timeoutMs): Promise<T> {
-    const id = `ocinet-${this.nextId++}`;
-    const msg = await this.enqueue(command, timeoutMs, (m) => m.id === id, () => {
-      this.sock.write(JSON.stringify(args ? { execute: command, arguments: args, id } : { execute: command, id }) + '\n');
-    });
+    const id = this.newId();
+    const msg = await this.enqueue(command, timeoutMs, (m) => m.id === id, () => this.write(args ? { execute: command, arguments: args, id } : { execute: command, id }));
     const err = msg.error as { class?: string; desc?: string } | undefined;
     if (err) throw new QgaCommandError(command, err.class ?? 'GenericError', err.desc ?? JSON.stringify(err));
     return msg.return as T; // the caller names the shape of the command's return
@@ -239,11 +281,23 @@ export class QgaClient {
 
   /** Send a request in its turn without waiting for the reply (dropped as it comes): clean-ups only. */
   private post(command: string, args: JsonObject): void {
-    const id = `ocinet-${this.nextId++}`;
+    const id = this.newId();
     const send = (): void => {
-      if (!this.closedError) this.sock.write(JSON.stringify({ execute: command, arguments: args, id }) + '\n');
+      if (!this.closedError) this.write({ execute: command, arguments: args, id });
     };
     this.queue = this.queue.then(send, send);
+  }
+
+  private newId(): string {
+    return `ocinet-${this.tag}-${this.nextId++}`;
+  }
+
+  /** One request line, after the 0xFF parser reset when one is due. */
+  private write(req: JsonObject): void {
+    const line = JSON.stringify(req) + '\n';
+    if (!this.resetPending) return void this.sock.write(line);
+    this.resetPending = false;
+    this.sock.write(Buffer.concat([Buffer.from([0xff]), Buffer.from(line)]));
   }
 
   close(): void {
@@ -259,10 +313,18 @@ export class QgaClient {
       new Promise<JsonObject>((resolve, reject) => {
         if (this.closedError) return reject(this.closedError);
         if (Date.now() >= deadline) return reject(new OcinetError('EEXEC', `guest agent ${command}: no turn within ${timeoutMs} ms`));
-        const timer = setTimeout(() => {
-          this.waiter = null;
-          reject(new OcinetError('EEXEC', `guest agent ${command}: no reply within ${timeoutMs} ms`));
-        }, deadline - Date.now());
+        // An agent that has not answered yet gets connect's deadline, whatever the request;
+        // once it has answered anything, the request's own.
+        let timer: NodeJS.Timeout;
+        const arm = (): void => {
+          const silent = !this.heard && this.answerBy < deadline;
+          timer = setTimeout(() => {
+            if (silent && this.heard) return arm();
+            this.waiter = null;
+            reject(silent ? agentSilent(this.path, this.timeoutMs) : new OcinetError('EEXEC', `guest agent ${command}: no reply within ${timeoutMs} ms`));
+          }, Math.max(0, (silent ? this.answerBy : deadline) - Date.now()));
+        };
+        arm();
         this.waiter = {
           command,
           accept: (m) => {
