@@ -77,7 +77,7 @@ t.test('a request the kernel refuses: one line naming it, nothing left, the cont
   const before = await inNs(a.pid, ['ip', '-o', 'link', 'show']);
   const r = await hook([...NET, '--publish', '8080:80'], state('a', 'creating', a.pid));
   t.equal(r.exitCode, 1);
-  t.match(r.stderr, /^ocinet-hook: rtnetlink: creating veth ocv[0-9a-f]{10} on ocnat0 \(peer eth0 in the container\): EEXIST$/, 'one line: what the kernel refused');
+  t.match(r.stderr, /^ocinet-hook: rtnetlink: creating veth ocv[0-9a-f]{10} on ocnat0 \(peer eth0 in the container\): EEXIST \(file already exists\)$/, 'one line: what the kernel refused');
   t.equal((await inNs(a.pid, ['ip', '-o', 'link', 'show'])).stdout, before.stdout, "the container's links as they were");
   t.same(readDb(dir).containers, {}, 'no record');
   t.equal(await snapshot(dir), baseline, 'nothing left');

@@ -7,7 +7,7 @@
  * them together.
  */
 import { closeSync } from 'node:fs';
-import { getSystemErrorName } from 'node:util';
+import { getSystemErrorMap } from 'node:util';
 import { OcinetError } from '../base/errors.js';
 import { native, type RtnlAnswer } from '../base/native.js';
 
@@ -112,7 +112,14 @@ export function indexOf(answer: RtnlAnswer, name: string): number {
 
 /** What the kernel refused, as one line. */
 function refused(what: string, errno: number): OcinetError {
-  return new OcinetError('EKERNEL', `rtnetlink: ${what}: ${getSystemErrorName(-errno)}`);
+  const [name, text] = getSystemErrorMap().get(-errno) ?? [`errno ${errno}`, ''];
+  return new OcinetError('EKERNEL', `rtnetlink: ${what}: ${name}${text ? ` (${text})` : ''}`);
+}
+
+/** A request, and what it does (for messages). */
+export interface Step {
+  what: string;
+  msg: Buffer;
 }
 
 /** Messages in order on a socket; an error names the first refused. */
@@ -137,12 +144,6 @@ export function withSocket<T>(nsFd: number, fn: (fd: number) => T): T {
   } finally {
     closeSync(fd);
   }
-}
-
-/** Request builders, each with what it does for messages. */
-export interface Step {
-  what: string;
-  msg: Buffer;
 }
 
 export const getLink = (name: string): Step => ({ what: `link ${name}`, msg: message(RTM_GETLINK, 0, ifinfo(), [str(IFLA_IFNAME, name)]) });
@@ -191,7 +192,7 @@ export function defaultRoute(index: number, gateway: string): Buffer {
   return message(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, head, [attr(RTA_GATEWAY, addrBytes(gateway)), int32(RTA_OIF, index)]);
 }
 
-const ENODEV = 19;
+const ENODEV = 19; // Linux's errno numbers, as the kernel answers
 
 const delLink = (name: string): Buffer => message(RTM_DELLINK, 0, ifinfo(), [str(IFLA_IFNAME, name)]);
 
