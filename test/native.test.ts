@@ -5,11 +5,11 @@
 // and leaves nothing; without libnftables the hook runs nft as before.
 import t from 'tap';
 import { execa } from 'execa';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { isolate } from './lib/isolate.js';
 isolate(new URL(import.meta.url).pathname);
-import { cleanup, HOOK, hook, inNs, readDb, ROOT, sandbox, sh, snapshot, state, tempDir, type HookRun, type Sandbox } from './lib/env.js';
+import { cleanup, HOOK, hook, inNs, readDb, ROOT, sandbox, sh, sleep, snapshot, state, tempDir, type HookRun, type Sandbox } from './lib/env.js';
 import { containerMac, hostVethMac, stateId } from '../core/state/names.js';
 
 const dir = tempDir('native');
@@ -31,6 +31,20 @@ const link = async (args: string[], pid?: number): Promise<Link> => {
   const r = pid ? await inNs(pid, cmd) : await sh(cmd[0]!, cmd.slice(1));
   return (JSON.parse(r.stdout) as Link[])[0]!;
 };
+
+/** Live processes (not zombies) running the hook's bundle, in this test's pid namespace. */
+function hookProcesses(): string[] {
+  return readdirSync('/proc')
+    .filter((d) => /^\d+$/.test(d))
+    .flatMap((pid) => {
+      try {
+        const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+        return cmd.includes('ocinet-hook') ? [`${pid}: ${cmd.replace(/\0/g, ' ')}`] : [];
+      } catch {
+        return []; // gone meanwhile
+      }
+    });
+}
 
 async function box(tt: { teardown(fn: () => unknown): void }): Promise<Sandbox> {
   const sb = await sandbox();
@@ -68,6 +82,13 @@ t.test('the veth pair and the container side, as the kernel holds them; teardown
   t.equal((await sh('ip', ['link', 'show', 'dev', out.hostVeth], { reject: false })).exitCode, 1, 'the host side is gone when the hook returns');
   t.equal((await inNs(a.pid, ['ip', 'link', 'show', 'dev', 'eth0'], false)).exitCode, 1, 'and eth0 in the container with it');
   t.equal(await snapshot(dir), baseline, 'nothing left');
+  // The detached helpers (the deletion's sender, the nft socket's holder) end by themselves.
+  let left = hookProcesses();
+  for (let i = 0; i < 100 && left.length; i++) {
+    await sleep(50);
+    left = hookProcesses();
+  }
+  t.same(left, [], "no process of the hook's is left");
 });
 
 t.test('a request the kernel refuses: one line naming it, nothing left, the container untouched', async (t) => {
