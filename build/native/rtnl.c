@@ -106,10 +106,14 @@ static int talk(napi_env env, int s, unsigned char *msg, size_t len, uint32_t se
   static unsigned char buf[RECV_BUF];
   uint32_t count = 0;
   for (;;) {
-    do n = recv(s, buf, sizeof buf, MSG_TRUNC);
+    struct sockaddr_nl from;
+    socklen_t from_len = sizeof from;
+    do n = recvfrom(s, buf, sizeof buf, MSG_TRUNC, (struct sockaddr *)&from, &from_len);
     while (n < 0 && errno == EINTR);
     if (n < 0) return errno;
     if ((size_t)n > sizeof buf) return EMSGSIZE; /* an answer this big is none ocinet asks for */
+    /* Only the kernel answers: a process in the container's namespace may send to this socket too. */
+    if (from_len < sizeof from || from.nl_family != AF_NETLINK || from.nl_pid != 0) continue;
     for (struct nlmsghdr *r = (struct nlmsghdr *)buf; NLMSG_OK(r, (size_t)n); r = NLMSG_NEXT(r, n)) {
       if (r->nlmsg_seq != seq) continue;
       if (r->nlmsg_type == NLMSG_ERROR) {
