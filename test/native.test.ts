@@ -99,6 +99,8 @@ t.test('a request the kernel refuses: one line naming it, nothing left, the cont
   const r = await hook([...NET, '--publish', '8080:80'], state('a', 'creating', a.pid));
   t.equal(r.exitCode, 1);
   t.match(r.stderr, /^ocinet-hook: rtnetlink: creating veth ocv[0-9a-f]{10} on ocnat0 \(peer eth0 in the container\): EEXIST \(file already exists\)$/, 'one line: what the kernel refused');
+  const logged = JSON.parse(readFileSync(join(dir, 'ocinet.log'), 'utf8').trim().split('\n').pop()!) as { ok: boolean; code: string };
+  t.same([logged.ok, logged.code], [false, 'EEXEC'], 'logged as a failed step (EEXEC, CNI code 102), as a failed ip was');
   t.equal((await inNs(a.pid, ['ip', '-o', 'link', 'show'])).stdout, before.stdout, "the container's links as they were");
   t.same(readDb(dir).containers, {}, 'no record');
   t.equal(await snapshot(dir), baseline, 'nothing left');

@@ -5,7 +5,7 @@ export type ErrorCode =
   | 'EEXHAUSTED' // no free address left in the pool
   | 'ENOTFOUND' // container, process or interface not there
   | 'ESELFNS' // pid shares the hook's own network namespace
-  | 'EEXEC' // an external program failed
+  | 'EEXEC' // an external program, or a request to the kernel (rtnetlink, libnftables), failed
   | 'ELOCK' // could not take the state lock in time
   | 'ESTATE' // the state file is unreadable
   | 'EDAMAGED' // the state file cannot be parsed (rebuilt from the kernel's objects)

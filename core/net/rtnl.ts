@@ -106,14 +106,14 @@ function message(type: number, flags: number, head: Buffer, attrs: Buffer[] = []
 /** The index of the link a GETLINK answer describes. */
 export function indexOf(answer: RtnlAnswer, name: string): number {
   const reply = answer.replies[0];
-  if (!reply || reply.length < 16 + 16) throw new OcinetError('EKERNEL', `rtnetlink: no description of link ${name} in the kernel's answer`);
+  if (!reply || reply.length < 16 + 16) throw new OcinetError('EEXEC', `rtnetlink: no description of link ${name} in the kernel's answer`);
   return readU32(reply, 16 + 4);
 }
 
-/** What the kernel refused, as one line. */
+/** What the kernel refused, as one line: a failed step, as a failed `ip` was (EEXEC). */
 function refused(what: string, errno: number): OcinetError {
   const [name, text] = getSystemErrorMap().get(-errno) ?? [`errno ${errno}`, ''];
-  return new OcinetError('EKERNEL', `rtnetlink: ${what}: ${name}${text ? ` (${text})` : ''}`);
+  return new OcinetError('EEXEC', `rtnetlink: ${what}: ${name}${text ? ` (${text})` : ''}`);
 }
 
 /** A request, and what it does (for messages). */
