@@ -1,5 +1,4 @@
-/** A small typed argv parser: `--flag value`, `--flag=value`, repeatable and boolean flags; printSync. */
-import { writeSync } from 'node:fs';
+/** A small typed argv parser: `--flag value`, `--flag=value`, repeatable and boolean flags. */
 import { OcinetError } from '../core/base/errors.js';
 
 export type FlagKind = 'string' | 'list' | 'bool';
@@ -43,21 +42,3 @@ export function parseArgs<T extends object>(argv: readonly string[], spec: FlagS
   return { flags: flags as T, positional };
 }
 
-/**
- * Writes text to stdout (or `fd`) at once, with writeSync: process.stdout would first load Node's
- * stream machinery (and net, for a pipe), ~2.5 ms of a hook run or --version that needs nothing else.
- */
-export function printSync(text: string, fd = 1): void {
-  const buf = Buffer.from(text);
-  for (let off = 0; off < buf.length; ) {
-    try {
-      off += writeSync(fd, buf, off);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') {
-        if (fd === 2) return; // a closed stderr loses a message, never the run
-        throw e;
-      }
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5); // a full non-blocking pipe: wait, do not spin
-    }
-  }
-}

@@ -4,7 +4,8 @@
  */
 import { errorLine, OcinetError } from '../core/base/errors.js';
 import type { Db } from '../core/state/store.js';
-import { parseArgs, printSync, type FlagSpec } from './args.js';
+import { parseArgs, type FlagSpec } from './args.js';
+import { printSync } from './stdio.js';
 import { VERSION } from './version.js';
 
 // Each command loads only what it uses (`ocinet ipvs` does not load netlink,

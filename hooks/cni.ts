@@ -6,8 +6,7 @@
 import { errorLine } from '../core/base/errors.js';
 import { runCni } from '../core/cni/plugin.js';
 import { CniError, CNI_CODE, CNI_CONFIG_MAX_BYTES } from '../core/input/cni.js';
-import { printSync } from './args.js';
-import { readStdin } from './stdin.js';
+import { printSync, readStdin } from './stdio.js';
 import { VERSION } from './version.js';
 
 const USAGE = `usage: CNI_COMMAND=ADD|DEL|CHECK|VERSION|GC|STATUS CNI_CONTAINERID=... CNI_NETNS=... CNI_IFNAME=... ocinet-cni < config.json

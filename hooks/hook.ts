@@ -9,8 +9,8 @@ import { OpLog } from '../core/state/log.js';
 import { ocinetAnnotations, parseState, stageFromStatus } from '../core/input/oci.js';
 import { setupContainer } from '../core/sandbox/container.js';
 import { teardownContainer } from '../core/sandbox/teardown.js';
-import { parseArgs, printSync, type FlagSpec } from './args.js';
-import { readStdin } from './stdin.js';
+import { parseArgs, type FlagSpec } from './args.js';
+import { printSync, readStdin } from './stdio.js';
 import { VERSION } from './version.js';
 
 const FLAGS: FlagSpec = {

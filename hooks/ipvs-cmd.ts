@@ -6,7 +6,8 @@ import { readFileSync } from 'node:fs';
 import { errorLine, OcinetError } from '../core/base/errors.js';
 import { ipvsadm, ipvsCleanup, ipvsRestore } from '../core/kata/ipvs.js';
 import { parseCleanup, parseParameters, parseRestore } from '../core/input/ipvs-rules.js';
-import { parseArgs, printSync, type FlagSpec } from './args.js';
+import { parseArgs, type FlagSpec } from './args.js';
+import { printSync } from './stdio.js';
 import { namedDirectly, SANDBOX_FLAGS, SANDBOX_USAGE, stateDirOf, targetFrom, type SandboxFlags } from './sandbox-flags.js';
 
 const FLAGS: FlagSpec = {
