@@ -12,7 +12,7 @@ import { OcinetError, type ErrorCode } from '../base/errors.js';
 import { check } from '../base/validate.js';
 import { validateCniConfig } from '../generated/validators.js';
 import { parseBackendChoice, type BackendChoice } from '../firewall/backends.js';
-import { isIfName } from '../state/names.js';
+import { isCniContainerId, isIfName } from '../state/names.js';
 import { DEFAULT_STATE_DIR, type PortMapping } from '../state/store.js';
 import { DEFAULTS, resolveStateDir, stateDirFrom } from './config.js';
 import { DEFAULT_POLICY, parseRange } from './policy.js';
@@ -71,8 +71,7 @@ export function parseCniEnv(env: NodeJS.ProcessEnv): CniEnv {
   if (command !== 'ADD' && command !== 'DEL' && command !== 'CHECK') return out;
 
   const id = env.CNI_CONTAINERID ?? '';
-  // The spec's form: an alphanumeric, then alphanumerics, _ . -
-  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,1023}$/.test(id)) throw envError(`CNI_CONTAINERID '${id.slice(0, 64)}' must be an alphanumeric, then letters, digits, _ . - (up to 1024)`);
+  if (!isCniContainerId(id)) throw envError(`CNI_CONTAINERID '${id.slice(0, 64)}' must be an alphanumeric, then letters, digits, _ . - (up to 1024)`);
   out.containerId = id;
   const ifname = env.CNI_IFNAME ?? '';
   if (!isIfName(ifname)) throw envError(`CNI_IFNAME '${ifname.slice(0, 32)}' is not an interface name (a letter, then up to 14 letters, digits, _ . -)`);

@@ -122,3 +122,8 @@ const IFNAME = /^[A-Za-z][A-Za-z0-9_.-]{0,14}$/;
 export function isIfName(s: string): boolean {
   return IFNAME.test(s);
 }
+
+/** A CNI container id as the spec forms it: an alphanumeric, then alphanumerics, _ . - (up to 1024). */
+export function isCniContainerId(s: string): boolean {
+  return /^[A-Za-z0-9][A-Za-z0-9_.-]{0,1023}$/.test(s);
+}

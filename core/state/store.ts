@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { OcinetError } from '../base/errors.js';
 import { isIPv4 } from '../base/cidr.js';
 import { isIPv6Address } from '../base/cidr6.js';
-import { containerTag, dnatChain, GUARD_CHAIN_PREFIX, guardChain, hostVethName, isIfName, stateId } from './names.js';
+import { containerTag, dnatChain, GUARD_CHAIN_PREFIX, guardChain, hostVethName, isCniContainerId, isIfName, stateId } from './names.js';
 import { useStateDir } from './statedir.js';
 
 export type Proto = 'tcp' | 'udp';
@@ -214,7 +214,8 @@ function containerProblem(id: string, c: unknown): string | null {
   if (c.nsPath !== undefined && (typeof c.nsPath !== 'string' || !c.nsPath.startsWith('/'))) return `field 'nsPath' is not an absolute path`;
   if (c.cni !== undefined) {
     const a = c.cni as Record<string, unknown>;
-    if (!isObject(a) || typeof a.network !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9_.-]*\/[A-Za-z][A-Za-z0-9_.-]{0,14}$/.test(id)) return `field 'cni' is not a CNI attachment's`;
+    const [containerId = '', ifname = '', ...more] = id.split('/');
+    if (!isObject(a) || typeof a.network !== 'string' || more.length || !isCniContainerId(containerId) || !isIfName(ifname)) return `field 'cni' is not a CNI attachment's`;
   }
   if (c.mac !== undefined && (typeof c.mac !== 'string' || !MAC.test(c.mac))) return `field 'mac' is not a MAC address`;
   if (c.guard !== undefined && !isGuard(c.guard)) return `field 'guard' is not an ocinet port guard chain`;
