@@ -104,7 +104,7 @@ function message(type: number, flags: number, head: Buffer, attrs: Buffer[] = []
 }
 
 /** The index of the link a GETLINK answer describes. */
-export function indexOf(answer: RtnlAnswer, name: string): number {
+export function linkIndex(answer: RtnlAnswer, name: string): number {
   const reply = answer.replies[0];
   if (!reply || reply.length < 16 + 16) throw new OcinetError('EEXEC', `rtnetlink: no description of link ${name} in the kernel's answer`);
   return readU32(reply, 16 + 4);
@@ -154,6 +154,9 @@ export function newVeth(p: { name: string; mac: string; mtu: number; master: num
   const linkinfo = nest(IFLA_LINKINFO, [str(IFLA_INFO_KIND, 'veth'), nest(IFLA_INFO_DATA, [attr(VETH_INFO_PEER, peer)])]);
   return message(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, ifinfo(0, IFF_UP, IFF_UP), [str(IFLA_IFNAME, p.name), mac(IFLA_ADDRESS, p.mac), int32(IFLA_MTU, p.mtu), int32(IFLA_MASTER, p.master), linkinfo]);
 }
+
+/** `link set NAME master MASTER up`, by name. */
+export const enslave = (name: string, master: number): Buffer => message(RTM_NEWLINK, 0, ifinfo(0, IFF_UP, IFF_UP), [str(IFLA_IFNAME, name), int32(IFLA_MASTER, master)]);
 
 /** `link set NAME type bridge_slave hairpin on`. */
 export const hairpin = (name: string): Buffer =>

@@ -4,7 +4,8 @@
  * netlink message), so a host interface is never renamed or moved. Both
  * sides are made over rtnetlink from the hook's own process (rtnl.ts).
  */
-import { addAddress, defaultRoute, getLink, hairpin, indexOf, newVeth, removeLink, talk, upByIndex, upByName, withSocket } from './rtnl.js';
+import { linkExists } from './bridge.js';
+import { addAddress, defaultRoute, enslave, getLink, hairpin, linkIndex, newVeth, removeLink, talk, upByIndex, upByName, withSocket, type Step } from './rtnl.js';
 
 export interface VethPlan {
   hostVeth: string;
@@ -19,14 +20,10 @@ export interface VethPlan {
   bridge: string;
 }
 
-/** Attach a host veth to the bridge (again, after the bridge was made anew): `ip -batch` lines. */
-export function reattachLines(hostVeth: string, bridge: string): string[] {
-  return [
-    `link set ${hostVeth} master ${bridge} up`,
-    // Hairpin: a container reaching its own published port comes back through its own port.
-    `link set ${hostVeth} type bridge_slave hairpin on`,
-  ];
-}
+const bridgeIndex = (fd: number, bridge: string): number => linkIndex(talk(fd, [getLink(bridge)])[0]!, bridge);
+
+// Hairpin: a container reaching its own published port comes back through its own port.
+const hairpinStep = (name: string): Step => ({ what: `hairpin on ${name}`, msg: hairpin(name) });
 
 /**
  * The pair, its host side up on the bridge with hairpin on. When the pair
@@ -35,12 +32,11 @@ export function reattachLines(hostVeth: string, bridge: string): string[] {
  */
 export function makeVeth(p: VethPlan): void {
   withSocket(-1, (fd) => {
-    const master = indexOf(talk(fd, [getLink(p.bridge)])[0]!, p.bridge);
+    const master = bridgeIndex(fd, p.bridge);
     const veth = newVeth({ name: p.hostVeth, mac: p.hostMac, mtu: p.mtu, master, peer: p.iface, peerMac: p.mac, nsFd: p.nsFd });
     talk(fd, [{ what: `creating veth ${p.hostVeth} on ${p.bridge} (peer ${p.iface} in the container)`, msg: veth }]);
     try {
-      // Hairpin: a container reaching its own published port comes back through its own port.
-      talk(fd, [{ what: `hairpin on ${p.hostVeth}`, msg: hairpin(p.hostVeth) }]);
+      talk(fd, [hairpinStep(p.hostVeth)]);
     } catch (e) {
       removeLink(p.hostVeth);
       throw e;
@@ -58,11 +54,30 @@ export interface InsideAddress {
 export function configureInside(nsFd: number, iface: string, addrs: InsideAddress[]): void {
   withSocket(nsFd, (fd) => {
     const [, link] = talk(fd, [{ what: 'loopback up in the container', msg: upByName('lo') }, getLink(iface)]);
-    const index = indexOf(link!, iface);
+    const index = linkIndex(link!, iface);
     talk(fd, [
       ...addrs.map((a) => ({ what: `address ${a.ip}/${a.prefix} on ${iface} in the container`, msg: addAddress(index, a) })),
       { what: `${iface} up in the container`, msg: upByIndex(index) },
       ...addrs.map((a) => ({ what: `default route via ${a.gateway} in the container`, msg: defaultRoute(index, a.gateway) })),
     ]);
+  });
+}
+
+/**
+ * Running containers' host ends onto their bridge again, after it was made
+ * anew: up, hairpin on. One that went meanwhile is skipped; any other
+ * refusal fails the setup with its reason.
+ */
+export function reattachVeths(hostVeths: string[], bridge: string): void {
+  if (hostVeths.length === 0) return;
+  withSocket(-1, (fd) => {
+    const master = bridgeIndex(fd, bridge);
+    for (const name of hostVeths) {
+      try {
+        talk(fd, [{ what: `${name} onto bridge ${bridge}`, msg: enslave(name, master) }, hairpinStep(name)]);
+      } catch (e) {
+        if (linkExists(name)) throw e;
+      }
+    }
   });
 }

@@ -22,7 +22,7 @@ import { Reclaimer } from './reclaim.js';
 import { loadForChange } from './recover.js';
 import { loadDb, saveDb, type Backend, type ContainerRecord, type Db, type NetworkRecord, type PortMapping } from '../state/store.js';
 import { networkSysctls } from '../net/sysctl.js';
-import { reattachLines } from '../net/veth.js';
+import { reattachVeths } from '../net/veth.js';
 import type { NetworkOptions, SetupRequest } from '../input/request.js';
 
 /** Host links no kata-network add-iface may take: ocinet's bridges and the hook's veth ends. */
@@ -125,7 +125,7 @@ async function ensureNetwork(db: Db, net: NetworkRecord, o: NetworkOptions): Pro
   db.networks[o.bridge] = net;
   if (created && known) {
     const running = Object.values(db.containers).filter((c) => c.bridge === o.bridge && c.mode === 'veth' && c.hostVeth && linkExists(c.hostVeth));
-    await ipBatch(running.flatMap((c) => reattachLines(c.hostVeth!, o.bridge)), true);
+    reattachVeths(running.map((c) => c.hostVeth!), o.bridge);
   }
 }
 
