@@ -9,7 +9,7 @@ import { OcinetError } from '../base/errors.js';
 import { CniError, CNI_CODE, type CniConfig, type CniEnv } from '../input/cni.js';
 import type { SetupRequest } from '../input/request.js';
 import { openNetnsPath, type NetnsHandle } from '../net/netns.js';
-import { setupVeth } from '../sandbox/container.js';
+import { attachVeth, type Attached } from '../sandbox/container.js';
 import { isAlive } from '../sandbox/reclaim.js';
 import { teardownContainer, type TeardownResult } from '../sandbox/teardown.js';
 import type { OpLog } from '../state/log.js';
@@ -43,6 +43,7 @@ function peek(stateDir: string): Db | undefined {
 export async function cniAdd(cfg: CniConfig, env: CniEnv, log?: OpLog): Promise<CniResult> {
   const { id, cni } = attachmentOf(cfg, env);
   const ns = openCniNetns(env.netns!);
+  let attached: Attached;
   try {
     // The same ADD again (a runtime retrying after a timeout): the same result, never a second address.
     const known = made(cfg, id);
@@ -53,15 +54,13 @@ export async function cniAdd(cfg: CniConfig, env: CniEnv, log?: OpLog): Promise<
       ...(cfg.subnet6 ? { subnet6: cfg.subnet6 } : {}), ...(cfg.ip ? { ip: cfg.ip } : {}), ...(cfg.ip6 ? { ip6: cfg.ip6 } : {}),
       ...(cfg.allowSpoofing ? { allowSpoofing: true } : {}),
     };
-    await setupVeth(req, ns, log);
+    attached = await attachVeth(req, ns, log);
   } finally {
     ns.close();
   }
   // The result is the record's, as for a repeated ADD; an attachment whose result cannot be given goes again.
   try {
-    const now = made(cfg, id);
-    if (!now) throw new OcinetError('ESTATE', `attachment ${id} is not in ocinet's state after its setup`);
-    return await attachmentResult(cfg, now.rec, now.net, env.netns!);
+    return await attachmentResult(cfg, attached.rec, attached.net, env.netns!);
   } catch (e) {
     await cniDel(cfg, env, log).catch(() => undefined);
     throw e;

@@ -7,13 +7,13 @@
  * tears down what was recorded (teardown.ts). A VM sandbox goes to vm.ts.
  */
 import { gatewayOf, intToIp, parseSubnet } from '../base/cidr.js';
-import { bigToIp6, gateway6Of, parseSubnet6 } from '../base/cidr6.js';
+import { parseSubnet6 } from '../base/cidr6.js';
 import { OcinetError } from '../base/errors.js';
 import type { OpLog } from '../state/log.js';
 import { containerMac, hostVethMac, hostVethName, stateId } from '../state/names.js';
 import { openContainerNetns, type NetnsHandle } from '../net/netns.js';
 import { Reclaimer } from './reclaim.js';
-import { saveDb, type ContainerRecord, type Db } from '../state/store.js';
+import { saveDb, type ContainerRecord, type Db, type NetworkRecord } from '../state/store.js';
 import { portSysctls } from '../net/sysctl.js';
 import { configureInside, makeVeth, type VethPlan } from '../net/veth.js';
 import type { SetupRequest } from '../input/request.js';
@@ -26,7 +26,8 @@ export async function setupContainer(req: SetupRequest, log?: OpLog): Promise<Se
   // The pid is trusted once, here: everything after goes through ns.path.
   const ns = openContainerNetns(req.pid);
   try {
-    return await setupVeth(req, ns, log);
+    const { rec, net } = await attachVeth(req, ns, log);
+    return resultOf(rec, net.gateway, net.gateway6);
   } finally {
     ns.close();
   }
@@ -42,19 +43,24 @@ function namespaceOwner(db: Db, nsId: string, id: string, reclaim: Reclaimer): C
   }
 }
 
-/** A veth sandbox's network in an opened namespace (the hook's, from a pid; ocinet-cni's, from a path). */
-export async function setupVeth(req: SetupRequest, ns: NetnsHandle, log?: OpLog): Promise<SetupResult> {
+/** What a setup made: the container's record and its network's, as the locked phase wrote them. */
+export interface Attached {
+  rec: ContainerRecord;
+  net: NetworkRecord;
+}
+
+/** A veth sandbox's network in an opened namespace (the hook's; ocinet-cni's, from a path). */
+export async function attachVeth(req: SetupRequest, ns: NetnsHandle, log?: OpLog): Promise<Attached> {
   const sn = parseSubnet(req.subnet);
   const gateway = intToIp(gatewayOf(sn));
   const sn6 = req.subnet6 ? parseSubnet6(req.subnet6) : undefined;
-  const gateway6 = sn6 ? bigToIp6(gateway6Of(sn6)) : undefined;
   log?.step('check');
 
   const sid = stateId(req.stateDir);
   const plan: VethPlan = { hostVeth: hostVethName(req.id, sid), iface: req.iface, mac: containerMac(req.id, sid), hostMac: hostVethMac(req.id, sid), mtu: req.mtu, nsFd: ns.fd, bridge: req.bridge };
   const identity = ns.identity;
 
-  const rec = await decide(req, log, async (db, reclaim) => {
+  const { rec, net } = await decide(req, log, async (db, reclaim): Promise<Attached> => {
     // The lock may have taken a while: the container must still be the process we opened.
     if (!ns.alive()) throw new OcinetError('ENOTFOUND', `${ns.identity.pid ? `process ${ns.identity.pid} exited` : `${ns.what} went away`} while the hook waited for the state lock`);
     assertNew(db, req.id, reclaim);
@@ -78,13 +84,14 @@ export async function setupVeth(req: SetupRequest, ns: NetnsHandle, log?: OpLog)
       };
       db.containers[req.id] = shared;
       saveDb(req.stateDir, db);
-      return shared;
+      return { rec: shared, net: networkOf(db, owner.bridge) };
     }
-    return claim(db, req, sn.prefix, gateway, { mode: 'veth', hostVeth: plan.hostVeth, mac: plan.mac, ...identity }, reclaim);
+    const made = await claim(db, req, sn.prefix, gateway, { mode: 'veth', hostVeth: plan.hostVeth, mac: plan.mac, ...identity }, reclaim);
+    return { rec: made, net: networkOf(db, req.bridge) };
   });
   log?.step('ipam');
-  if (rec.mode === 'shared') return resultOf(rec, gateway, gateway6);
-  const addrs = [{ ip: rec.ip!, prefix: sn.prefix, gateway }, ...(rec.ip6 && sn6 ? [{ ip: rec.ip6, prefix: sn6.prefix, gateway: gateway6! }] : [])];
+  if (rec.mode === 'shared') return { rec, net };
+  const addrs = [{ ip: rec.ip!, prefix: sn.prefix, gateway }, ...(rec.ip6 && sn6 && net.gateway6 ? [{ ip: rec.ip6, prefix: sn6.prefix, gateway: net.gateway6 }] : [])];
 
   try {
     // Firewall rules do not depend on the links: when nft runs as a program, it runs while the links are made.
@@ -104,5 +111,12 @@ export async function setupVeth(req: SetupRequest, ns: NetnsHandle, log?: OpLog)
     await teardownContainer(req.id, req, { bundle: req.bundle }).catch(() => undefined);
     throw e;
   }
-  return resultOf(rec, gateway, gateway6);
+  return { rec, net };
+}
+
+/** The network record a claim made or found (it holds the bridge's gateways). */
+function networkOf(db: Db, bridge: string): NetworkRecord {
+  const net = db.networks[bridge];
+  if (!net) throw new OcinetError('ESTATE', `network ${bridge} is not in ocinet's state after its container was recorded`);
+  return net;
 }
