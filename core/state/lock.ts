@@ -9,8 +9,8 @@
  */
 import { closeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { errorLine, OcinetError } from '../base/errors.js';
-import { native, type Native } from '../base/native.js';
+import { isOcinetError, OcinetError } from '../base/errors.js';
+import { native } from '../base/native.js';
 import { useStateDir } from './statedir.js';
 
 export interface Lock {
@@ -27,16 +27,11 @@ export function lockName(stateDir: string): string {
 }
 
 function tryLock(path: string): number {
-  let n: Native;
   try {
-    n = native();
+    return native().lock(path);
   } catch (e) {
-    throw new OcinetError('ELOCK', errorLine(e));
-  }
-  try {
-    return n.lock(path);
-  } catch (e) {
-    throw new OcinetError('ELOCK', `state lock ${path}: ${(e as Error).message}`);
+    // An addon that does not load says so itself; a failing open or flock is named by its path.
+    throw new OcinetError('ELOCK', isOcinetError(e) ? e.message : `state lock ${path}: ${(e as Error).message}`);
   }
 }
 
