@@ -15,7 +15,7 @@ import { cli, hook, sandbox, sh, snapshot, state, tempDir, type HookRun } from '
 import { fakeAgent, reply } from './lib/fake-agent.js';
 
 const DIR = tempDir('ipvs');
-const guest = bootGuest(DIR, t);
+const guest = bootGuest(DIR, t, join(DIR, 'state'));
 const G = guest.sockets;
 const qemuPid = guest.qemuPid;
 const stateDir = join(DIR, 'state');

@@ -13,7 +13,7 @@ import { bootGuest } from './lib/guest.js';
 import { cli, hook, sh, snapshot, state, tempDir } from './lib/env.js';
 
 const DIR = tempDir('vmsb');
-const guest = bootGuest(DIR, t);
+const guest = bootGuest(DIR, t, join(DIR, 'state'));
 const G = guest.sockets;
 const qemuPid = guest.qemuPid;
 const stateDir = join(DIR, 'state');

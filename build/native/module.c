@@ -2,9 +2,9 @@
  * native.node: what Node cannot do and the hooks need on their start path,
  * without running a program: flock(2) (lock.c), rtnetlink requests in the
  * hook's or a container's namespace (rtnl.c), nftables transactions through
- * libnftables (nft.c). Only N-API (node_api.h from Node's own headers): the
- * binary works with every Node version from 20 on. Built by build/build.mjs
- * with cc.
+ * libnftables (nft.c); and a guest agent connection kept between CLI calls
+ * (agent.c). Only N-API (node_api.h from Node's own headers): the binary
+ * works with every Node version from 20 on. Built by build/build.mjs with cc.
  */
 #define _GNU_SOURCE
 #include "native.h"
@@ -56,6 +56,7 @@ void native_reap_later(int pid) {
 NAPI_MODULE_INIT() {
   const struct { const char *name; napi_callback fn; } fns[] = {
     {"lock", Lock}, {"rtnlSocket", RtnlSocket}, {"rtnlTalk", RtnlTalk}, {"rtnlDetached", RtnlDetached}, {"nftRun", NftRun},
+    {"agentConnect", AgentConnect}, {"agentTake", AgentTake}, {"agentHold", AgentHold},
   };
   for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++) {
     napi_value fn;

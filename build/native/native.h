@@ -16,4 +16,7 @@ napi_value RtnlSocket(napi_env env, napi_callback_info info);
 napi_value RtnlTalk(napi_env env, napi_callback_info info);
 napi_value RtnlDetached(napi_env env, napi_callback_info info);
 napi_value NftRun(napi_env env, napi_callback_info info);
+napi_value AgentConnect(napi_env env, napi_callback_info info);
+napi_value AgentTake(napi_env env, napi_callback_info info);
+napi_value AgentHold(napi_env env, napi_callback_info info);
 #endif

@@ -1,7 +1,8 @@
 /**
  * native.node (build/native/*.c): what Node cannot do and the hooks need on
  * their start path without running a program: flock(2), rtnetlink requests
- * (also inside a container's namespace) and libnftables transactions.
+ * (also inside a container's namespace) and libnftables transactions; and a
+ * guest agent connection passed between calls (SCM_RIGHTS).
  * Loaded once, on first use, from beside the bundle.
  */
 import { fileURLToPath } from 'node:url';
@@ -31,6 +32,12 @@ export interface Native {
   rtnlDetached(message: Buffer, ifname: string, timeoutMs: number): number;
   /** One transaction through libnftables, or null when the library cannot be loaded. */
   nftRun(text: string, detach: boolean): NftAnswer | null;
+  /** A connection to the unix socket at path (close-on-exec), or -errno. */
+  agentConnect(path: string, timeoutMs: number): number;
+  /** [agentFd, leaseFd] lent by the holder at holdPath (closing leaseFd gives it back), or -errno. */
+  agentTake(holdPath: string, agentPath: string, timeoutMs: number): [number, number] | number;
+  /** Hands fd to a detached holder at holdPath for lingerMs after each loan: 0, or an errno. */
+  agentHold(fd: number, holdPath: string, lingerMs: number): number;
 }
 
 // Set by build/build.mjs: bundles load the addon from beside themselves, sources from dist/bin.

@@ -87,9 +87,9 @@ function nsSandbox(t: Target): Sandbox {
   };
 }
 
-/** `fn` with the sandbox: a VM's whole operation shares one agent connection. */
+/** `fn` with the sandbox: a VM's whole operation shares one agent connection (a held one, when t.agent says). */
 function inSandbox<T>(t: Target, fn: (sb: Sandbox) => Promise<T>): Promise<T> {
-  return t.vm ? withQga(t.vm, (qga) => fn(guestSandbox(qga))) : fn(nsSandbox(t));
+  return t.vm ? withQga(t.vm, (qga) => fn(guestSandbox(qga)), t.agent) : fn(nsSandbox(t));
 }
 
 function failed(prog: string, r: Ran): OcinetError {

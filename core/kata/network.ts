@@ -22,13 +22,13 @@ type IpLink = GuestLink;
 type IpRoute = GuestRoute;
 
 async function linksIn(t: Target): Promise<IpLink[]> {
-  if (t.vm) return guestLinks(t.vm);
+  if (t.vm) return guestLinks(t.vm, t.agent);
   const r = await run('nsenter', [`--net=${t.nsPath}`, '--', 'ip', '-j', 'addr', 'show']);
   return JSON.parse(r.stdout || '[]') as IpLink[];
 }
 
 async function routesIn(t: Target): Promise<IpRoute[]> {
-  if (t.vm) return guestRoutes(t.vm);
+  if (t.vm) return guestRoutes(t.vm, t.agent);
   const out: IpRoute[] = [];
   for (const family of ['-4', '-6']) {
     const r = await run('nsenter', [`--net=${t.nsPath}`, '--', 'ip', '-j', family, 'route', 'show', 'table', 'main']);
@@ -43,13 +43,13 @@ function alive(t: Target): boolean {
 
 /** `ip -batch` inside the sandbox: the container's namespace, or the VM's guest through its agent. */
 function batchIn(t: Target, lines: string[]): Promise<void> {
-  return t.vm ? guestIpBatch(t.vm, lines) : ipBatchIn(t.nsPath, lines);
+  return t.vm ? guestIpBatch(t.vm, lines, t.agent) : ipBatchIn(t.nsPath, lines);
 }
 
 /** Best effort: every line tried, failures ignored (cleanup after a failed batch). */
 async function forceBatchIn(t: Target, lines: string[]): Promise<void> {
   if (t.vm) {
-    for (const l of lines) await guestIpBatch(t.vm, [l]).catch(() => undefined);
+    for (const l of lines) await guestIpBatch(t.vm, [l], t.agent).catch(() => undefined);
     return;
   }
   await run('nsenter', [`--net=${t.nsPath}`, '--', 'ip', '-force', '-batch', '-'], { input: lines.join('\n') + '\n', allowFail: true });
@@ -101,7 +101,7 @@ export async function addIface(t: Target, input: IfaceInput, o: AddOptions): Pro
     if (o.bridge && !linkExists(o.bridge)) throw new OcinetError('ENOTFOUND', `bridge '${o.bridge}' does not exist`);
     if (t.vm) {
       // VM: a TAP on the host hot-plugged through QMP, configured in the guest by its agent.
-      const added = await vmAddIface(t.vm, input, o.bridge ? { bridge: o.bridge } : {});
+      const added = await vmAddIface(t.vm, input, { ...(o.bridge && { bridge: o.bridge }), ...(t.agent && { hold: t.agent }) });
       rec.ifaces.push(added);
       saveRecord(o.stateDir, rec);
       return ifaceOutput(added);

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { OcinetError } from '../base/errors.js';
 import { netnsId } from '../net/netns.js';
 import { shortHash } from '../state/names.js';
+import type { AgentHold } from '../vm/agent-hold.js';
 import type { VmSockets } from '../vm/hotplug.js';
 import type { AddedIface, RouteSpec } from '../input/iface.js';
 
@@ -24,6 +25,13 @@ export interface Target {
   vm?: VmSockets;
   containerId?: string;
   pid?: number;
+  /** A VM's agent connection: borrow a held one, and how long to keep this call's (never recorded). */
+  agent?: AgentHold;
+}
+
+/** `t` with its VM's agent connection shared through the holders of `stateDir` (agent-hold.ts). */
+export function sharingAgent(t: Target, stateDir: string, lingerMs = 0): Target {
+  return t.vm ? { ...t, agent: { stateDir, key: t.key, lingerMs } } : t;
 }
 
 export function vmTarget(vm: VmSockets, containerId?: string): Target {

@@ -6,6 +6,7 @@
  */
 import { bridgeHasSubnetRoute, createdByOcinet, deleteLink, ensureBridge, linkExists } from '../net/bridge.js';
 import { targetOf } from './objects.js';
+import { sharingAgent } from '../kata/records.js';
 import { errorLine, isOcinetError, OcinetError } from '../base/errors.js';
 import { allocate, allocate6 } from '../state/ipam.js';
 import { bigToIp6, gateway6Of, parseSubnet6 } from '../base/cidr6.js';
@@ -143,8 +144,9 @@ export async function claim(db: Db, req: SetupRequest, prefix: number, gateway: 
 
 /** The annotations' extra interfaces, routes and IPVS rules, once the main NIC is up (both modes). */
 export async function addExtras(rec: ContainerRecord, req: SetupRequest, nsPath?: string): Promise<void> {
-  const t = targetOf(rec, nsPath);
-  if (!t) return;
+  const found = targetOf(rec, nsPath);
+  if (!found) return;
+  const t = sharingAgent(found, req.stateDir);
   // Annotations' interfaces: the policy decides which host devices they may take or make.
   const policy = req.policy ?? DEFAULT_POLICY;
   for (const i of req.interfaces ?? []) await addIface(t, i, { stateDir: req.stateDir, reserved: reservedLink(req.stateDir), policy });

@@ -8,7 +8,7 @@ import { errorLine } from '../base/errors.js';
 import { byBackend } from '../firewall/backends.js';
 import { ipvsadm } from '../kata/ipvs.js';
 import { parseParameters } from '../input/ipvs-rules.js';
-import { loadRecord, targetKey, vmTarget, type Target } from '../kata/records.js';
+import { loadRecord, sharingAgent, targetKey, vmTarget, type Target } from '../kata/records.js';
 import { releaseSandbox } from '../kata/network.js';
 import { type AddedIface } from '../input/iface.js';
 import { stateId, vmMac } from '../state/names.js';
@@ -75,8 +75,9 @@ export interface RemoveOptions {
 export async function removeObjects(rec: ContainerRecord, o: RemoveOptions): Promise<string | undefined> {
   if (rec.mode === 'shared') return undefined;
   let extrasError: string | undefined;
-  const t = targetOf(rec);
-  if (t) {
+  const found = targetOf(rec);
+  if (found) {
+    const t = sharingAgent(found, o.stateDir);
     // A VM outlives its network: take back the IPVS rules given to it.
     if (t.vm && o.vmAlive && loadRecord(o.stateDir, t).ipvsRules) {
       await ipvsadm(t, parseParameters('--clear'), o.stateDir).catch(() => undefined);

@@ -18,6 +18,7 @@ import { deleteLink, linkExists } from '../net/bridge.js';
 import { OcinetError } from '../base/errors.js';
 import { outputReason } from '../base/exec.js';
 import { addressOf, type AddedIface, type IfaceInput } from '../input/iface.js';
+import type { AgentHold } from './agent-hold.js';
 import { agentSilent, QgaClient, type GuestExecOptions, type GuestExecResult, type GuestNetworkInterface } from './qga.js';
 import { QmpClient, QmpCommandError, type JsonObject } from './qmp.js';
 import { ensureTap, restoreTap, type TapResult } from '../net/tap.js';
@@ -32,6 +33,8 @@ export interface VmAddOptions {
   bridge?: string;
   /** How long the guest may take to show the new NIC (ms, default 30 s). */
   timeoutMs?: number;
+  /** The agent connection shared between calls (agent-hold.ts). */
+  hold?: AgentHold;
 }
 
 /** What vmAddIface did, beyond AddedIface, so vmDelIface undoes exactly that. */
@@ -63,9 +66,9 @@ async function openQmp(path: string, timeoutMs = CONNECT_MS): Promise<QmpClient>
   return QmpClient.connect(path, { timeoutMs });
 }
 
-async function openQga(path: string, sync = true, timeoutMs = CONNECT_MS): Promise<QgaClient> {
+async function openQga(path: string, sync = true, timeoutMs = CONNECT_MS, hold?: AgentHold): Promise<QgaClient> {
   try {
-    return await QgaClient.connect(path, { timeoutMs, sync });
+    return await QgaClient.connect(path, { timeoutMs, sync, ...(hold && { hold }) });
   } catch (e) {
     // The socket is there but nobody answers guest-sync: qemu-ga is not
     // running in the guest (or another client holds the channel).
@@ -76,10 +79,11 @@ async function openQga(path: string, sync = true, timeoutMs = CONNECT_MS): Promi
 
 /**
  * One agent connection for everything `fn` asks of the guest (each new one waits for the agent to
- * notice it). No guest-sync first: `fn`'s first request finds out whether the agent answers.
+ * notice it; `hold` borrows a held one and keeps this one after). No guest-sync first: `fn`'s first
+ * request finds out whether the agent answers.
  */
-export async function withQga<T>(vm: VmSockets, fn: (qga: QgaClient) => Promise<T>): Promise<T> {
-  const qga = await openQga(vm.qga, false);
+export async function withQga<T>(vm: VmSockets, fn: (qga: QgaClient) => Promise<T>, hold?: AgentHold): Promise<T> {
+  const qga = await openQga(vm.qga, false, CONNECT_MS, hold);
   try {
     return await fn(qga);
   } finally {
@@ -251,7 +255,7 @@ export async function vmAddIface(vm: VmSockets, input: IfaceInput, o: VmAddOptio
   const qmp = await openQmp(vm.qmp);
   let qga: QgaClient;
   try {
-    qga = await openQga(vm.qga);
+    qga = await openQga(vm.qga, true, CONNECT_MS, o.hold);
   } catch (e) {
     qmp.close();
     throw e;
@@ -385,24 +389,24 @@ export interface GuestRoute {
 }
 
 /** `ip -j addr show` in the guest. */
-export async function guestLinks(vm: VmSockets): Promise<GuestLink[]> {
-  const out = await withQga(vm, (qga) => guestIp(qga, ['-j', 'addr', 'show']));
+export async function guestLinks(vm: VmSockets, hold?: AgentHold): Promise<GuestLink[]> {
+  const out = await withQga(vm, (qga) => guestIp(qga, ['-j', 'addr', 'show']), hold);
   return JSON.parse(out || '[]') as GuestLink[];
 }
 
 /** `ip -j route show table main` in the guest, IPv4 then IPv6. */
-export async function guestRoutes(vm: VmSockets): Promise<GuestRoute[]> {
+export async function guestRoutes(vm: VmSockets, hold?: AgentHold): Promise<GuestRoute[]> {
   return withQga(vm, async (qga) => {
     const out: GuestRoute[] = [];
     for (const family of ['-4', '-6']) out.push(...(JSON.parse((await guestIp(qga, ['-j', family, 'route', 'show', 'table', 'main'])) || '[]') as GuestRoute[]));
     return out;
-  });
+  }, hold);
 }
 
 /** `ip -batch -` in the guest with these lines; EEXEC with ip's stderr when a line fails. */
-export async function guestIpBatch(vm: VmSockets, lines: string[]): Promise<void> {
+export async function guestIpBatch(vm: VmSockets, lines: string[], hold?: AgentHold): Promise<void> {
   if (lines.length === 0) return;
-  await withQga(vm, (qga) => guestIp(qga, ['-batch', '-'], lines.join('\n') + '\n'));
+  await withQga(vm, (qga) => guestIp(qga, ['-batch', '-'], lines.join('\n') + '\n'), hold);
 }
 
 /** QEMU answers query-status on its QMP socket within ~2 s. */
@@ -428,7 +432,8 @@ export async function guestRun(
   vm: VmSockets,
   path: string,
   args: string[],
-  o: Pick<GuestExecOptions, 'input' | 'timeoutMs' | 'maxStdout' | 'maxStderr'> = {},
+  o: Pick<GuestExecOptions, 'input' | 'timeoutMs' | 'maxStdout' | 'maxStderr'> & { hold?: AgentHold } = {},
 ): Promise<GuestExecResult> {
-  return withQga(vm, (qga) => qga.exec(path, args, { ...o, timeoutMs: o.timeoutMs ?? GUEST_EXEC_MS }));
+  const { hold, ...exec } = o;
+  return withQga(vm, (qga) => qga.exec(path, args, { ...exec, timeoutMs: exec.timeoutMs ?? GUEST_EXEC_MS }), hold);
 }

@@ -10,7 +10,8 @@
 import type { Socket } from 'node:net';
 import { OcinetError } from '../base/errors.js';
 import { HeadTail, MAX_STDERR, MAX_STDOUT } from '../base/exec.js';
-import { connectUnix, JsonLineReader, MAX_LINE, QemuCommandError, type JsonObject } from './qmp.js';
+import { openAgentLink, type AgentHold, type AgentLink } from './agent-hold.js';
+import { JsonLineReader, MAX_LINE, QemuCommandError, type JsonObject } from './qmp.js';
 
 const DEFAULT_TIMEOUT_MS = 10_000;
 /** Waits between guest-exec-status polls (see exec). */
@@ -113,10 +114,13 @@ export interface QgaConnectOptions {
    * within the same deadline. Default true: connect answers for the agent.
    */
   sync?: boolean;
+  /** Borrow a held connection, and hand this one to a holder after (agent-hold.ts). */
+  hold?: AgentHold;
 }
 
 export class QgaClient {
   readonly path: string;
+  private readonly link: AgentLink;
   private readonly sock: Socket;
   private readonly timeoutMs: number;
   private readonly reader = new JsonLineReader(MAX_LINE, () => this.dropped());
@@ -132,7 +136,9 @@ export class QgaClient {
   private readonly answerBy: number;
   private heard = false;
 
-  private constructor(sock: Socket, path: string, timeoutMs: number, answerBy: number) {
+  private constructor(link: AgentLink, path: string, timeoutMs: number, answerBy: number) {
+    const sock = link.sock;
+    this.link = link;
     this.sock = sock;
     this.path = path;
     this.timeoutMs = timeoutMs;
@@ -154,12 +160,12 @@ export class QgaClient {
    * port that had no client reads the port only every 100 ms (qemu-ga sleeps
    * between reads while the host end is closed), so whatever request comes first
    * waits for that read: without the sync, that is one round trip less a connection.
+   * A connection held from an earlier call (`hold`) has no such wait.
    */
   static async connect(path: string, opts: QgaConnectOptions = {}): Promise<QgaClient> {
     const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     const deadline = Date.now() + timeoutMs;
-    const sock = await connectUnix(path, timeoutMs, 'guest agent');
-    const qga = new QgaClient(sock, path, timeoutMs, deadline);
+    const qga = new QgaClient(openAgentLink(path, timeoutMs, opts.hold), path, timeoutMs, deadline);
     if (opts.sync === false) return qga;
     try {
       await qga.sync(Math.max(1, deadline - Date.now()));
@@ -300,9 +306,16 @@ export class QgaClient {
     this.sock.write(Buffer.concat([Buffer.from([0xff]), Buffer.from(line)]));
   }
 
+  /** True when a lent connection was used. */
+  get borrowed(): boolean {
+    return this.link.borrowed;
+  }
+
   close(): void {
+    // Worth keeping: the agent answered on it and nothing is left waiting for a reply.
+    const reusable = this.heard && !this.closedError && this.waiter === null;
     this.fail(`guest agent connection ${this.path} closed by us`);
-    this.sock.destroy();
+    this.link.end(reusable);
   }
 
   /** One request at a time: send, then wait for the first message `match` accepts. */

@@ -94,11 +94,22 @@ export function connectUnix(path: string, timeoutMs: number, what: string): Prom
     });
     sock.once('error', (e: NodeJS.ErrnoException) => {
       clearTimeout(timer);
-      const hint =
-        e.code === 'ENOENT' ? 'no such socket (is QEMU running?)' : e.code === 'ECONNREFUSED' ? 'refused (QEMU gone?)' : e.message;
-      reject(new OcinetError('EEXEC', `${what} socket ${path}: ${hint}`));
+      reject(connectFailure(what, path, e.code ?? e.message, timeoutMs));
     });
   });
+}
+
+/** A failed connect to a QEMU socket, by its errno name (callers test this wording: hotplug's qemuGone). */
+export function connectFailure(what: string, path: string, code: string, timeoutMs: number): OcinetError {
+  const hint =
+    code === 'ENOENT'
+      ? 'no such socket (is QEMU running?)'
+      : code === 'ECONNREFUSED'
+        ? 'refused (QEMU gone?)'
+        : code === 'ETIMEDOUT'
+          ? `no connection within ${timeoutMs} ms`
+          : code;
+  return new OcinetError('EEXEC', `${what} socket ${path}: ${hint}`);
 }
 
 export interface QmpGreeting {

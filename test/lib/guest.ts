@@ -2,6 +2,7 @@
 import { spawnSync } from 'node:child_process';
 import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
+import { sharingAgent, vmTarget } from '../../core/kata/records.js';
 import { guestRun, type VmSockets } from '../../core/vm/hotplug.js';
 import { ROOT } from './env.js';
 
@@ -15,8 +16,11 @@ export interface Guest {
   exec(path: string, args: string[], timeoutMs?: number): Promise<{ exitcode: number; stdout: string; stderr: string }>;
 }
 
-/** Boots the guest under `dir`; at the test's end QEMU is killed and `dir` removed. */
-export function bootGuest(dir: string, t: { teardown(fn: () => void): void }): Guest {
+/**
+ * Boots the guest under `dir`; at the test's end QEMU is killed and `dir` removed. With the
+ * state dir the test's `ocinet` calls use, exec borrows the agent connection they keep.
+ */
+export function bootGuest(dir: string, t: { teardown(fn: () => void): void }, stateDir?: string): Guest {
   const g = join(dir, 'guest');
   const r = spawnSync('bash', [join(ROOT, 'build/guest/boot-guest.sh'), g], { stdio: ['ignore', 'ignore', 'pipe'], timeout: 120_000 });
   const sockets = { qmp: join(g, 'qmp.sock'), qga: join(g, 'qga.sock') };
@@ -37,6 +41,9 @@ export function bootGuest(dir: string, t: { teardown(fn: () => void): void }): G
     boot: { status: r.status, stderr: String(r.stderr) },
     qemuPid,
     kill,
-    exec: (path, args, timeoutMs = 20_000) => guestRun(sockets, path, args, { timeoutMs }),
+    exec: (path, args, timeoutMs = 20_000) => {
+      const hold = stateDir ? sharingAgent(vmTarget(sockets), stateDir).agent : undefined;
+      return guestRun(sockets, path, args, { timeoutMs, ...(hold && { hold }) });
+    },
   };
 }
