@@ -9,9 +9,12 @@ import { isolate } from './lib/isolate.js';
 isolate(new URL(import.meta.url).pathname);
 import { join } from 'node:path';
 import { guestLinks } from '../core/vm/hotplug.js';
-import { readdirSync, readFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { chmodSync, existsSync, linkSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import net from 'node:net';
+import { vmTarget } from '../core/kata/records.js';
 import { bootGuest } from './lib/guest.js';
-import { cli, hook, sandbox, sh, snapshot, state, tempDir, type HookRun } from './lib/env.js';
+import { CLI, cli, hook, sandbox, sh, sleep, snapshot, state, tempDir, type HookRun } from './lib/env.js';
 import { fakeAgent, reply } from './lib/fake-agent.js';
 
 const DIR = tempDir('ipvs');
@@ -451,4 +454,175 @@ t.test('the hook: a bad io.ocinet.ipvs fails the start, nothing left', async (t)
     t.equal(await snapshot(stateDir), before, `${what}: nothing left on the host`);
   }
   await sh('ip', ['link', 'del', BRIDGE]);
+});
+
+// ---- the agent connection kept between calls (--agent-hold; core/vm/agent-hold.ts) ----
+// These go last: the final one kills QEMU.
+
+const holdFile = join(stateDir, 'agent', `${vmTarget(G).key}.sock`);
+
+/** QEMU's end of each connection it accepted on the agent socket (inodes). */
+async function agentConns(): Promise<string[]> {
+  const out = (await sh('ss', ['-xHn', 'src', G.qga])).stdout;
+  return out.split('\n').filter((l) => / ESTAB /.test(l)).map((l) => l.trim().split(/\s+/)[5]!);
+}
+
+/** The process listening on the hold socket. */
+async function holderPid(): Promise<number | undefined> {
+  const m = /pid=(\d+)/.exec((await sh('ss', ['-xlHnp', 'src', holdFile])).stdout);
+  return m ? Number(m[1]) : undefined;
+}
+
+/** Waits (up to 10 s) until no holder is left: its socket file gone, no connection to QEMU. */
+async function holderGone(): Promise<boolean> {
+  for (let i = 0; i < 200; i++) {
+    if (!existsSync(holdFile) && (await holderPid()) === undefined && (await agentConns()).length === 0) return true;
+    await sleep(50);
+  }
+  return false;
+}
+
+const HOLD = (ms: number): string[] => [...VM, '--agent-hold', String(ms)];
+
+t.test('a call keeps its agent connection for the next; the next borrows it; it closes after the linger', async (t) => {
+  t.ok(await holderGone(), 'no holder to start with');
+  const first = await ipvs('-A -t 10.20.0.1:80 -s rr');
+  t.equal(first.exitCode, 0, first.stderr);
+  t.equal(statSync(holdFile).mode & 0o777, 0o600, 'the hold socket is 0600');
+  t.equal(statSync(join(stateDir, 'agent')).mode & 0o777, 0o700, 'in a 0700 dir of the state dir');
+  const conns = await agentConns();
+  t.equal(conns.length, 1, 'one connection to QEMU stays open');
+  const pid = await holderPid();
+  t.ok(pid, 'a holder listens');
+  const second = await ipvs('-A -t 10.20.0.2:80 -s rr');
+  t.equal(second.exitCode, 0, second.stderr);
+  t.same(await agentConns(), conns, 'the second call used the same connection');
+  t.equal(await holderPid(), pid, 'and the same holder');
+  t.match(await guestService('10.20.0.2:80'), /TCP {2}10\.20\.0\.2:80 rr/, 'its rule is in the guest');
+  t.ok(await holderGone(), 'after the linger (500 ms by default): no holder, no file, no connection');
+  const cleared = await ipvs('--clear', HOLD(0));
+  t.equal(cleared.exitCode, 0, cleared.stderr);
+});
+
+t.test('--agent-hold 0 keeps nothing; a bad --agent-hold is one line and changes nothing', async (t) => {
+  const r = await ipvs('-A -t 10.20.0.3:80 -s rr', HOLD(0));
+  t.equal(r.exitCode, 0, r.stderr);
+  t.notOk(existsSync(holdFile), 'no hold socket');
+  t.ok(await holderGone(), 'no connection left');
+  for (const bad of ['-1', '1.5', 'abc', '60001', '', '0x10']) {
+    const b = await ipvs('-A -t 10.20.0.4:80 -s rr', HOLD(0).slice(0, -1).concat(bad));
+    t.equal(b.exitCode, 1, `--agent-hold '${bad}' refused`);
+    t.match(b.stderr, /--agent-hold takes whole milliseconds from 0 to 60000/, `--agent-hold '${bad}': says what it takes`);
+    t.equal(b.stderr.trim().split('\n').length, 1, `--agent-hold '${bad}': one line`);
+  }
+  t.equal(await guestRules(), 1, 'no rule was added by a refused call');
+  t.notOk(existsSync(holdFile), 'and no holder made');
+  await ipvs('--clear', HOLD(0));
+});
+
+t.test('a client that is not ocinet waits for the held connection and is served once the holder lets go', async (t) => {
+  const r = await ipvs('-A -t 10.20.0.5:80 -s rr', HOLD(1500));
+  t.equal(r.exitCode, 0, r.stderr);
+  t.ok(existsSync(holdFile), 'held');
+  const sock = net.connect(G.qga);
+  const id = 4242;
+  const answer = new Promise<boolean>((resolve) => {
+    let buf = '';
+    sock.on('data', (d) => {
+      buf += d.toString('latin1');
+      // QEMU passes our bytes on only once it serves us: by then the holder has let go of its file.
+      if (buf.includes(`"return": ${id}`)) resolve(!existsSync(holdFile));
+    });
+    sock.on('error', () => resolve(false));
+    setTimeout(() => resolve(false), 15_000);
+  });
+  sock.write(`\xff${JSON.stringify({ execute: 'guest-sync', arguments: { id } })}\n`, 'latin1');
+  t.ok(await answer, 'the other client is answered, after the holder went');
+  sock.destroy();
+  t.ok(await holderGone());
+  await ipvs('--clear', HOLD(0));
+});
+
+t.test('a borrower killed mid-call, a holder killed: the next call works', async (t) => {
+  const r = await ipvs('-A -t 10.20.1.1:80 -s rr', HOLD(20_000));
+  t.equal(r.exitCode, 0, r.stderr);
+  const pid = await holderPid();
+  t.ok(pid, 'held');
+  for (const [i, ms] of [20, 60, 100, 140].entries()) {
+    const p = spawn(CLI, ['ipvs', 'ipvsadm', '--parameters', `-A -t 10.20.2.${i + 1}:80 -s rr`, ...HOLD(20_000)], { stdio: 'ignore' });
+    await sleep(ms);
+    p.kill('SIGKILL');
+    await new Promise((res) => p.once('exit', res));
+    const next = await ipvs(`-A -t 10.20.3.${i + 1}:80 -s rr`, HOLD(20_000));
+    t.equal(next.exitCode, 0, `a call killed after ${ms} ms: the next one works (${next.stderr.trim()})`);
+    t.match(await guestService(`10.20.3.${i + 1}:80`), /rr/, 'its rule is in the guest');
+  }
+  t.equal(await holderPid(), pid, 'the holder outlived its borrowers');
+  process.kill(pid!, 'SIGKILL');
+  await sleep(100);
+  t.ok(existsSync(holdFile), 'a killed holder leaves its socket file');
+  const after = await ipvs('-A -t 10.20.4.1:80 -s rr', HOLD(20_000));
+  t.equal(after.exitCode, 0, `the next call connects itself: ${after.stderr}`);
+  const again = await holderPid();
+  t.ok(again && again !== pid, 'and a new holder took the place of the dead one');
+  t.match(await guestService('10.20.4.1:80'), /rr/);
+  process.kill(again!, 'SIGTERM');
+  t.ok(await holderGone(), 'a holder stopped with SIGTERM leaves nothing');
+  await ipvs('--clear', HOLD(0));
+});
+
+t.test('only the holder\'s own user may borrow; a connection to another agent is not lent', async (t) => {
+  const r = await ipvs('-A -t 10.20.5.1:80 -s rr', HOLD(20_000));
+  t.equal(r.exitCode, 0, r.stderr);
+  const pid = await holderPid();
+  // A hard link of the hold socket where nobody can reach it: the holder's own check, not the dirs', is tried.
+  const open = join(DIR, 'open');
+  mkdirSync(open, { mode: 0o755 });
+  chmodSync(DIR, 0o711);
+  const link = join(open, 'hold.sock');
+  linkSync(holdFile, link);
+  chmodSync(link, 0o666);
+  const script = `const s = require('net').connect(${JSON.stringify(link)}); let n = 0; s.on('data', (d) => (n += d.length)); s.on('close', () => console.log('bytes ' + n)); s.on('error', (e) => console.log('error ' + e.code));`;
+  const nobody = spawnSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', process.execPath, '-e', script], { env: { PATH: process.env.PATH }, encoding: 'utf8' });
+  chmodSync(holdFile, 0o600);
+  rmSync(open, { recursive: true });
+  chmodSync(DIR, 0o700);
+  t.equal(nobody.stdout.trim(), 'bytes 0', `another user gets nothing and is let go (${nobody.stderr.trim()})`);
+  t.equal(await holderPid(), pid, 'the holder goes on');
+  const next = await ipvs('-A -t 10.20.5.2:80 -s rr', HOLD(20_000));
+  t.equal(next.exitCode, 0, next.stderr);
+  const conns = await agentConns();
+
+  // The same --qmp with another --qga (the hold is found by the sandbox's key): the held
+  // connection is QEMU's agent, not this one, so the call connects to this one itself.
+  const other = join(DIR, 'other-qga.sock');
+  const agent = fakeAgent(other, (c, msg) => {
+    if (msg.execute === 'guest-exec') reply(c, { return: { pid: 9 }, id: msg.id });
+    else if (msg.execute === 'guest-exec-status') reply(c, { return: { exited: true, exitcode: 0, 'out-data': Buffer.from('listed\n').toString('base64') }, id: msg.id });
+    else reply(c, { return: {}, id: msg.id });
+  });
+  t.teardown(() => agent.close());
+  const list = await ipvs('--list', ['--qmp', G.qmp, '--qga', other, '--state-dir', stateDir, '--agent-hold', '0']);
+  t.equal(list.exitCode, 0, list.stderr);
+  t.equal(list.stdout, 'listed', 'the other agent answered');
+  t.same(agent.requests, ['guest-exec', 'guest-exec-status'], 'on a connection of its own');
+  t.same(await agentConns(), conns, 'the held connection to QEMU was not used or closed');
+  await ipvs('--clear', HOLD(0));
+});
+
+t.test('QEMU gone: its holder goes, and its file', async (t) => {
+  const r = await ipvs('-A -t 10.20.6.1:80 -s rr', HOLD(60_000));
+  t.equal(r.exitCode, 0, r.stderr);
+  const pid = await holderPid();
+  t.ok(pid, 'held for a minute');
+  guest.kill();
+  t.ok(await holderGone(), 'the holder ended with QEMU, long before its linger');
+  // Gone, or a zombie: this test is its pid namespace's init, and node reaps only its own children.
+  let state = '';
+  try {
+    state = readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '')[0]!;
+  } catch {
+    state = 'gone';
+  }
+  t.ok(state === 'gone' || state === 'Z', `its process ended (${state})`);
 });

@@ -16,7 +16,9 @@
 #include "native.h"
 #include <errno.h>
 #include <poll.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -185,16 +187,24 @@ static int lend(int c, int agent) {
  */
 static void holder(int agent, int l, int linger_ms, const char *hold, dev_t dev, ino_t ino) {
   uid_t me = geteuid();
+  /* SIGTERM, SIGINT, SIGHUP end it as the linger does, its file removed. */
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGTERM);
+  sigaddset(&stop, SIGINT);
+  sigaddset(&stop, SIGHUP);
+  sigprocmask(SIG_BLOCK, &stop, NULL);
+  int sig = signalfd(-1, &stop, SFD_CLOEXEC);
   long until = now_ms() + linger_ms;
   for (;;) {
     long left = until - now_ms();
     if (left <= 0) break;
-    struct pollfd p[2] = {{.fd = l, .events = POLLIN}, {.fd = agent, .events = POLLRDHUP}};
-    if (poll(p, 2, (int)left) < 0) {
+    struct pollfd p[3] = {{.fd = l, .events = POLLIN}, {.fd = agent, .events = POLLRDHUP}, {.fd = sig, .events = POLLIN}};
+    if (poll(p, 3, (int)left) < 0) {
       if (errno == EINTR) continue;
       break;
     }
-    if (p[1].revents) break; /* QEMU closed the connection: nothing left to lend */
+    if (p[1].revents || p[2].revents) break; /* QEMU closed the connection (nothing left to lend), or a stop */
     if (!(p[0].revents & POLLIN)) continue;
     int c = accept4(l, NULL, NULL, SOCK_CLOEXEC);
     if (c < 0) continue;
@@ -203,10 +213,10 @@ static void holder(int agent, int l, int linger_ms, const char *hold, dev_t dev,
     int gone = 0;
     if (getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0 && cred.uid == me && lend(c, agent)) {
       /* The borrower writes nothing: its close, or its death, ends the loan. */
-      struct pollfd q[2] = {{.fd = c, .events = POLLIN}, {.fd = agent, .events = POLLRDHUP}};
-      while (poll(q, 2, -1) < 0 && errno == EINTR) {
+      struct pollfd q[3] = {{.fd = c, .events = POLLIN}, {.fd = agent, .events = POLLRDHUP}, {.fd = sig, .events = POLLIN}};
+      while (poll(q, 3, -1) < 0 && errno == EINTR) {
       }
-      gone = q[1].revents != 0;
+      gone = q[1].revents != 0 || q[2].revents != 0;
     }
     close(c);
     if (gone) break;
