@@ -8,12 +8,16 @@
 //           extrapolated to 20000: what adding rules one by one costs
 // And one rule as a user adds it: one `ocinet ipvs ipvsadm --parameters` process
 // (spawn to exit, 20 timed back to back, then 20 spaced) against one agent exec of
-// (b); an extra, untimed call goes through a counting proxy on the agent socket, to
-// show what one call asks of the agent (connections, guest-exec, guest-exec-status
-// polls, other requests). Then, for information, the same calls and raw execs in a
-// second guest whose agent port is a virtconsole (its host end always open to the
-// guest, so an idle qemu-ga does not read it only every 100 ms): what that idle read
-// costs a call.
+// (b). The calls run with PATH alone in their environment, as the hook bench runs
+// hooks and as sudo or a root login would run them: this machine's environment sets
+// NODE_EXTRA_CA_CERTS, which makes every node start load a CA store (~35 ms); the
+// same calls in the bench's own environment are an info row. Other info rows: the
+// calls with --agent-hold 0 (each connects to the agent itself, and waits for an
+// idle qemu-ga's next read of its port, every 100 ms); a few untimed calls through
+// a counting proxy on the agent socket, to show what one call asks of the agent
+// (connections, guest-exec, guest-exec-status polls, other requests); and the same
+// calls and raw execs in a second guest whose agent port is a virtconsole (its host
+// end always open, so no 100 ms idle read).
 // Targets: ocinet/(a) <= 1.1, (b)/ocinet >= 20, one call (back to back) / one exec
 // of (b) <= 2.0. Every timed restore starts in a freshly booted guest (untimed):
 // after a clear the kernel keeps deleted real servers in its dest trash for ~2 min
@@ -21,7 +25,7 @@
 // before. Every run is checked to have really loaded its rules (line count of
 // /proc/net/ip_vs).
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -45,13 +49,15 @@ const STATE = join(TMP, 'state');
 const SB = ['--qmp', QMP, '--qga', QGA, '--state-dir', STATE];
 const BRIDGE = 'ocbipvs0';
 const progress = (msg) => process.stderr.isTTY && process.stderr.write(`\r${msg}\x1b[K`);
+// The calls' environment: PATH alone (see the top).
+const CALL_ENV = { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin' };
 
 // ---------- processes ----------
 
-function run(file, args, { input = '', timeout = 900_000 } = {}) {
+function run(file, args, { input = '', timeout = 900_000, env = CALL_ENV } = {}) {
   return new Promise((resolve, reject) => {
     const t0 = performance.now();
-    const p = spawn(file, args, { timeout });
+    const p = spawn(file, args, { timeout, env });
     let stdout = '', stderr = '';
     p.stdout.on('data', (d) => (stdout += d));
     p.stderr.on('data', (d) => (stderr += d));
@@ -152,17 +158,32 @@ async function agentProxy(target, path) {
   return { log, start() { log.length = 0; t0 = performance.now(); }, close: () => new Promise((r) => server.close(r)) };
 }
 
-/** One call's log cut into phases (ms): start to connect, the agent's wake (to guest-sync's reply), ... */
+/**
+ * One call's log cut into phases (ms): start to its first request, the agent's wake (to
+ * the first reply), to the exec, the exec, then to the process's exit. A call on a held
+ * connection neither connects nor closes; the first call of a series does both.
+ */
 function phasesOf(log, total) {
   const at = (pred, from = 0) => log.findIndex(([, w], k) => k >= from && pred(w));
-  const c = at((w) => w === 'connect');
-  const synced = at((w) => w.startsWith('<'), c);
+  const first = at((w) => w.startsWith('> '));
+  const answered = at((w) => w.startsWith('<'), first);
   const exec = log.findLastIndex(([, w]) => w.endsWith('/usr/sbin/ipvsadm'));
   const exited = at((w) => w === '< exited', exec);
-  const closed = log.findLastIndex(([, w]) => w === 'close');
-  if ([c, synced, exec, exited, closed].includes(-1)) throw new Error(`unexpected agent exchange: ${JSON.stringify(log)}`);
+  if ([first, answered, exec, exited].includes(-1)) throw new Error(`unexpected agent exchange: ${JSON.stringify(log)}`);
   const ms = (k) => log[k][0];
-  return { start: ms(c), wake: ms(synced) - ms(c), beforeExec: ms(exec) - ms(synced), exec: ms(exited) - ms(exec), afterExec: ms(closed) - ms(exited), exit: total - ms(closed), total };
+  return { start: ms(first), wake: ms(answered) - ms(first), beforeExec: ms(exec) - ms(answered), exec: ms(exited) - ms(exec), exit: total - ms(exited), total };
+}
+
+/** Waits until no holder keeps an agent connection for the state dir (they linger 500 ms). */
+async function noHolder(stateDir) {
+  const dir = join(stateDir, 'agent');
+  for (let i = 0; i < 100; i++) {
+    let held = [];
+    try { held = readdirSync(dir); } catch {}
+    if (held.length === 0) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`an agent connection is still held in ${dir}`);
 }
 
 async function withAgent(fn, path = QGA) {
@@ -290,31 +311,44 @@ async function main() {
   // Informational: one `ocinet ipvs ipvsadm --parameters` process per rule, as kata-ipvs users add rules.
   if (CLI_ONE_BY_ONE > 0) {
     progress(`ocinet: ${CLI_ONE_BY_ONE} rules one CLI call each`);
-    let ms = 0;
-    for (const line of LINES.slice(0, CLI_ONE_BY_ONE)) {
-      ms += must(await run(CLI, ['ipvs', 'ipvsadm', '--parameters', line, ...SB]), `ocinet ipvs ipvsadm --parameters "${line}"`).ms;
-    }
-    t.cliOneByOneMs = ms;
-    await expectRules(CLI_ONE_BY_ONE, 'after ocinet one-by-one adds');
+    // Each series starts as a user's first call would: no agent connection held from before.
+    const series = async (lines, extra = [], opts = {}) => {
+      await noHolder(STATE);
+      let ms = 0;
+      for (const line of lines) ms += must(await run(CLI, ['ipvs', 'ipvsadm', '--parameters', line, ...SB, ...extra], opts), `ocinet ipvs ipvsadm --parameters "${line}"`).ms;
+      return ms;
+    };
+    const N = CLI_ONE_BY_ONE;
+    t.cliOneByOneMs = await series(LINES.slice(0, N));
+    await expectRules(N, 'after ocinet one-by-one adds');
     // The same calls spaced: with no client, qemu-ga reads its port every 100 ms, so
     // a call waits for its next read; back to back, every call meets that read at the
     // same phase, which decides up to 100 ms of each. Untimed pauses of 0, 5, ... 95 ms
     // (for 20 calls) spread the calls evenly over the phase: a user's call at any moment.
-    progress(`ocinet: ${CLI_ONE_BY_ONE} more rules one CLI call each, spaced`);
+    progress(`ocinet: ${N} more rules one CLI call each, spaced`);
+    await noHolder(STATE);
     let spaced = 0;
-    for (const [i, line] of LINES.slice(CLI_ONE_BY_ONE, 2 * CLI_ONE_BY_ONE).entries()) {
-      await new Promise((r) => setTimeout(r, (i * 100) / CLI_ONE_BY_ONE));
+    for (const [i, line] of LINES.slice(N, 2 * N).entries()) {
+      await new Promise((r) => setTimeout(r, (i * 100) / N));
       spaced += must(await run(CLI, ['ipvs', 'ipvsadm', '--parameters', line, ...SB]), `ocinet ipvs ipvsadm --parameters "${line}"`).ms;
     }
     t.cliSpacedMs = spaced;
-    await expectRules(2 * CLI_ONE_BY_ONE, 'after ocinet spaced adds');
+    await expectRules(2 * N, 'after ocinet spaced adds');
+    // Info: each call connects itself (--agent-hold 0), and the calls in the bench's own environment.
+    progress(`ocinet: ${N} more rules one CLI call each, --agent-hold 0`);
+    t.cliNoHoldMs = await series(LINES.slice(2 * N, 3 * N), ['--agent-hold', '0']);
+    progress(`ocinet: ${N} more rules one CLI call each, in the bench's environment`);
+    t.cliInheritedMs = await series(LINES.slice(3 * N, 4 * N), [], { env: process.env });
+    await expectRules(4 * N, 'after ocinet adds with --agent-hold 0 and in the bench environment');
     // Untimed: a few more adds through the proxy: what each asks of the agent, and where its time goes.
+    // Their own state dir: the proxy is another agent socket to ocinet, with holders of its own.
+    await noHolder(STATE);
     const proxy = await agentProxy(QGA, join(TMP, 'qga-count.sock'));
     const calls = [];
     try {
       for (let i = 1; i <= 5; i++) {
         proxy.start();
-        const r = must(await run(CLI, ['ipvs', 'ipvsadm', '--parameters', `-A -t 10.99.0.${i}:80 -s rr -p 3000`, '--qmp', QMP, '--qga', join(TMP, 'qga-count.sock'), '--state-dir', STATE]), 'ocinet ipvs ipvsadm through the proxy');
+        const r = must(await run(CLI, ['ipvs', 'ipvsadm', '--parameters', `-A -t 10.99.0.${i}:80 -s rr -p 3000`, '--qmp', QMP, '--qga', join(TMP, 'qga-count.sock'), '--state-dir', join(TMP, 'state-count')]), 'ocinet ipvs ipvsadm through the proxy');
         const n = (pred) => proxy.log.filter(([, w]) => pred(w)).length;
         calls.push({
           connections: n((w) => w === 'connect'), exec: n((w) => w.startsWith('> guest-exec ')), polls: n((w) => w === '> guest-exec-status'),
@@ -322,6 +356,7 @@ async function main() {
         });
       }
     } finally {
+      await noHolder(join(TMP, 'state-count'));
       await proxy.close();
     }
     t.callAgent = calls;
@@ -352,8 +387,13 @@ async function main() {
   }
   // What node's own start costs in this environment (NODE_EXTRA_CA_CERTS, for one, makes it load a CA store).
   const starts = [];
-  for (let i = 0; i < 7; i++) starts.push(must(await run(process.execPath, ['-e', '0']), 'node -e 0').ms);
+  const inherited = [];
+  for (let i = 0; i < 7; i++) {
+    starts.push(must(await run(process.execPath, ['-e', '0']), 'node -e 0').ms);
+    inherited.push(must(await run(process.execPath, ['-e', '0'], { env: process.env }), 'node -e 0').ms);
+  }
   t.nodeStartMs = starts;
+  t.nodeStartInheritedMs = inherited;
   progress('');
 
   // ---------- figures ----------
@@ -369,6 +409,8 @@ async function main() {
   };
   const cliPer = t.cliOneByOneMs !== null ? t.cliOneByOneMs / CLI_ONE_BY_ONE : null;
   const spacedPer = t.cliSpacedMs !== null ? t.cliSpacedMs / CLI_ONE_BY_ONE : null;
+  const noHoldPer = t.cliNoHoldMs !== undefined ? t.cliNoHoldMs / CLI_ONE_BY_ONE : null;
+  const inheritedPer = t.cliInheritedMs !== undefined ? t.cliInheritedMs / CLI_ONE_BY_ONE : null;
   if (cliPer !== null) {
     const callRatio = cliPer / perRule;
     checks.callRatio = { value: +callRatio.toFixed(2), target: `<= ${TARGETS.callRatio.toFixed(1)}`, pass: callRatio <= TARGETS.callRatio };
@@ -383,8 +425,11 @@ async function main() {
   const eachSpread = [0.1, 0.5, 0.9].map((p) => pct(t.oneByOneEach, p).toFixed(0)).join('/');
   console.log(row(`(b) 1 agent exec per rule (${ONE_BY_ONE} timed, scaled to ${RULES})`, oneByOne, `${perRule.toFixed(1)} ms/rule (p10/50/90 ${eachSpread})`));
   if (cliPer !== null) {
-    console.log(row(`(info) 1 ocinet ipvs call per rule (${CLI_ONE_BY_ONE} timed, scaled)`, cliPer * RULES, `${cliPer.toFixed(1)} ms/rule`));
-    console.log(row(`(info) the same, spaced over qemu-ga's 100 ms idle read`, spacedPer * RULES, `${spacedPer.toFixed(1)} ms/rule = ${(spacedPer / perRule).toFixed(2)} x (b)`));
+    const vsB = (per) => `${per.toFixed(1)} ms/rule = ${(per / perRule).toFixed(2)} x (b)`;
+    console.log(row(`1 ocinet ipvs call per rule (${CLI_ONE_BY_ONE} timed back to back, scaled)`, cliPer * RULES, vsB(cliPer)));
+    console.log(row(`(info) the same, spaced 0-95 ms apart`, spacedPer * RULES, vsB(spacedPer)));
+    console.log(row(`(info) the same, --agent-hold 0: each call connects itself`, noHoldPer * RULES, vsB(noHoldPer)));
+    console.log(row(`(info) the same, in the bench's own environment${process.env.NODE_EXTRA_CA_CERTS ? ' (CA certs)' : ''}`, inheritedPer * RULES, vsB(inheritedPer)));
   }
   const verdict = (label, c) => `  ${label.padEnd(58)}${String(c.value).padStart(8)}   target ${c.target.padEnd(7)} ${c.pass ? 'PASS' : 'MISS'}`;
   console.log(verdict('ratio ocinet / (a)', checks.restoreRatio));
@@ -395,7 +440,8 @@ async function main() {
     const span = (k) => { const xs = a.map((c) => c[k]); return Math.min(...xs) === Math.max(...xs) ? `${xs[0]}` : `${Math.min(...xs)}-${Math.max(...xs)}`; };
     console.log(`  one ipvsadm call (an add) asks the agent: ${span('connections')} connection(s), ${span('exec')} guest-exec, ${span('polls')} guest-exec-status polls, ${span('other')} other requests (the table's read)`);
     const ph = (k) => median(a.map((c) => c.phases[k])).toFixed(0);
-    console.log(`  where its time goes (ms, median of ${a.length}): start to connect ${ph('start')} (node -e 0 here: ${median(t.nodeStartMs).toFixed(0)}${process.env.NODE_EXTRA_CA_CERTS ? ', NODE_EXTRA_CA_CERTS set' : ''}), agent wake ${ph('wake')}, to the exec ${ph('beforeExec')}, exec ${ph('exec')}, to close ${ph('afterExec')}, to exit ${ph('exit')}; total ${ph('total')}`);
+    console.log(`  where its time goes (ms, median of ${a.length}, the first connecting, the rest on its held connection): start to its first request ${ph('start')}, the agent's first reply ${ph('wake')}, to the exec ${ph('beforeExec')}, exec ${ph('exec')}, to exit ${ph('exit')}; total ${ph('total')}`);
+    console.log(`  node -e 0: ${median(t.nodeStartMs).toFixed(0)} ms with PATH alone (the calls' environment), ${median(t.nodeStartInheritedMs).toFixed(0)} ms in the bench's own${process.env.NODE_EXTRA_CA_CERTS ? ` (NODE_EXTRA_CA_CERTS=${process.env.NODE_EXTRA_CA_CERTS})` : ''}`);
     const c = t.console;
     console.log(`  (info) agent on a virtconsole port, no 100 ms idle read: 1 call ${c.cliPerRule.toFixed(1)} ms, 1 agent exec ${c.rawPerRule.toFixed(1)} ms = ${(c.cliPerRule / c.rawPerRule).toFixed(2)} x`);
   }
@@ -410,10 +456,10 @@ async function main() {
     cpus: cpus().length, node: process.version, loadavg: { start: r2(load0), end: r2(load1) }, seconds,
     ms: { ocinet: r2(oc), direct: r2(direct), oneByOneExtrapolated: r2(oneByOne), oneByOnePerRule: r2(perRule),
       oneByOneP10P50P90: [0.1, 0.5, 0.9].map((p) => r2(pct(t.oneByOneEach, p))),
-      ...(cliPer !== null ? { cliOneByOnePerRule: r2(cliPer), cliSpacedPerRule: r2(spacedPer) } : {}) },
+      ...(cliPer !== null ? { cliOneByOnePerRule: r2(cliPer), cliSpacedPerRule: r2(spacedPer), cliNoHoldPerRule: r2(noHoldPer), cliInheritedEnvPerRule: r2(inheritedPer) } : {}) },
     ...(t.callAgent ? { callAgentRequests: t.callAgent } : {}),
     ...(t.console ? { consolePort: { cliPerRule: r2(t.console.cliPerRule), rawPerRule: r2(t.console.rawPerRule), ratio: r2(t.console.cliPerRule / t.console.rawPerRule) } } : {}),
-    nodeStartMs: t.nodeStartMs.map(r2),
+    nodeStartMs: t.nodeStartMs.map(r2), nodeStartInheritedEnvMs: t.nodeStartInheritedMs.map(r2),
     checks, samples: { ocinet: t.ocinet.map(r2), direct: t.direct.map(r2) },
   }, null, 1) + '\n');
 }
