@@ -566,7 +566,21 @@ t.test('a borrower killed mid-call, a holder killed: the next call works', async
   const again = await holderPid();
   t.ok(again && again !== pid, 'and a new holder took the place of the dead one');
   t.match(await guestService('10.20.4.1:80'), /rr/);
-  process.kill(again!, 'SIGTERM');
+  // ocinet gc: a dead holder's file goes, a live one stays and goes on lending.
+  const live = await cli(['gc', '--json', '--state-dir', stateDir]);
+  t.equal(live.exitCode, 0, live.stderr);
+  t.notMatch(live.stdout, /agent\//, 'gc leaves a live holder alone');
+  t.equal(await holderPid(), again, 'which still listens');
+  process.kill(again!, 'SIGKILL');
+  await sleep(100);
+  const gc = await cli(['gc', '--json', '--state-dir', stateDir]);
+  t.equal(gc.exitCode, 0, gc.stderr);
+  t.match(gc.stdout, new RegExp(`agent/${vmTarget(G).key}\\.sock`), 'gc names the dead holder\'s file');
+  t.notOk(existsSync(holdFile), 'and removes it');
+  const third = await ipvs('-A -t 10.20.4.2:80 -s rr', HOLD(20_000));
+  t.equal(third.exitCode, 0, third.stderr);
+  t.ok(await holderPid(), 'the next call holds again');
+  process.kill((await holderPid())!, 'SIGTERM');
   t.ok(await holderGone(), 'a holder stopped with SIGTERM leaves nothing');
   await ipvs('--clear', HOLD(0));
 });

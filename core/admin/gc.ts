@@ -4,11 +4,14 @@
  * dead records in its way; veths, ports chains and bridges this state dir
  * provably made (its bridge alias, its identity in the chain's name, a veth
  * on its bridge) that no record owns are removed, another state dir's
- * never; temp files of dead writers are deleted. A state file damaged
+ * never; temp files of dead writers are deleted, and the sockets of agent
+ * connection holders that died. A state file damaged
  * beyond reading is rebuilt from the kernel first.
  */
-import { readdirSync, unlinkSync } from 'node:fs';
+import { closeSync, readdirSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
+import { getSystemErrorName } from 'node:util';
+import { native } from '../base/native.js';
 import { bridgeAlias } from '../net/bridge.js';
 import { errorLine } from '../base/errors.js';
 import { firewallOf } from '../firewall/backends.js';
@@ -104,6 +107,8 @@ export async function gc(stateDir: string, log?: OpLog): Promise<GcReport> {
       report.errors.push(`sandbox ${name}: ${errorLine(e)}`);
     }
   }
+  // Before the lock files below: a sandbox lock taken here for no record goes with them.
+  report.tempFiles.push(...(await deadHolds(stateDir)));
   for (const f of readdirSync(stateDir)) {
     const m = /^state\.json\.(\d+)\.tmp$/.exec(f);
     if (m && !pidAlive(Number(m[1]))) {
@@ -124,4 +129,37 @@ export async function gc(stateDir: string, log?: OpLog): Promise<GcReport> {
     }
   }
   return report;
+}
+
+/**
+ * The sockets of agent connection holders that were killed (core/vm/agent-hold.ts): no one
+ * listens on them. Probed under the sandbox's lock, which a call that makes a holder holds.
+ */
+async function deadHolds(stateDir: string): Promise<string[]> {
+  const dir = join(stateDir, 'agent');
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return [];
+  }
+  const gone: string[] = [];
+  for (const f of names) {
+    const key = /^([A-Za-z0-9-]+)\.sock$/.exec(f)?.[1];
+    if (!key) continue;
+    const held = await acquire(stateDir, 0, `lock.sb-${key}`).catch(() => null);
+    if (!held) continue;
+    try {
+      // A live holder takes the probe for a borrower and is given back its connection at the close.
+      const fd = native().agentConnect(join(dir, f), 100);
+      if (fd >= 0) closeSync(fd);
+      else if (getSystemErrorName(fd) === 'ECONNREFUSED') {
+        unlinkSync(join(dir, f));
+        gone.push(`agent/${f}`);
+      }
+    } finally {
+      await held.release();
+    }
+  }
+  return gone;
 }
