@@ -37,8 +37,6 @@ export const DEFAULT_LINGER_MS = 500;
 /** An open agent connection, and how it ends. */
 export interface AgentLink {
   sock: Socket;
-  /** True when a holder lent it. */
-  borrowed: boolean;
   /** Closes the call's end of it: a borrowed one goes back, a working new one (`reusable`) to a holder when the hold asks. */
   end(reusable: boolean): void;
 }
@@ -63,7 +61,6 @@ export function openAgentLink(path: string, timeoutMs: number, hold?: AgentHold)
       const sock = socketOn(fd);
       return {
         sock,
-        borrowed: true,
         end() {
           sock.destroy();
           closeSync(lease);
@@ -76,7 +73,6 @@ export function openAgentLink(path: string, timeoutMs: number, hold?: AgentHold)
   const sock = socketOn(fd);
   return {
     sock,
-    borrowed: false,
     end(reusable) {
       if (reusable && hold && hold.lingerMs > 0) {
         try {

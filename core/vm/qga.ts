@@ -306,11 +306,6 @@ export class QgaClient {
     this.sock.write(Buffer.concat([Buffer.from([0xff]), Buffer.from(line)]));
   }
 
-  /** True when a lent connection was used. */
-  get borrowed(): boolean {
-    return this.link.borrowed;
-  }
-
   close(): void {
     // Worth keeping: the agent answered on it and nothing is left waiting for a reply.
     const reusable = this.heard && !this.closedError && this.waiter === null;
