@@ -624,6 +624,21 @@ t.test('only the holder\'s own user may borrow; a connection to another agent is
   await ipvs('--clear', HOLD(0));
 });
 
+t.test('calls at the same time share the held connection one at a time', async (t) => {
+  const first = await ipvs('-A -t 10.20.7.1:80 -s rr', HOLD(5_000));
+  t.equal(first.exitCode, 0, first.stderr);
+  const conns = await agentConns();
+  // Adds wait for the sandbox's lock; cleanups take none and queue at the holder.
+  const runs = await Promise.all([
+    ...[2, 3, 4].map((i) => ipvs(`-A -t 10.20.7.${i}:80 -s rr`, HOLD(5_000))),
+    ...[1, 2].map(() => ipvsCleanup('--orig-dst 172.17.9.9 --protonum tcp', HOLD(5_000))),
+  ]);
+  runs.forEach((r, i) => t.equal(r.exitCode, 0, `call ${i + 1}: ${r.stderr}`));
+  for (const i of [1, 2, 3, 4]) t.match(await guestService(`10.20.7.${i}:80`), /rr/, `10.20.7.${i} in the guest`);
+  t.same(await agentConns(), conns, 'all on the one held connection');
+  await ipvs('--clear', HOLD(0));
+});
+
 t.test('QEMU gone: its holder goes, and its file', async (t) => {
   const r = await ipvs('-A -t 10.20.6.1:80 -s rr', HOLD(60_000));
   t.equal(r.exitCode, 0, r.stderr);
