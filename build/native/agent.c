@@ -230,11 +230,18 @@ static void holder(int agent, int l, int linger_ms, const char *hold, dev_t dev,
   close(agent);
 }
 
+/* A listening socket bound at hold, 0600, or -errno; a file it bound before failing is removed again. */
 static int listen_at(const char *hold, struct sockaddr_un *a) {
   int l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (l < 0) return -errno;
-  if (bind(l, (struct sockaddr *)a, sizeof *a) < 0 || chmod(hold, 0600) < 0 || listen(l, 16) < 0) {
+  if (bind(l, (struct sockaddr *)a, sizeof *a) < 0) {
     int e = errno;
+    close(l);
+    return -e;
+  }
+  if (chmod(hold, 0600) < 0 || listen(l, 16) < 0) {
+    int e = errno;
+    unlink(hold);
     close(l);
     return -e;
   }
@@ -267,6 +274,7 @@ napi_value AgentHold(napi_env env, napi_callback_info info) {
   struct stat st;
   if (stat(hold, &st) < 0) {
     e = errno;
+    unlink(hold);
     close(l);
     return int_value(env, e);
   }
