@@ -22,7 +22,6 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
 
 /* A socket path and its NUL, one byte over what a sockaddr_un holds: longer ones are refused. */
@@ -40,12 +39,6 @@ static int addr_of(const char *path, struct sockaddr_un *a) {
 static int get_path(napi_env env, napi_value v, char *buf, size_t size) {
   size_t len = 0;
   return napi_get_value_string_utf8(env, v, buf, size, &len) == napi_ok && len > 0 && len < size - 1;
-}
-
-static napi_value int_value(napi_env env, int32_t n) {
-  napi_value v;
-  napi_create_int32(env, n, &v);
-  return v;
 }
 
 /* A stream connection to path (close-on-exec), or -errno. A full listen queue waits up to timeout_ms. */
@@ -80,8 +73,8 @@ napi_value AgentConnect(napi_env env, napi_callback_info info) {
     return NULL;
   }
   /* A path too long for a socket address is the caller's to report. */
-  if (!get_path(env, argv[0], path, sizeof path)) return int_value(env, -ENAMETOOLONG);
-  return int_value(env, connect_to(path, timeout_ms));
+  if (!get_path(env, argv[0], path, sizeof path)) return native_int(env, -ENAMETOOLONG);
+  return native_int(env, connect_to(path, timeout_ms));
 }
 
 /* The lent descriptor is a live connection to the socket at path: not another agent's, not one QEMU closed. */
@@ -114,12 +107,12 @@ napi_value AgentTake(napi_env env, napi_callback_info info) {
     return NULL;
   }
   int s = connect_to(hold, timeout_ms);
-  if (s < 0) return int_value(env, s);
+  if (s < 0) return native_int(env, s);
   struct ucred cred;
   socklen_t cl = sizeof cred;
   if (getsockopt(s, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0 || cred.uid != geteuid()) {
     close(s);
-    return int_value(env, -EPERM);
+    return native_int(env, -EPERM);
   }
   /* The holder answers once it has no other borrower: up to timeout_ms (SO_RCVTIMEO). */
   char byte;
@@ -135,7 +128,7 @@ napi_value AgentTake(napi_env env, napi_callback_info info) {
   if (n <= 0) {
     int e = n == 0 ? EPIPE : errno == EAGAIN ? ETIMEDOUT : errno;
     close(s);
-    return int_value(env, -e);
+    return native_int(env, -e);
   }
   int fd = -1;
   struct cmsghdr *c = CMSG_FIRSTHDR(&m);
@@ -143,24 +136,18 @@ napi_value AgentTake(napi_env env, napi_callback_info info) {
   if (fd < 0 || (m.msg_flags & MSG_CTRUNC)) {
     if (fd >= 0) close(fd);
     close(s);
-    return int_value(env, -EPROTO);
+    return native_int(env, -EPROTO);
   }
   if (!is_agent(fd, agent)) {
     close(fd);
     close(s);
-    return int_value(env, -ESTALE);
+    return native_int(env, -ESTALE);
   }
   napi_value out;
   napi_create_array_with_length(env, 2, &out);
-  napi_set_element(env, out, 0, int_value(env, fd));
-  napi_set_element(env, out, 1, int_value(env, s));
+  napi_set_element(env, out, 0, native_int(env, fd));
+  napi_set_element(env, out, 1, native_int(env, s));
   return out;
-}
-
-static long now_ms(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return t.tv_sec * 1000 + t.tv_nsec / 1000000;
 }
 
 /* One byte carrying the agent connection. */
@@ -195,9 +182,9 @@ static void holder(int agent, int l, int linger_ms, const char *hold, dev_t dev,
   sigaddset(&stop, SIGHUP);
   sigprocmask(SIG_BLOCK, &stop, NULL);
   int sig = signalfd(-1, &stop, SFD_CLOEXEC);
-  long until = now_ms() + linger_ms;
+  long until = native_now_ms() + linger_ms;
   for (;;) {
-    long left = until - now_ms();
+    long left = until - native_now_ms();
     if (left <= 0) break;
     struct pollfd p[3] = {{.fd = l, .events = POLLIN}, {.fd = agent, .events = POLLRDHUP}, {.fd = sig, .events = POLLIN}};
     if (poll(p, 3, (int)left) < 0) {
@@ -220,7 +207,7 @@ static void holder(int agent, int l, int linger_ms, const char *hold, dev_t dev,
     }
     close(c);
     if (gone) break;
-    until = now_ms() + linger_ms;
+    until = native_now_ms() + linger_ms;
   }
   /* Our socket file only (another holder's after ours was found dead stays); unlinked before
      the listening socket closes, so no one takes ours for a dead one and replaces it meanwhile. */
@@ -260,39 +247,37 @@ napi_value AgentHold(napi_env env, napi_callback_info info) {
   }
   struct sockaddr_un a;
   int e = addr_of(hold, &a);
-  if (e) return int_value(env, e);
+  if (e) return native_int(env, e);
   int l = listen_at(hold, &a);
   if (l == -EADDRINUSE) {
     /* A holder that died left its file: refused means no one listens there. A live one keeps it. */
     int probe = connect_to(hold, 100);
     if (probe >= 0) close(probe);
-    if (probe != -ECONNREFUSED) return int_value(env, EADDRINUSE);
+    if (probe != -ECONNREFUSED) return native_int(env, EADDRINUSE);
     unlink(hold);
     l = listen_at(hold, &a);
   }
-  if (l < 0) return int_value(env, -l);
+  if (l < 0) return native_int(env, -l);
   struct stat st;
   if (stat(hold, &st) < 0) {
     e = errno;
     unlink(hold);
     close(l);
-    return int_value(env, e);
+    return native_int(env, e);
   }
-  pid_t child = fork();
+  pid_t child = native_fork_detached(fd, l);
   if (child < 0) {
     e = errno;
     unlink(hold);
     close(l);
-    return int_value(env, e);
+    return native_int(env, e);
   }
   if (child == 0) {
     /* Its own session: a terminal's or a runtime's signal to the caller's group is not for it. */
     setsid();
-    native_close_all_but(fd, l);
     holder(fd, l, linger_ms, hold, st.st_dev, st.st_ino);
     _exit(0);
   }
-  native_reap_later(child);
   close(l);
-  return int_value(env, 0);
+  return native_int(env, 0);
 }

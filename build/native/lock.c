@@ -38,7 +38,5 @@ napi_value Lock(napi_env env, napi_callback_info info) {
     if (err != EWOULDBLOCK) return native_fail(env, "flock", err);
     fd = -1;
   }
-  napi_value out;
-  napi_create_int32(env, fd, &out);
-  return out;
+  return native_int(env, fd);
 }

@@ -15,6 +15,7 @@
 #include <linux/close_range.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 
 napi_value native_fail(napi_env env, const char *what, int err) {
   char msg[256];
@@ -23,8 +24,20 @@ napi_value native_fail(napi_env env, const char *what, int err) {
   return NULL;
 }
 
+napi_value native_int(napi_env env, int32_t n) {
+  napi_value v;
+  napi_create_int32(env, n, &v);
+  return v;
+}
+
+long native_now_ms(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
 /* Only syscalls: safe in the child of a fork of a threaded process. */
-void native_close_all_but(int a, int b) {
+static void close_all_but(int a, int b) {
   if (a > b) { int t = a; a = b; b = t; }
   unsigned lo = 0;
   int keep[2] = {a, b};
@@ -42,7 +55,7 @@ void native_close_all_but(int a, int b) {
  * and by whoever inherits it when this process exits. Only our own pids:
  * libuv waits for the children it spawned by theirs.
  */
-void native_reap_later(int pid) {
+static void reap_later(int pid) {
   static pid_t pending[64];
   for (size_t i = 0; i < sizeof pending / sizeof pending[0]; i++) {
     if (pending[i] > 0 && waitpid(pending[i], NULL, WNOHANG) != 0) pending[i] = 0;
@@ -51,6 +64,13 @@ void native_reap_later(int pid) {
       pid = 0;
     }
   }
+}
+
+pid_t native_fork_detached(int keep_a, int keep_b) {
+  pid_t pid = fork();
+  if (pid == 0) close_all_but(keep_a, keep_b);
+  else if (pid > 0) reap_later(pid);
+  return pid;
 }
 
 NAPI_MODULE_INIT() {

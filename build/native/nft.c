@@ -81,21 +81,19 @@ static void netfilter_sockets(unsigned char map[128]) {
 static void hold_until_exit(int fd) {
   int p[2];
   if (pipe2(p, O_CLOEXEC) < 0) return;
-  pid_t child = fork();
+  pid_t child = native_fork_detached(fd, p[0]); /* it ends after this process: its heir reaps it */
   if (child < 0) {
     close(p[0]);
     close(p[1]);
     return;
   }
   if (child == 0) {
-    native_close_all_but(fd, p[0]);
     char c;
     /* EOF when every write end is gone: this process has exited. */
     while (read(p[0], &c, 1) < 0 && errno == EINTR) {
     }
     _exit(0);
   }
-  native_reap_later(child); /* it ends after this process: its heir reaps it */
   close(p[0]);
   /* p[1] stays open (close-on-exec) for the rest of this process's life. */
 }
@@ -147,9 +145,7 @@ napi_value NftRun(napi_env env, napi_callback_info info) {
   int code = lib.run_file(ctx, path) == 0 ? 0 : 1;
   close(mem);
   napi_create_object(env, &out);
-  napi_value c;
-  napi_create_int32(env, code, &c);
-  napi_set_named_property(env, out, "code", c);
+  napi_set_named_property(env, out, "code", native_int(env, code));
   napi_set_named_property(env, out, "out", str(env, lib.get_output(ctx)));
   napi_set_named_property(env, out, "err", str(env, lib.get_error(ctx)));
   if (detach) {

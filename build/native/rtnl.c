@@ -76,9 +76,7 @@ napi_value RtnlSocket(napi_env env, napi_callback_info info) {
   }
   int s = rtnl_open(nsfd);
   if (s < 0) return native_fail(env, nsfd >= 0 ? "rtnetlink socket in the container's namespace" : "rtnetlink socket", -s);
-  napi_value out;
-  napi_create_int32(env, s, &out);
-  return out;
+  return native_int(env, s);
 }
 
 /* Copies a Buffer argument holding one netlink message; 0 when it is not one. */
@@ -151,23 +149,16 @@ napi_value RtnlTalk(napi_env env, napi_callback_info info) {
       napi_throw_type_error(env, NULL, "rtnlTalk: a message is not one whole netlink message");
       return NULL;
     }
-    napi_value result, replies, err;
+    napi_value result, replies;
     napi_create_object(env, &result);
     napi_create_array(env, &replies);
     int e = talk(env, s, msg, len, ++seq, replies);
-    napi_create_int32(env, e, &err);
-    napi_set_named_property(env, result, "error", err);
+    napi_set_named_property(env, result, "error", native_int(env, e));
     napi_set_named_property(env, result, "replies", replies);
     napi_set_element(env, out, i, result);
     if (e) break;
   }
   return out;
-}
-
-static long ms_since(const struct timespec *t0) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (t.tv_sec - t0->tv_sec) * 1000 + (t.tv_nsec - t0->tv_nsec) / 1000000;
 }
 
 napi_value RtnlDetached(napi_env env, napi_callback_info info) {
@@ -196,7 +187,7 @@ napi_value RtnlDetached(napi_env env, napi_callback_info info) {
   struct nlmsghdr *h = (struct nlmsghdr *)msg;
   h->nlmsg_seq = 1;
   h->nlmsg_flags |= NLM_F_REQUEST | NLM_F_ACK;
-  pid_t child = fork();
+  pid_t child = native_fork_detached(s, p[1]);
   if (child < 0) {
     int e = errno;
     close(s);
@@ -205,7 +196,6 @@ napi_value RtnlDetached(napi_env env, napi_callback_info info) {
     return native_fail(env, "fork", e);
   }
   if (child == 0) {
-    native_close_all_but(s, p[1]);
     struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
     int e = 0;
     if (sendto(s, msg, len, 0, (struct sockaddr *)&kernel, sizeof kernel) < 0) e = errno;
@@ -228,11 +218,9 @@ napi_value RtnlDetached(napi_env env, napi_callback_info info) {
     (void)w;
     _exit(0);
   }
-  native_reap_later(child);
   close(s);
   close(p[1]);
-  struct timespec t0;
-  clock_gettime(CLOCK_MONOTONIC, &t0);
+  long t0 = native_now_ms();
   int32_t result = ETIMEDOUT;
   for (;;) {
     /* A refusal comes at once on the pipe; success shows as the name gone. */
@@ -247,10 +235,8 @@ napi_value RtnlDetached(napi_env env, napi_callback_info info) {
       result = 0;
       break;
     }
-    if (ms_since(&t0) > timeout_ms) break;
+    if (native_now_ms() - t0 > timeout_ms) break;
   }
   close(p[0]);
-  napi_value out;
-  napi_create_int32(env, result, &out);
-  return out;
+  return native_int(env, result);
 }
