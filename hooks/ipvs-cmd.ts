@@ -1,6 +1,7 @@
 /**
  * `ocinet ipvs ...`: kata-runtime kata-ipvs's commands. stdout carries
- * ipvsadm's own output; errors are one line on stderr and exit 1.
+ * ipvsadm's own output; errors are one line on stderr and exit 1. Written
+ * with printSync: process.stdout / stderr would cost a call ~1 ms to make.
  */
 import { readFileSync } from 'node:fs';
 import { errorLine, OcinetError } from '../core/base/errors.js';
@@ -31,7 +32,7 @@ ${SANDBOX_USAGE}`;
 export async function ipvsCommand(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   if (cmd === undefined || cmd === '--help' || cmd === 'help') {
-    process.stdout.write(IPVS_USAGE + '\n');
+    printSync(IPVS_USAGE + '\n');
     return cmd === undefined ? 1 : 0;
   }
   try {
@@ -47,26 +48,25 @@ export async function ipvsCommand(argv: string[]): Promise<number> {
       if (flags.restore !== undefined) {
         if (flags.restore !== '-') throw new OcinetError('EINPUT', `--restore takes '-' (rules on stdin), got '${flags.restore}'`);
         const rules = parseRestore(readFileSync(0, 'utf8')); // validate before finding the sandbox
-        for (const w of rules.warnings) process.stderr.write(`ocinet ipvs: warning: ${w}\n`);
-        await ipvsRestore(await targetFrom(flags, id), rules, stateDir);
+        for (const w of rules.warnings) printSync(`ocinet ipvs: warning: ${w}\n`, 2);
+        await ipvsRestore(await targetFrom(flags, id, stateDir), rules, stateDir);
         return 0;
       }
       const rule = parseParameters(flags.parameters!);
-      // Most commands print nothing; process.stdout would cost the call ~1 ms to make.
-      const out = await ipvsadm(await targetFrom(flags, id), rule, stateDir);
+      const out = await ipvsadm(await targetFrom(flags, id, stateDir), rule, stateDir);
       if (out) printSync(out);
       return 0;
     }
     if (cmd === 'cleanup') {
       if (flags.parameters === undefined) throw new OcinetError('EINPUT', 'cleanup takes --parameters "--orig-dst IP --protonum tcp|udp"');
       const spec = parseCleanup(flags.parameters);
-      const said = await ipvsCleanup(await targetFrom(flags, id), spec);
-      if (said) process.stdout.write(said + '\n');
+      const said = await ipvsCleanup(await targetFrom(flags, id, stateDir), spec);
+      if (said) printSync(said + '\n');
       return 0;
     }
     throw new OcinetError('EINPUT', `unknown ipvs command '${cmd}' (ipvsadm, cleanup)`);
   } catch (e) {
-    process.stderr.write(`ocinet ipvs ${cmd}: ${errorLine(e)}\n`);
+    printSync(`ocinet ipvs ${cmd}: ${errorLine(e)}\n`, 2);
     return 1;
   }
 }

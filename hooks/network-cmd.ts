@@ -10,6 +10,7 @@ import { parseIface, parseIfaceName, parseRoutes, type IfaceOutput } from '../co
 import { reservedLink } from '../core/sandbox/claim.js';
 import { parseJson } from '../core/base/validate.js';
 import { parseArgs, type FlagSpec } from './args.js';
+import { printSync } from './stdio.js';
 import { namedDirectly, SANDBOX_FLAGS, SANDBOX_USAGE, stateDirOf, targetFrom, type SandboxFlags } from './sandbox-flags.js';
 
 const FLAGS: FlagSpec = { ...SANDBOX_FLAGS, '--bridge': { key: 'bridge', kind: 'string' } };
@@ -46,7 +47,7 @@ function readInput(arg: string | undefined): unknown {
 export async function networkCommand(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   if (cmd === undefined || cmd === '--help' || cmd === 'help') {
-    process.stdout.write(NETWORK_USAGE + '\n');
+    printSync(NETWORK_USAGE + '\n');
     return cmd === undefined ? 1 : 0;
   }
   let raw: unknown;
@@ -68,7 +69,7 @@ export async function networkCommand(argv: string[]): Promise<number> {
     const iface = c === 'add-iface' ? parseIface(raw) : undefined;
     const name = c === 'del-iface' ? parseIfaceName(raw) : undefined;
     const routes = c === 'add-route' || c === 'del-route' ? parseRoutes(raw, c === 'add-route') : undefined;
-    const t = await targetFrom(flags, id);
+    const t = await targetFrom(flags, id, stateDir);
     let out: unknown;
     switch (c) {
       case 'add-iface':
@@ -88,14 +89,14 @@ export async function networkCommand(argv: string[]): Promise<number> {
         out = await delRoutes(t, routes!, stateDir);
         break;
     }
-    process.stdout.write(JSON.stringify(out) + '\n');
+    printSync(JSON.stringify(out) + '\n');
     return 0;
   } catch (e) {
     // kata: failure prints null, except del-iface, which prints the interface that failed.
     let failed: unknown = null;
     if (cmd === 'del-iface') failed = (e as { iface?: IfaceOutput }).iface ?? (raw && typeof raw === 'object' ? raw : null);
-    process.stdout.write(JSON.stringify(failed) + '\n');
-    process.stderr.write(`ocinet network ${cmd}: ${errorLine(e)}\n`);
+    printSync(JSON.stringify(failed) + '\n');
+    printSync(`ocinet network ${cmd}: ${errorLine(e)}\n`, 2);
     return 1;
   }
 }

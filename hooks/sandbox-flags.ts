@@ -54,7 +54,8 @@ export function stateDirOf(f: SandboxFlags): string {
   return resolveStateDir(f.stateDir, process.env);
 }
 
-export async function targetFrom(f: SandboxFlags, id: string | undefined): Promise<Target> {
+/** The sandbox the flags and id name, in state dir `stateDir` (stateDirOf's, checked once by the caller). */
+export async function targetFrom(f: SandboxFlags, id: string | undefined, stateDir: string): Promise<Target> {
   if ((f.qmp === undefined) !== (f.qga === undefined)) throw new OcinetError('EINPUT', '--qmp and --qga go together');
   for (const sock of [f.qmp, f.qga]) {
     if (sock !== undefined && !sock.startsWith('/')) throw new OcinetError('EINPUT', `socket path '${sock}' must be absolute`);
@@ -66,11 +67,11 @@ export async function targetFrom(f: SandboxFlags, id: string | undefined): Promi
   }
   const lingerMs = agentLingerOf(f);
   const t = await resolveTarget(id, {
-    stateDir: stateDirOf(f),
+    stateDir,
     ...(f.runtimeRoot ? { runtimeRoot: f.runtimeRoot } : {}),
     ...(f.netns ? { netns: f.netns } : {}),
     ...(pid ? { pid } : {}),
     ...(f.qmp && f.qga ? { vm: { qmp: f.qmp, qga: f.qga } } : {}),
   });
-  return sharingAgent(t, stateDirOf(f), lingerMs);
+  return sharingAgent(t, stateDir, lingerMs);
 }
