@@ -4,7 +4,7 @@
 // kernel without IP_VS, and the hook's io.ocinet.ipvs annotation.
 // TCG is slow: never list the whole 20000-rule table (~16 s), count lines of
 // /proc/net/ip_vs instead.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { isolate } from './lib/isolate.js';
 isolate(new URL(import.meta.url).pathname);
 import { join } from 'node:path';
@@ -482,7 +482,16 @@ async function holderGone(): Promise<boolean> {
   return false;
 }
 
-const HOLD = (ms: number): string[] => [...VM, '--agent-hold', String(ms)];
+const HOLD = (ms: number | string): string[] => [...VM, '--agent-hold', String(ms)];
+
+/** An add of service `vip` that leaves its connection held for `ms`: the holder's pid. */
+async function heldBy(t: Test, vip: string, ms: number): Promise<number> {
+  const r = await ipvs(`-A -t ${vip} -s rr`, HOLD(ms));
+  t.equal(r.exitCode, 0, r.stderr);
+  const pid = await holderPid();
+  t.ok(pid, `held for ${ms} ms`);
+  return pid!;
+}
 
 t.test('a call keeps its agent connection for the next; the next borrows it; it closes after the linger', async (t) => {
   t.ok(await holderGone(), 'no holder to start with');
@@ -510,7 +519,7 @@ t.test('--agent-hold 0 keeps nothing; a bad --agent-hold is one line and changes
   t.notOk(existsSync(holdFile), 'no hold socket');
   t.ok(await holderGone(), 'no connection left');
   for (const bad of ['-1', '1.5', 'abc', '60001', '', '0x10']) {
-    const b = await ipvs('-A -t 10.20.0.4:80 -s rr', HOLD(0).slice(0, -1).concat(bad));
+    const b = await ipvs('-A -t 10.20.0.4:80 -s rr', HOLD(bad));
     t.equal(b.exitCode, 1, `--agent-hold '${bad}' refused`);
     t.match(b.stderr, /--agent-hold takes whole milliseconds from 0 to 60000/, `--agent-hold '${bad}': says what it takes`);
     t.equal(b.stderr.trim().split('\n').length, 1, `--agent-hold '${bad}': one line`);
@@ -544,10 +553,7 @@ t.test('a client that is not ocinet waits for the held connection and is served 
 });
 
 t.test('a borrower killed mid-call, a holder killed: the next call works', async (t) => {
-  const r = await ipvs('-A -t 10.20.1.1:80 -s rr', HOLD(20_000));
-  t.equal(r.exitCode, 0, r.stderr);
-  const pid = await holderPid();
-  t.ok(pid, 'held');
+  const pid = await heldBy(t, '10.20.1.1:80', 20_000);
   for (const [i, ms] of [20, 60, 100, 140].entries()) {
     const p = spawn(CLI, ['ipvs', 'ipvsadm', '--parameters', `-A -t 10.20.2.${i + 1}:80 -s rr`, ...HOLD(20_000)], { stdio: 'ignore' });
     await sleep(ms);
@@ -586,9 +592,7 @@ t.test('a borrower killed mid-call, a holder killed: the next call works', async
 });
 
 t.test('only the holder\'s own user may borrow; a connection to another agent is not lent', async (t) => {
-  const r = await ipvs('-A -t 10.20.5.1:80 -s rr', HOLD(20_000));
-  t.equal(r.exitCode, 0, r.stderr);
-  const pid = await holderPid();
+  const pid = await heldBy(t, '10.20.5.1:80', 20_000);
   // A hard link of the hold socket where nobody can reach it: the holder's own check, not the dirs', is tried.
   const open = join(DIR, 'open');
   mkdirSync(open, { mode: 0o755 });
@@ -625,8 +629,7 @@ t.test('only the holder\'s own user may borrow; a connection to another agent is
 });
 
 t.test('calls at the same time share the held connection one at a time', async (t) => {
-  const first = await ipvs('-A -t 10.20.7.1:80 -s rr', HOLD(5_000));
-  t.equal(first.exitCode, 0, first.stderr);
+  await heldBy(t, '10.20.7.1:80', 5_000);
   const conns = await agentConns();
   // Adds wait for the sandbox's lock; cleanups take none and queue at the holder.
   const runs = await Promise.all([
@@ -640,10 +643,7 @@ t.test('calls at the same time share the held connection one at a time', async (
 });
 
 t.test('QEMU gone: its holder goes, and its file', async (t) => {
-  const r = await ipvs('-A -t 10.20.6.1:80 -s rr', HOLD(60_000));
-  t.equal(r.exitCode, 0, r.stderr);
-  const pid = await holderPid();
-  t.ok(pid, 'held for a minute');
+  const pid = await heldBy(t, '10.20.6.1:80', 60_000);
   guest.kill();
   t.ok(await holderGone(), 'the holder ended with QEMU, long before its linger');
   // Gone, or a zombie: this test is its pid namespace's init, and node reaps only its own children.

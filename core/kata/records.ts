@@ -34,6 +34,11 @@ export function sharingAgent(t: Target, stateDir: string, lingerMs = 0): Target 
   return t.vm ? { ...t, agent: { stateDir, key: t.key, lingerMs } } : t;
 }
 
+/** The VM's agent connection in `stateDir`: a held one borrowed, none kept (the hook's way). */
+export function borrowedAgent(vm: VmSockets, stateDir: string): AgentHold {
+  return sharingAgent(vmTarget(vm), stateDir).agent!;
+}
+
 export function vmTarget(vm: VmSockets, containerId?: string): Target {
   return { key: 'vm-' + shortHash(vm.qmp, 12), nsPath: '', nsId: '', vm, ...(containerId ? { containerId } : {}) };
 }

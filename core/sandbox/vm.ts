@@ -12,7 +12,7 @@ import { checkVmSocket, DEFAULT_POLICY, isPlainId, socketProblem, VM_SOCKET_DIRS
 import { socketOwner, startTime } from '../base/proc.js';
 import { defaultRoute } from '../net/route.js';
 import { type ContainerRecord } from '../state/store.js';
-import { sharingAgent, vmTarget } from '../kata/records.js';
+import { borrowedAgent } from '../kata/records.js';
 import { guestIpBatch, vmAddIface, type VmSockets } from '../vm/hotplug.js';
 import type { SetupRequest } from '../input/request.js';
 import { addExtras, assertNew, claim, decide, firewall, resultOf, type SetupResult } from './claim.js';
@@ -76,8 +76,8 @@ export async function setupVm(req: SetupRequest, log?: OpLog): Promise<SetupResu
     fw.catch(() => undefined); // awaited below; a failed hot-plug must not leave it unhandled
     const nic = vmNicOf(rec);
     // A connection an `ocinet` call left held is borrowed (QEMU serves one client); the hook keeps none.
-    const hold = sharingAgent(vmTarget(vm), req.stateDir).agent;
-    await vmAddIface(vm, { ...nic, IPAddresses: [{ address: rec.ip!, mask: String(sn.prefix) }] }, { bridge: req.bridge, ...(hold && { hold }) });
+    const hold = borrowedAgent(vm, req.stateDir);
+    await vmAddIface(vm, { ...nic, IPAddresses: [{ address: rec.ip!, mask: String(sn.prefix) }] }, { bridge: req.bridge, hold });
     log?.step('hotplug');
     await guestIpBatch(vm, [defaultRoute(gateway, req.iface)], hold);
     log?.step('guest');

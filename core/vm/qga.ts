@@ -7,7 +7,6 @@
  * request); guest-sync resynchronises on demand.
  * Every operation has a timeout; a closed socket rejects everything pending.
  */
-import type { Socket } from 'node:net';
 import { OcinetError } from '../base/errors.js';
 import { HeadTail, MAX_STDERR, MAX_STDOUT } from '../base/exec.js';
 import { openAgentLink, type AgentHold, type AgentLink } from './agent-hold.js';
@@ -121,7 +120,6 @@ export interface QgaConnectOptions {
 export class QgaClient {
   readonly path: string;
   private readonly link: AgentLink;
-  private readonly sock: Socket;
   private readonly timeoutMs: number;
   private readonly reader = new JsonLineReader(MAX_LINE, () => this.dropped());
   private waiter: Waiter | null = null;
@@ -139,7 +137,6 @@ export class QgaClient {
   private constructor(link: AgentLink, path: string, timeoutMs: number, answerBy: number) {
     const sock = link.sock;
     this.link = link;
-    this.sock = sock;
     this.path = path;
     this.timeoutMs = timeoutMs;
     this.answerBy = answerBy;
@@ -301,9 +298,9 @@ export class QgaClient {
   /** One request line, after the 0xFF parser reset when one is due. */
   private write(req: JsonObject): void {
     const line = JSON.stringify(req) + '\n';
-    if (!this.resetPending) return void this.sock.write(line);
+    if (!this.resetPending) return void this.link.sock.write(line);
     this.resetPending = false;
-    this.sock.write(Buffer.concat([Buffer.from([0xff]), Buffer.from(line)]));
+    this.link.sock.write(Buffer.concat([Buffer.from([0xff]), Buffer.from(line)]));
   }
 
   close(): void {

@@ -2,7 +2,7 @@
 import { spawnSync } from 'node:child_process';
 import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { sharingAgent, vmTarget } from '../../core/kata/records.js';
+import { borrowedAgent } from '../../core/kata/records.js';
 import { guestRun, type VmSockets } from '../../core/vm/hotplug.js';
 import { ROOT } from './env.js';
 
@@ -41,9 +41,6 @@ export function bootGuest(dir: string, t: { teardown(fn: () => void): void }, st
     boot: { status: r.status, stderr: String(r.stderr) },
     qemuPid,
     kill,
-    exec: (path, args, timeoutMs = 20_000) => {
-      const hold = stateDir ? sharingAgent(vmTarget(sockets), stateDir).agent : undefined;
-      return guestRun(sockets, path, args, { timeoutMs, ...(hold && { hold }) });
-    },
+    exec: (path, args, timeoutMs = 20_000) => guestRun(sockets, path, args, { timeoutMs, ...(stateDir && { hold: borrowedAgent(sockets, stateDir) }) }),
   };
 }
