@@ -5,7 +5,7 @@ import t, { type Test } from 'tap';
 import { isolate } from './lib/isolate.js';
 isolate(new URL(import.meta.url).pathname);
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { ERROR_LINE_MAX, errorLine } from '../core/base/errors.js';
@@ -216,9 +216,122 @@ t.test('guest agent: a guest that never finishes or never answers fails in bound
     const e = await guestRun({ qmp: join(DIR, 'none'), qga: join(DIR, sock) }, 'ipvsadm', ['--restore'], { timeoutMs: 800 }).catch((x: unknown) => x);
     const ms = Date.now() - t0;
     t.ok(e instanceof Error, `${name}: an error`);
-    t.match(errorLine(e), /still running after 800 ms|no reply within/, `${name}: ${errorLine(e)}`);
+    t.match(errorLine(e), /still running after 800 ms|no reply to 1 status polls/, `${name}: ${errorLine(e)}`);
     t.ok(ms < 3000, `${name}: after ${ms} ms`);
   }
+});
+
+// ---- a reply that goes missing ----
+
+/**
+ * An agent that answers in order, as qemu-ga does, but may lose or delay what a
+ * guest-exec-status poll (by its count, from 1) is owed: `plan(n)` says how.
+ */
+function pollingAgent(path: string, plan: (poll: number) => 'lose' | 'late' | 'exited' | 'running' | 'forgot' | 'silent'): FakeAgent & { state: { silentAll: boolean } } {
+  let polls = 0;
+  let after: Promise<void> = Promise.resolve();
+  const state = { silentAll: false };
+  // Replies go out in order: one held back delays the ones after it.
+  const send = (c: net.Socket, body: object, ms = 0): void => {
+    after = after.then(() => new Promise((r) => setTimeout(() => (reply(c, body), r()), ms)));
+  };
+  const agent = agentOn(path, (c, msg) => {
+    if (state.silentAll && msg.execute !== 'guest-exec') return;
+    if (msg.execute === 'guest-sync') return send(c, { return: msg.arguments?.id });
+    if (msg.execute === 'guest-exec') return send(c, { return: { pid: 42 }, id: msg.id });
+    if (msg.execute !== 'guest-exec-status') return send(c, { return: {}, id: msg.id });
+    const exited = { return: { exited: true, exitcode: 3, 'out-data': Buffer.from('done\n').toString('base64') }, id: msg.id };
+    const how = plan(++polls);
+    if (how === 'lose' || how === 'silent') {
+      if (how === 'silent') state.silentAll = true;
+      return;
+    }
+    if (how === 'late') return send(c, exited, 1_500); // past a poll's least reply time (1 s)
+    if (how === 'running') return send(c, { return: { exited: false }, id: msg.id });
+    if (how === 'forgot') return send(c, { error: { class: 'GenericError', desc: "Invalid parameter 'pid'" }, id: msg.id });
+    send(c, exited);
+  });
+  return Object.assign(agent, { state });
+}
+
+t.test('guest agent: a status poll whose reply is lost costs a resync, not the exec\'s deadline', async (t) => {
+  const lost = pollingAgent(join(DIR, 'lost.sock'), (n) => (n === 2 ? 'lose' : n === 1 ? 'running' : 'exited'));
+  t.teardown(() => lost.close());
+  const qga = await QgaClient.connect(join(DIR, 'lost.sock'), { timeoutMs: 300, sync: false });
+  const r = await qga.exec('/usr/sbin/ipvsadm', ['--restore'], { timeoutMs: 600_000 });
+  qga.close();
+  t.equal(r.exitcode, 3, 'the exit status of the poll after the resync');
+  t.equal(r.stdout, 'done\n');
+  t.same(lost.requests, ['guest-exec', 'guest-exec-status', 'guest-exec-status', 'guest-sync', 'guest-exec-status'], 'the lost poll, a resync, the poll again');
+
+  // Only late, not lost: it comes before the resync's reply and is taken; no poll again.
+  const late = pollingAgent(join(DIR, 'late.sock'), () => 'late');
+  t.teardown(() => late.close());
+  const q2 = await QgaClient.connect(join(DIR, 'late.sock'), { timeoutMs: 300, sync: false });
+  const r2 = await q2.exec('/usr/sbin/ipvsadm', ['--restore'], { timeoutMs: 600_000 });
+  q2.close();
+  t.equal(r2.exitcode, 3, 'the late reply is the result');
+  t.same(late.requests, ['guest-exec', 'guest-exec-status', 'guest-sync'], 'one poll, one resync');
+
+  // The lost reply was the one that said the program ended: the agent has forgotten the pid.
+  const forgot = pollingAgent(join(DIR, 'forgot.sock'), (n) => (n === 1 ? 'lose' : 'forgot'));
+  t.teardown(() => forgot.close());
+  const q3 = await QgaClient.connect(join(DIR, 'forgot.sock'), { timeoutMs: 300, sync: false });
+  const e3 = await q3.exec('/usr/sbin/ipvsadm', ['--restore'], { timeoutMs: 600_000 }).catch((x: unknown) => x);
+  q3.close();
+  t.match(errorLine(e3), /guest pid 42 ended, but the agent's reply saying so was lost \(its exit status is unknown\)/, errorLine(e3));
+
+  // Every poll lost, though resyncs are answered: a few tries, then one line.
+  const never = pollingAgent(join(DIR, 'never.sock'), () => 'lose');
+  t.teardown(() => never.close());
+  const q4 = await QgaClient.connect(join(DIR, 'never.sock'), { timeoutMs: 300, sync: false });
+  const e4 = await q4.exec('/usr/sbin/ipvsadm', ['--restore'], { timeoutMs: 600_000 }).catch((x: unknown) => x);
+  q4.close();
+  t.match(errorLine(e4), /no reply to 4 status polls of guest pid 42, though the agent answers a resync/, errorLine(e4));
+
+  // guest-exec's own reply lost: not asked again (the program may have started), one line.
+  const noPid = agentOn(join(DIR, 'nopid.sock'), (c, msg) => {
+    if (msg.execute === 'guest-sync') reply(c, { return: msg.arguments?.id });
+  });
+  t.teardown(() => noPid.close());
+  const q5 = await QgaClient.connect(join(DIR, 'nopid.sock'), { timeoutMs: 300 });
+  const e5 = await q5.exec('/usr/sbin/ipvsadm', ['--restore'], { input: '-C\n', timeoutMs: 600_000 }).catch((x: unknown) => x);
+  q5.close();
+  t.match(errorLine(e5), /guest exec \/usr\/sbin\/ipvsadm --restore: the agent's reply to guest-exec was lost; the program may be running in the guest/, errorLine(e5));
+  t.same(noPid.requests, ['guest-sync', 'guest-exec', 'guest-sync'], 'guest-exec is not sent twice');
+});
+
+t.test('guest agent: a held connection that stopped answering is closed, not lent again', async (t) => {
+  const sock = join(DIR, 'stops.sock');
+  const stateDir = join(DIR, 'hold-state');
+  mkdirSync(stateDir, { mode: 0o700 });
+  const agent = pollingAgent(sock, (n) => (n === 1 ? 'exited' : 'silent'));
+  t.teardown(() => agent.close());
+  const hold = { stateDir, key: 'vm-stops', lingerMs: 30_000 };
+  const holdFile = join(stateDir, 'agent', 'vm-stops.sock');
+
+  const first = await QgaClient.connect(sock, { timeoutMs: 300, sync: false, hold });
+  t.equal((await first.exec('/bin/true')).exitcode, 3);
+  first.close();
+  t.ok(existsSync(holdFile), 'the answered connection is held');
+
+  const second = await QgaClient.connect(sock, { timeoutMs: 300, sync: false, hold });
+  t.equal(agent.connections(), 1, 'the next call borrows it');
+  const e = await second.exec('/bin/true').catch((x: unknown) => x);
+  second.close();
+  t.match(errorLine(e), /guest agent stopped answering: no reply to guest-exec-status within 1000 ms, nor to a resync after it within 1000 ms/, errorLine(e));
+  let gone = false;
+  for (let i = 0; i < 100 && !gone; i++) {
+    gone = !existsSync(holdFile);
+    if (!gone) await new Promise((r) => setTimeout(r, 50));
+  }
+  t.ok(gone, 'its holder closed it and went, long before its 30 s linger');
+
+  agent.state.silentAll = false;
+  const third = await QgaClient.connect(sock, { timeoutMs: 300, sync: false, hold: { ...hold, lingerMs: 0 } });
+  await third.ping();
+  third.close();
+  t.equal(agent.connections(), 2, 'the call after it connects anew');
 });
 
 // ---- the log ----

@@ -9,7 +9,8 @@
  *
  *   agentConnect(path, timeoutMs)         a connection to QEMU's socket: fd, or -errno
  *   agentTake(hold, agentPath, timeoutMs) [agentFd, leaseFd] lent by a holder, or -errno;
- *                                         closing leaseFd gives the connection back
+ *                                         closing leaseFd gives the connection back, a byte
+ *                                         written to it first has the holder close it
  *   agentHold(fd, hold, lingerMs)         0 once a holder has fd, or an errno
  */
 #define _GNU_SOURCE
@@ -199,11 +200,13 @@ static void holder(int agent, int l, int linger_ms, const char *hold, dev_t dev,
     socklen_t cl = sizeof cred;
     int gone = 0;
     if (getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0 && cred.uid == me && lend(c, agent)) {
-      /* The borrower writes nothing: its close, or its death, ends the loan. */
+      /* Its close, or its death, ends the loan; a byte first says the connection stopped
+         answering it (or was left mid-reply): closed, not lent again. */
       struct pollfd q[3] = {{.fd = c, .events = POLLIN}, {.fd = agent, .events = POLLRDHUP}, {.fd = sig, .events = POLLIN}};
       while (poll(q, 3, -1) < 0 && errno == EINTR) {
       }
-      gone = q[1].revents != 0 || q[2].revents != 0;
+      char drop;
+      gone = q[1].revents != 0 || q[2].revents != 0 || ((q[0].revents & POLLIN) && recv(c, &drop, 1, MSG_DONTWAIT) == 1);
     }
     close(c);
     if (gone) break;

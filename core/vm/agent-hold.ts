@@ -6,8 +6,8 @@
  * A call that ends with a working connection hands it to a detached holder
  * (build/native/agent.c) that lends it to the next call over a socket in the
  * state dir's agent/ (root's, 0700; the holder lends only to its own user),
- * one call at a time, and closes it after `lingerMs` without a call, or as
- * soon as QEMU closes it.
+ * one call at a time, and closes it after `lingerMs` without a call, as
+ * soon as QEMU closes it, or when a borrower found it stopped answering.
  *
  * While it is held, QEMU serves no other client on that socket: a client
  * that is not ocinet waits up to `lingerMs` for it. Calls that share the
@@ -15,7 +15,7 @@
  * call before (it was killed, or did not wait for a reply): QgaClient drops
  * replies whose ids are not its own and resets the agent's parser first.
  */
-import { closeSync, mkdirSync } from 'node:fs';
+import { closeSync, mkdirSync, writeSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { join } from 'node:path';
 import { getSystemErrorName } from 'node:util';
@@ -34,12 +34,25 @@ export interface AgentHold {
 /** What a call does with the default hold (the CLI's --agent-hold). */
 export const DEFAULT_LINGER_MS = 500;
 
+/**
+ * How a call leaves its agent connection. `answered`: the agent answered and nothing
+ * is pending. `unasked`: no reply was heard. `stuck`: a request went unanswered, or
+ * one is still pending (its reply would reach the next call).
+ */
+export type AgentLinkState = 'answered' | 'unasked' | 'stuck';
+
 /** An open agent connection, and how it ends. */
 export interface AgentLink {
   sock: Socket;
-  /** Closes the call's end of it: a borrowed one goes back, a working new one (`reusable`) to a holder when the hold asks. */
-  end(reusable: boolean): void;
+  /**
+   * Closes the call's end of it. A borrowed one goes back, unless `stuck`; a new one
+   * that `answered` goes to a holder when the hold asks.
+   */
+  end(state: AgentLinkState): void;
 }
+
+/** What a borrower writes on its lease for "close it, do not lend it again". */
+const DROP = new Uint8Array([1]);
 
 const holdPath = (h: AgentHold): string => join(h.stateDir, 'agent', `${h.key}.sock`);
 
@@ -61,8 +74,17 @@ export function openAgentLink(path: string, timeoutMs: number, hold?: AgentHold)
       const sock = socketOn(fd);
       return {
         sock,
-        end() {
+        end(state) {
           sock.destroy();
+          // A connection that stopped answering (or was left mid-reply) is not lent again: one
+          // byte on the lease tells the holder to close it, so the next call connects anew.
+          if (state === 'stuck') {
+            try {
+              writeSync(lease, DROP);
+            } catch {
+              /* the holder is gone: so is its connection */
+            }
+          }
           closeSync(lease);
         },
       };
@@ -73,8 +95,8 @@ export function openAgentLink(path: string, timeoutMs: number, hold?: AgentHold)
   const sock = socketOn(fd);
   return {
     sock,
-    end(reusable) {
-      if (reusable && hold && hold.lingerMs > 0) {
+    end(state) {
+      if (state === 'answered' && hold && hold.lingerMs > 0) {
         try {
           mkdirSync(join(hold.stateDir, 'agent'), { recursive: true, mode: 0o700 });
           // An errno (another holder got there first, a path too long) only means no hold.

@@ -9,7 +9,7 @@
  */
 import { OcinetError } from '../base/errors.js';
 import { HeadTail, MAX_STDERR, MAX_STDOUT } from '../base/exec.js';
-import { openAgentLink, type AgentHold, type AgentLink } from './agent-hold.js';
+import { openAgentLink, type AgentHold, type AgentLink, type AgentLinkState } from './agent-hold.js';
 import { JsonLineReader, MAX_LINE, QemuCommandError, type JsonObject } from './qmp.js';
 
 const DEFAULT_TIMEOUT_MS = 10_000;
@@ -20,6 +20,10 @@ const POLL_MAX_MS = 200;
 const EXPECT_EARLY = 0.9;
 /** The least time a poll's reply is given, however close the deadline. */
 const POLL_REPLY_MS = 1_000;
+/** Polls whose replies went missing, each followed by a resync, before an exec gives up. */
+const MAX_LOST_POLLS = 3;
+/** What guest-exec's reply is given for its request's size, beyond a request's time: slow for a TCG guest. */
+const EXEC_BYTES_PER_MS = 20;
 /** Bytes asked for per guest-file-read: 1 MiB is ~1.4 MB of base64, well under MAX_LINE. */
 const READ_CHUNK = 1024 * 1024;
 
@@ -99,6 +103,11 @@ export class QgaCommandError extends QemuCommandError {
   }
 }
 
+/** A request's reply did not come within its time (the agent may still send it). */
+class ReplyTimeout extends OcinetError {}
+/** A request's reply never came, though the agent answers a resync. */
+class LostReply extends OcinetError {}
+
 interface Waiter {
   command: string;
   accept(msg: JsonObject): boolean;
@@ -133,6 +142,8 @@ export class QgaClient {
   /** Until the agent's first reply, requests wait no later than this (connect's deadline). */
   private readonly answerBy: number;
   private heard = false;
+  /** A request timed out and the agent has answered nothing since: not worth keeping. */
+  private unanswered = false;
 
   private constructor(link: AgentLink, path: string, timeoutMs: number, answerBy: number) {
     const sock = link.sock;
@@ -182,11 +193,17 @@ export class QgaClient {
    * guest-sync with a random id; every reply before the matching one is stale.
    */
   sync(timeoutMs: number = this.timeoutMs): Promise<void> {
+    return this.resync(timeoutMs).then(() => undefined);
+  }
+
+  /** sync's request; with `late`, the reply to that earlier request is taken too, should it come first. */
+  private resync(timeoutMs: number, late?: string): Promise<JsonObject> {
     // Only unlike earlier ids on the channel, not secret (the guest writes every reply anyway):
     // no node:crypto, which costs a call ~2.5 ms to load.
     const id = 1 + Math.floor(Math.random() * (2 ** 31 - 1));
     this.resetPending = true;
-    return this.enqueue('guest-sync', timeoutMs, (msg) => msg.return === id, () => this.write({ execute: 'guest-sync', arguments: { id } })).then(() => undefined);
+    const match = (msg: JsonObject): boolean => msg.return === id || (late !== undefined && msg.id === late);
+    return this.enqueue('guest-sync', timeoutMs, match, () => this.write({ execute: 'guest-sync', arguments: { id } }));
   }
 
   async ping(timeoutMs?: number): Promise<void> {
@@ -205,7 +222,13 @@ export class QgaClient {
     const req: JsonObject = { path, arg: [...args], 'capture-output': true };
     if (opts.input !== undefined) req['input-data'] = Buffer.from(opts.input).toString('base64');
     if (opts.env) req.env = opts.env;
-    const { pid } = await this.execute<{ pid: number }>('guest-exec', req, left());
+    // The agent answers guest-exec once it has read the request and started the program:
+    // a big input (a restore's) takes its time to get there.
+    const sendMs = Math.max(this.timeoutMs, POLL_REPLY_MS) + Math.ceil(String(req['input-data'] ?? '').length / EXEC_BYTES_PER_MS);
+    const { pid } = await this.checkedRequest<{ pid: number }>('guest-exec', req, Math.min(left(), sendMs)).catch((e: unknown) => {
+      if (e instanceof LostReply) throw new OcinetError('EEXEC', `guest exec ${path} ${args.join(' ')}: the agent's reply to guest-exec was lost; the program may be running in the guest`);
+      throw e;
+    });
     // The agent cannot say when a program ends, so it is polled: each time after
     // half the time the program has run so far (the agent replies once it has
     // started it), within POLL_MIN_MS..POLL_MAX_MS. A long program is seen at most
@@ -219,11 +242,28 @@ export class QgaClient {
     const from = expect !== undefined ? expect * EXPECT_EARLY : 0;
     const minGap = expect !== undefined ? Math.min(POLL_MIN_MS, Math.max(2, expect / 16)) : POLL_MIN_MS;
     const started = Date.now();
+    let lost = 0;
     for (let delay = Math.min(Math.max(from, minGap), left()); ; ) {
       await new Promise((r) => setTimeout(r, delay));
       const sent = Date.now() - started;
-      // A poll sent just before the deadline still gets time for its reply.
-      const st = await this.execute<ExecStatus>('guest-exec-status', { pid }, Math.max(left(), POLL_REPLY_MS));
+      // A poll sent just before the deadline still gets time for its reply; one whose reply
+      // went missing costs a request's time, not the rest of the exec's, and is asked again:
+      // the agent forgets a program only once it has reported its end (the reply lost, then).
+      const replyMs = Math.min(Math.max(left(), POLL_REPLY_MS), Math.max(this.timeoutMs, POLL_REPLY_MS));
+      const st = await this.checkedRequest<ExecStatus>('guest-exec-status', { pid }, replyMs).catch((e: unknown) => {
+        if (e instanceof LostReply) return undefined;
+        if (lost > 0 && e instanceof QgaCommandError) {
+          throw new OcinetError('EEXEC', `guest exec ${path} ${args.join(' ')}: guest pid ${pid} ended, but the agent's reply saying so was lost (its exit status is unknown)`);
+        }
+        throw e;
+      });
+      if (st === undefined) {
+        if (++lost > MAX_LOST_POLLS || Date.now() >= deadline) {
+          throw new OcinetError('EEXEC', `guest exec ${path} ${args.join(' ')}: no reply to ${lost} status polls of guest pid ${pid}, though the agent answers a resync`);
+        }
+        delay = 0;
+        continue;
+      }
       if (st.exited) {
         const out = decoded(st['out-data'], opts.maxStdout ?? MAX_STDOUT, st['out-truncated']);
         const err = decoded(st['err-data'], opts.maxStderr ?? MAX_STDERR, st['err-truncated']);
@@ -243,6 +283,29 @@ export class QgaClient {
         throw new OcinetError('EEXEC', `guest exec ${path} ${args.join(' ')}: still running after ${timeoutMs} ms (guest pid ${pid})`);
       }
     }
+  }
+
+  /**
+   * A request whose reply, should it not come within `replyMs`, is told apart from a
+   * lost one: a resync follows, and the agent answers in order, so a reply that was only
+   * late comes before the resync's and is taken. The resync's 0xFF goes out after the
+   * whole request (one stream, in order), so it cuts no request short, and it clears a
+   * parser somehow left mid-request. A reply lost while the agent still answers is a
+   * LostReply; an agent that answers neither, one line saying so.
+   */
+  private async checkedRequest<T>(command: string, args: JsonObject, replyMs: number): Promise<T> {
+    const id = this.newId();
+    try {
+      return await this.request<T>(command, args, id, replyMs);
+    } catch (e) {
+      if (!(e instanceof ReplyTimeout)) throw e;
+    }
+    const msg = await this.resync(replyMs, id).catch((e: unknown) => {
+      if (!(e instanceof ReplyTimeout)) throw e;
+      throw new OcinetError('EEXEC', `guest agent stopped answering: no reply to ${command} within ${replyMs} ms, nor to a resync after it within ${replyMs} ms`);
+    });
+    if (msg.id !== id) throw new LostReply('EEXEC', `guest agent ${command}: its reply was lost (the agent answers a resync)`);
+    return QgaClient.returned<T>(command, msg);
   }
 
   /**
@@ -274,9 +337,16 @@ export class QgaClient {
   }
 
   /** Any agent command; resolves with its `return`, rejects with QgaCommandError on `error`. */
-  async execute<T = unknown>(command: string, args?: JsonObject, timeoutMs: number = this.timeoutMs): Promise<T> {
-    const id = this.newId();
+  execute<T = unknown>(command: string, args?: JsonObject, timeoutMs: number = this.timeoutMs): Promise<T> {
+    return this.request<T>(command, args, this.newId(), timeoutMs);
+  }
+
+  private async request<T>(command: string, args: JsonObject | undefined, id: string, timeoutMs: number): Promise<T> {
     const msg = await this.enqueue(command, timeoutMs, (m) => m.id === id, () => this.write(args ? { execute: command, arguments: args, id } : { execute: command, id }));
+    return QgaClient.returned<T>(command, msg);
+  }
+
+  private static returned<T>(command: string, msg: JsonObject): T {
     const err = msg.error as { class?: string; desc?: string } | undefined;
     if (err) throw new QgaCommandError(command, err.class ?? 'GenericError', err.desc ?? JSON.stringify(err));
     return msg.return as T; // the caller names the shape of the command's return
@@ -305,9 +375,9 @@ export class QgaClient {
 
   close(): void {
     // Worth keeping: the agent answered on it and nothing is left waiting for a reply.
-    const reusable = this.heard && !this.closedError && this.waiter === null;
+    const state: AgentLinkState = this.unanswered || this.waiter !== null ? 'stuck' : this.heard && !this.closedError ? 'answered' : 'unasked';
     this.fail(`guest agent connection ${this.path} closed by us`);
-    this.link.end(reusable);
+    this.link.end(state);
   }
 
   /** One request at a time: send, then wait for the first message `match` accepts. */
@@ -326,7 +396,8 @@ export class QgaClient {
           timer = setTimeout(() => {
             if (silent && this.heard) return arm();
             this.waiter = null;
-            reject(silent ? agentSilent(this.path, this.timeoutMs) : new OcinetError('EEXEC', `guest agent ${command}: no reply within ${timeoutMs} ms`));
+            this.unanswered = true;
+            reject(silent ? agentSilent(this.path, this.timeoutMs) : new ReplyTimeout('EEXEC', `guest agent ${command}: no reply within ${timeoutMs} ms`));
           }, Math.max(0, (silent ? this.answerBy : deadline) - Date.now()));
         };
         arm();
@@ -334,6 +405,7 @@ export class QgaClient {
           command,
           accept: (m) => {
             if (!match(m)) return false;
+            this.unanswered = false;
             clearTimeout(timer);
             resolve(m);
             return true;

@@ -3,7 +3,7 @@ import net from 'node:net';
 
 export interface AgentMessage {
   execute: string;
-  arguments?: { id?: number; path?: string; arg?: string[] };
+  arguments?: { id?: number; path?: string; arg?: string[]; pid?: number };
   id?: string;
 }
 
@@ -11,14 +11,18 @@ export interface FakeAgent {
   close(): void;
   /** The commands received, in order. */
   requests: string[];
+  /** Connections accepted so far. */
+  connections(): number;
 }
 
 /** Each request (one JSON line, after any 0xFF sync byte) goes to `answer`, which writes its reply, or none. */
 export function fakeAgent(path: string, answer: (c: net.Socket, msg: AgentMessage) => void): FakeAgent {
   const requests: string[] = [];
   const conns = new Set<net.Socket>();
+  let accepted = 0;
   const server = net.createServer((c) => {
     conns.add(c);
+    accepted++;
     let buf = '';
     c.on('error', () => undefined);
     c.on('data', (d) => {
@@ -38,6 +42,7 @@ export function fakeAgent(path: string, answer: (c: net.Socket, msg: AgentMessag
   server.listen(path);
   return {
     requests,
+    connections: () => accepted,
     close: () => {
       for (const c of conns) c.destroy();
       server.close();
