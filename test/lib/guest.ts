@@ -14,6 +14,8 @@ export interface Guest {
   kill(): void;
   /** Run a program in the guest through its agent (test plumbing, not product code). */
   exec(path: string, args: string[], timeoutMs?: number): Promise<{ exitcode: number; stdout: string; stderr: string }>;
+  /** The last lines the guest printed on its console (its init says when qemu-ga exits): for failure messages. */
+  consoleTail(lines?: number): string;
 }
 
 /**
@@ -41,6 +43,13 @@ export function bootGuest(dir: string, t: { teardown(fn: () => void): void }, st
     boot: { status: r.status, stderr: String(r.stderr) },
     qemuPid,
     kill,
+    consoleTail: (lines = 5) => {
+      try {
+        return readFileSync(join(g, 'console.log'), 'utf8').trim().split('\n').slice(-lines).join(' | ');
+      } catch {
+        return '(no console log)';
+      }
+    },
     exec: (path, args, timeoutMs = 20_000) => guestRun(sockets, path, args, { timeoutMs, ...(stateDir && { hold: borrowedAgent(sockets, stateDir) }) }),
   };
 }
