@@ -411,6 +411,57 @@ t.test('what one call asks of the agent: one connection, one guest exec, no othe
   t.equal(recorded(), 5);
 });
 
+t.test('a restore whose end the agent reported in a reply that was lost: the kernel\'s count decides', async (t) => {
+  // A stand-in agent that loses the reply saying the restore ended, then no longer knows its pid.
+  const sock = join(DIR, 'lost-agent.sock');
+  let rules = 0;
+  let applies = 0;
+  let nextPid = 100;
+  const restorePids = new Set<number>();
+  const forgotten = new Set<number>();
+  const execs: string[] = [];
+  const agent = fakeAgent(sock, (c, msg) => {
+    const ok = (body: unknown): void => reply(c, { return: body, id: msg.id });
+    const procIpVs = `IP Virtual Server version 1.2.1 (size=4096)\nProt LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port Forward Weight ActiveConn InActConn\n${'TCP  0A0A0001:0050 rr\n'.repeat(rules)}`;
+    if (msg.execute === 'guest-sync') reply(c, { return: msg.arguments?.id });
+    else if (msg.execute === 'guest-file-open') ok(1000);
+    else if (msg.execute === 'guest-file-read') ok({ count: procIpVs.length, 'buf-b64': Buffer.from(procIpVs).toString('base64'), eof: true });
+    else if (msg.execute === 'guest-exec') {
+      const argv = msg.arguments?.arg ?? [];
+      execs.push(argv.join(' '));
+      const pid = nextPid++;
+      if (argv[0] === '--restore') {
+        rules = applies;
+        restorePids.add(pid);
+      } else if (argv[0] === '-C') rules = 0;
+      ok({ pid });
+    } else if (msg.execute === 'guest-exec-status') {
+      const pid = msg.arguments?.pid ?? 0;
+      // The reply saying the restore ended goes missing; asked again, the agent no longer knows it.
+      if (restorePids.delete(pid)) forgotten.add(pid);
+      else if (forgotten.has(pid)) reply(c, { error: { class: 'GenericError', desc: "Invalid parameter 'pid'" }, id: msg.id });
+      else ok({ exited: true, exitcode: 0 });
+    } else ok({});
+  });
+  t.teardown(() => agent.close());
+  const FAKE = ['--qmp', join(DIR, 'lost-qmp.sock'), '--qga', sock, '--state-dir', join(DIR, 'lost-state')];
+
+  applies = 4;
+  const all = await restore(DOC_FILE, FAKE);
+  t.equal(all.exitCode, 0, `every line in, by the kernel's count: ${all.stderr}`);
+  t.ok(agent.requests.includes('guest-sync'), 'the lost reply was followed by a resync');
+  t.same(execs, ['--restore'], 'no undo');
+
+  const cleared = await ipvs('--clear', FAKE);
+  t.equal(cleared.exitCode, 0, cleared.stderr);
+  execs.length = 0;
+  applies = 2;
+  const half = await restore(DOC_FILE, FAKE);
+  t.equal(half.exitCode, 1, 'fewer rules than lines: a failure');
+  t.match(half.stderr, /ended, but the agent's reply saying so was lost \(its exit status is unknown\)/, half.stderr.trim());
+  t.same(execs, ['--restore', '-C'], 'and the table emptied again');
+});
+
 t.test('the hook: io.ocinet.ipvs restores rules once the network is up', async (t) => {
   // The hook's own network must be what routes to the real servers: drop the test NIC.
   const del = await cli(['network', 'del-iface', ...VM, '-'], '{"name":"eth-ipvs"}');

@@ -107,6 +107,8 @@ export class QgaCommandError extends QemuCommandError {
 class ReplyTimeout extends OcinetError {}
 /** A request's reply never came, though the agent answers a resync. */
 class LostReply extends OcinetError {}
+/** A guest program ended, but the agent's reply with its exit status and output was lost. */
+export class ExitUnknown extends OcinetError {}
 
 interface Waiter {
   command: string;
@@ -253,7 +255,7 @@ export class QgaClient {
       const st = await this.checkedRequest<ExecStatus>('guest-exec-status', { pid }, replyMs).catch((e: unknown) => {
         if (e instanceof LostReply) return undefined;
         if (lost > 0 && e instanceof QgaCommandError) {
-          throw new OcinetError('EEXEC', `guest exec ${path} ${args.join(' ')}: guest pid ${pid} ended, but the agent's reply saying so was lost (its exit status is unknown)`);
+          throw new ExitUnknown('EEXEC', `guest exec ${path} ${args.join(' ')}: guest pid ${pid} ended, but the agent's reply saying so was lost (its exit status is unknown)`);
         }
         throw e;
       });
