@@ -21,7 +21,8 @@ export const SANDBOX_USAGE = `  --state-dir DIR       ocinet state (default $OCI
   --netns PATH | --pid PID   name a container sandbox's network namespace directly (ID optional)
   --qmp SOCKET --qga SOCKET  name a VM sandbox by its QEMU's QMP and guest-agent sockets (ID optional)
   --agent-hold MS       keep a VM's guest-agent connection this long for the next call
-                        (default ${DEFAULT_LINGER_MS}; 0: close it when the call ends)`;
+                        (default ${DEFAULT_LINGER_MS}: close it when the call ends; 500 saves a
+                        back-to-back call up to the agent's 100 ms idle read)`;
 
 export interface SandboxFlags {
   stateDir?: string;

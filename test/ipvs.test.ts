@@ -544,9 +544,13 @@ async function heldBy(t: Test, vip: string, ms: number): Promise<number> {
   return pid!;
 }
 
-t.test('a call keeps its agent connection for the next; the next borrows it; it closes after the linger', async (t) => {
+t.test('by default a call keeps nothing; with --agent-hold it keeps its connection for the next, which borrows it; it closes after the linger', async (t) => {
   t.ok(await holderGone(), 'no holder to start with');
-  const first = await ipvs('-A -t 10.20.0.1:80 -s rr');
+  const plain = await ipvs('-A -t 10.20.0.9:80 -s rr');
+  t.equal(plain.exitCode, 0, plain.stderr);
+  t.notOk(existsSync(holdFile), 'no --agent-hold: no holder');
+  t.ok(await holderGone(), 'and no connection left');
+  const first = await ipvs('-A -t 10.20.0.1:80 -s rr', HOLD(500));
   t.equal(first.exitCode, 0, first.stderr);
   t.equal(statSync(holdFile).mode & 0o777, 0o600, 'the hold socket is 0600');
   t.equal(statSync(join(stateDir, 'agent')).mode & 0o777, 0o700, 'in a 0700 dir of the state dir');
@@ -554,12 +558,12 @@ t.test('a call keeps its agent connection for the next; the next borrows it; it 
   t.equal(conns.length, 1, 'one connection to QEMU stays open');
   const pid = await holderPid();
   t.ok(pid, 'a holder listens');
-  const second = await ipvs('-A -t 10.20.0.2:80 -s rr');
+  const second = await ipvs('-A -t 10.20.0.2:80 -s rr', HOLD(500));
   t.equal(second.exitCode, 0, second.stderr);
   t.same(await agentConns(), conns, 'the second call used the same connection');
   t.equal(await holderPid(), pid, 'and the same holder');
   t.match(await guestService('10.20.0.2:80'), /TCP {2}10\.20\.0\.2:80 rr/, 'its rule is in the guest');
-  t.ok(await holderGone(), 'after the linger (500 ms by default): no holder, no file, no connection');
+  t.ok(await holderGone(), 'after the linger (500 ms): no holder, no file, no connection');
   const cleared = await ipvs('--clear', HOLD(0));
   t.equal(cleared.exitCode, 0, cleared.stderr);
 });

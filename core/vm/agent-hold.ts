@@ -31,8 +31,13 @@ export interface AgentHold {
   lingerMs: number;
 }
 
-/** What a call does with the default hold (the CLI's --agent-hold). */
-export const DEFAULT_LINGER_MS = 500;
+/**
+ * The CLI's --agent-hold when not given: none. Held by default, CI once saw a
+ * 20000-rule restore's guest-exec reply never arrive (the rules went in), and
+ * so did 2 of about 20 runs of the VM tests here; the cause is not found yet,
+ * so holding is the admin's choice until it is.
+ */
+export const DEFAULT_LINGER_MS = 0;
 
 /**
  * How a call leaves its agent connection. `answered`: the agent answered and nothing
