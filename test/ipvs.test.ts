@@ -463,8 +463,10 @@ t.test('a restore whose end the agent reported in a reply that was lost: the ker
 });
 
 t.test('the hook: io.ocinet.ipvs restores rules once the network is up', async (t) => {
-  // The hook's own network must be what routes to the real servers: drop the test NIC.
-  const del = await cli(['network', 'del-iface', ...VM, '-'], '{"name":"eth-ipvs"}');
+  // The hook's own network must be what routes to the real servers: drop the test NIC. Held
+  // (opt-in) for long enough that the hook's setup borrows the connection, as it does from a
+  // kata-network call just before it.
+  const del = await cli(['network', 'del-iface', ...VM, '--agent-hold', '3000', '-'], '{"name":"eth-ipvs"}');
   t.equal(del.stdout, 'null', del.stderr);
   t.equal(await guestRules(), 0);
   const before = await snapshot(stateDir);
