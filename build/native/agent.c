@@ -42,6 +42,13 @@ static int get_path(napi_env env, napi_value v, char *buf, size_t size) {
   return napi_get_value_string_utf8(env, v, buf, size, &len) == napi_ok && len > 0 && len < size - 1;
 }
 
+/* -e, once fd is closed and the socket file it bound (bound, if any) removed: every failure after a socket. */
+static int dropped(int fd, const char *bound, int e) {
+  if (bound) unlink(bound);
+  close(fd);
+  return -e;
+}
+
 /* A stream connection to path (close-on-exec), or -errno. A full listen queue waits up to timeout_ms. */
 static int connect_to(const char *path, int timeout_ms) {
   struct sockaddr_un a;
@@ -55,11 +62,7 @@ static int connect_to(const char *path, int timeout_ms) {
   int r;
   do r = connect(s, (struct sockaddr *)&a, sizeof a);
   while (r < 0 && errno == EINTR);
-  if (r < 0) {
-    e = errno == EAGAIN ? ETIMEDOUT : errno;
-    close(s);
-    return -e;
-  }
+  if (r < 0) return dropped(s, NULL, errno == EAGAIN ? ETIMEDOUT : errno);
   return s;
 }
 
@@ -111,10 +114,7 @@ napi_value AgentTake(napi_env env, napi_callback_info info) {
   if (s < 0) return native_int(env, s);
   struct ucred cred;
   socklen_t cl = sizeof cred;
-  if (getsockopt(s, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0 || cred.uid != geteuid()) {
-    close(s);
-    return native_int(env, -EPERM);
-  }
+  if (getsockopt(s, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0 || cred.uid != geteuid()) return native_int(env, dropped(s, NULL, EPERM));
   /* The holder answers once it has no other borrower: up to timeout_ms (SO_RCVTIMEO). */
   char byte;
   union {
@@ -126,23 +126,15 @@ napi_value AgentTake(napi_env env, napi_callback_info info) {
   ssize_t n;
   do n = recvmsg(s, &m, MSG_CMSG_CLOEXEC);
   while (n < 0 && errno == EINTR);
-  if (n <= 0) {
-    int e = n == 0 ? EPIPE : errno == EAGAIN ? ETIMEDOUT : errno;
-    close(s);
-    return native_int(env, -e);
-  }
+  if (n <= 0) return native_int(env, dropped(s, NULL, n == 0 ? EPIPE : errno == EAGAIN ? ETIMEDOUT : errno));
   int fd = -1;
   struct cmsghdr *c = CMSG_FIRSTHDR(&m);
   if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && c->cmsg_len == CMSG_LEN(sizeof(int))) memcpy(&fd, CMSG_DATA(c), sizeof fd);
-  if (fd < 0 || (m.msg_flags & MSG_CTRUNC)) {
+  /* Not a live connection to the agent named: another agent's, or one QEMU closed. */
+  int bad = fd < 0 || (m.msg_flags & MSG_CTRUNC) ? EPROTO : !is_agent(fd, agent) ? ESTALE : 0;
+  if (bad) {
     if (fd >= 0) close(fd);
-    close(s);
-    return native_int(env, -EPROTO);
-  }
-  if (!is_agent(fd, agent)) {
-    close(fd);
-    close(s);
-    return native_int(env, -ESTALE);
+    return native_int(env, dropped(s, NULL, bad));
   }
   napi_value out;
   napi_create_array_with_length(env, 2, &out);
@@ -220,21 +212,12 @@ static void holder(int agent, int l, int linger_ms, const char *hold, dev_t dev,
   close(agent);
 }
 
-/* A listening socket bound at hold, 0600, or -errno; a file it bound before failing is removed again. */
-static int listen_at(const char *hold, struct sockaddr_un *a) {
+/* A listening socket bound at hold, 0600, and the file's identity in st; or -errno, with no file left. */
+static int listen_at(const char *hold, struct sockaddr_un *a, struct stat *st) {
   int l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (l < 0) return -errno;
-  if (bind(l, (struct sockaddr *)a, sizeof *a) < 0) {
-    int e = errno;
-    close(l);
-    return -e;
-  }
-  if (chmod(hold, 0600) < 0 || listen(l, 16) < 0) {
-    int e = errno;
-    unlink(hold);
-    close(l);
-    return -e;
-  }
+  if (bind(l, (struct sockaddr *)a, sizeof *a) < 0) return dropped(l, NULL, errno);
+  if (chmod(hold, 0600) < 0 || listen(l, 16) < 0 || stat(hold, st) < 0) return dropped(l, hold, errno);
   return l;
 }
 
@@ -251,30 +234,19 @@ napi_value AgentHold(napi_env env, napi_callback_info info) {
   struct sockaddr_un a;
   int e = addr_of(hold, &a);
   if (e) return native_int(env, e);
-  int l = listen_at(hold, &a);
+  struct stat st;
+  int l = listen_at(hold, &a, &st);
   if (l == -EADDRINUSE) {
     /* A holder that died left its file: refused means no one listens there. A live one keeps it. */
     int probe = connect_to(hold, 100);
     if (probe >= 0) close(probe);
     if (probe != -ECONNREFUSED) return native_int(env, EADDRINUSE);
     unlink(hold);
-    l = listen_at(hold, &a);
+    l = listen_at(hold, &a, &st);
   }
   if (l < 0) return native_int(env, -l);
-  struct stat st;
-  if (stat(hold, &st) < 0) {
-    e = errno;
-    unlink(hold);
-    close(l);
-    return native_int(env, e);
-  }
   pid_t child = native_fork_detached(fd, l);
-  if (child < 0) {
-    e = errno;
-    unlink(hold);
-    close(l);
-    return native_int(env, e);
-  }
+  if (child < 0) return native_int(env, -dropped(l, hold, errno));
   if (child == 0) {
     /* Its own session: a terminal's or a runtime's signal to the caller's group is not for it. */
     setsid();
