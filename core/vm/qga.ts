@@ -226,7 +226,9 @@ export class QgaClient {
     if (opts.env) req.env = opts.env;
     // The agent answers guest-exec once it has read the request and started the program:
     // a big input (a restore's) takes its time to get there.
-    const sendMs = Math.max(this.timeoutMs, POLL_REPLY_MS) + Math.ceil(String(req['input-data'] ?? '').length / EXEC_BYTES_PER_MS);
+    // A request's time: the client's, at least a poll's least.
+    const requestMs = Math.max(this.timeoutMs, POLL_REPLY_MS);
+    const sendMs = requestMs + Math.ceil(String(req['input-data'] ?? '').length / EXEC_BYTES_PER_MS);
     const { pid } = await this.checkedRequest<{ pid: number }>('guest-exec', req, Math.min(left(), sendMs)).catch((e: unknown) => {
       if (e instanceof LostReply) throw new OcinetError('EEXEC', `guest exec ${path} ${args.join(' ')}: the agent's reply to guest-exec was lost; the program may be running in the guest`);
       throw e;
@@ -251,7 +253,7 @@ export class QgaClient {
       // A poll sent just before the deadline still gets time for its reply; one whose reply
       // went missing costs a request's time, not the rest of the exec's, and is asked again:
       // the agent forgets a program only once it has reported its end (the reply lost, then).
-      const replyMs = Math.min(Math.max(left(), POLL_REPLY_MS), Math.max(this.timeoutMs, POLL_REPLY_MS));
+      const replyMs = Math.min(Math.max(left(), POLL_REPLY_MS), requestMs);
       const st = await this.checkedRequest<ExecStatus>('guest-exec-status', { pid }, replyMs).catch((e: unknown) => {
         if (e instanceof LostReply) return undefined;
         if (lost > 0 && e instanceof QgaCommandError) {
